@@ -1,0 +1,304 @@
+"""Audio input/output for sb_mal: read, validate, resample and write atomically.
+
+Everything goes through ``soundfile`` (WAV, FLAC, OGG/Vorbis, MP3 and the other formats of the
+bundled libsndfile), never ``torchaudio.load``/``save`` (which need torchcodec). Resampling uses
+``torchaudio.functional.resample``.
+
+Errors are :class:`AudioError` (a ``ValueError``) and always name the file and what was wrong.
+
+Example
+-------
+>>> import numpy as np, tempfile, os
+>>> tmp = tempfile.mkdtemp()
+>>> path = os.path.join(tmp, "tone.flac")
+>>> tone = 0.1 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)
+>>> write_audio(path, tone, 8000)
+>>> wav, sr = read_audio(path, sample_rate=16000)
+>>> sr, tuple(wav.shape)
+(16000, (16000,))
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioError",
+    "AudioInfo",
+    "audio_info",
+    "list_audio_files",
+    "read_audio",
+    "resample",
+    "validate_waveform",
+    "write_audio",
+]
+
+#: File extensions treated as audio when scanning folders (lower case, with the dot).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus")
+
+_FORMAT_BY_EXT = {
+    ".wav": "WAV",
+    ".flac": "FLAC",
+    ".ogg": "OGG",
+    ".opus": "OGG",
+    ".mp3": "MP3",
+    ".aiff": "AIFF",
+    ".aif": "AIFF",
+    ".au": "AU",
+}
+
+
+class AudioError(ValueError):
+    """Raised for unreadable, empty, non-finite or otherwise unusable audio (names the file)."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Header facts of an audio file."""
+
+    path: str
+    sample_rate: int
+    frames: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        """Duration in seconds."""
+        return self.frames / self.sample_rate
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Read the header of ``path`` (rate, frames, channels) without decoding the audio."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise AudioError(f"{path}: no such audio file")
+    try:
+        info = sf.info(path)
+    except Exception as err:  # soundfile raises RuntimeError/LibsndfileError/TypeError
+        raise AudioError(f"{path}: unreadable audio file ({err})") from err
+    frames = info.frames
+    if frames <= 0 or frames > 2**62:
+        # MP3 headers can lack a frame count; decode to find it.
+        try:
+            frames = len(sf.read(path, dtype="float32", always_2d=True)[0])
+        except Exception as err:
+            raise AudioError(f"{path}: unreadable audio file ({err})") from err
+    return AudioInfo(path, int(info.samplerate), int(frames), int(info.channels))
+
+
+def validate_waveform(wav, name: str = "waveform", min_samples: int = 1):
+    """Check that ``wav`` is non-empty and finite; return it unchanged.
+
+    Arguments
+    ---------
+    wav : numpy.ndarray or torch.Tensor
+        Audio samples (any shape).
+    name : str
+        What to call the signal in the error message (usually its file path).
+    min_samples : int
+        Minimum number of samples along the last axis.
+
+    Example
+    -------
+    >>> validate_waveform(np.array([0.0, float("nan")]), "x.wav")
+    Traceback (most recent call last):
+    ...
+    sb_mal.audio.AudioError: x.wav: audio contains 1 NaN/Inf sample(s)
+    """
+    n = wav.shape[-1] if len(wav.shape) else 0
+    if n < min_samples:
+        what = "empty audio (0 samples)" if n == 0 else f"too short: {n} samples"
+        raise AudioError(f"{name}: {what}, at least {min_samples} needed")
+    if hasattr(wav, "detach"):
+        bad = int((~wav.detach().isfinite()).sum())
+    else:
+        bad = int(np.size(wav) - np.isfinite(wav).sum())
+    if bad:
+        raise AudioError(f"{name}: audio contains {bad} NaN/Inf sample(s)")
+    return wav
+
+
+def resample(wav, orig_sr: int, new_sr: int):
+    """Resample ``wav`` (tensor or array, time on the last axis) from ``orig_sr`` to ``new_sr``.
+
+    Returns the same type it was given. Uses ``torchaudio.functional.resample``.
+
+    Example
+    -------
+    >>> resample(np.zeros(480), 48000, 16000).shape
+    (160,)
+    """
+    if orig_sr <= 0 or new_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
+    if orig_sr == new_sr:
+        return wav
+    import torch
+    import torchaudio.functional as taf
+
+    is_numpy = not isinstance(wav, torch.Tensor)
+    tensor = torch.as_tensor(np.asarray(wav, dtype=np.float32)) if is_numpy else wav
+    out = taf.resample(tensor, int(orig_sr), int(new_sr))
+    return out.numpy() if is_numpy else out
+
+
+def read_audio(
+    path: str | os.PathLike,
+    sample_rate: int | None = None,
+    *,
+    mono: bool = True,
+    strict_rate: bool = False,
+    start: int = 0,
+    stop: int | None = None,
+    as_numpy: bool = False,
+    validate: bool = True,
+):
+    """Read an audio file as float32, downmixed to mono and resampled if asked.
+
+    Arguments
+    ---------
+    path : str or PathLike
+        Any format soundfile reads (WAV, FLAC, OGG, MP3, ...).
+    sample_rate : int, optional
+        Target rate. The file is resampled to it unless ``strict_rate``, in which case a file at
+        another rate is an error.
+    mono : bool
+        Average the channels (``[T]`` output); otherwise return ``[C, T]``.
+    strict_rate : bool
+        Refuse files whose rate differs from ``sample_rate``.
+    start, stop : int
+        Frame range to read, in samples at the *file's* rate.
+    as_numpy : bool
+        Return a numpy array instead of a torch tensor.
+    validate : bool
+        Reject empty and non-finite audio.
+
+    Returns
+    -------
+    (wav, rate)
+        ``wav`` is ``[T]`` (mono) or ``[C, T]``; ``rate`` the rate of ``wav``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise AudioError(f"{path}: no such audio file")
+    try:
+        data, file_sr = sf.read(path, dtype="float32", always_2d=True, start=start, stop=stop)
+    except Exception as err:
+        raise AudioError(f"{path}: unreadable audio file ({err})") from err
+    if sample_rate is not None and strict_rate and file_sr != sample_rate:
+        raise AudioError(f"{path}: sample rate is {file_sr} Hz, expected {sample_rate} Hz")
+    data = data.T  # [C, T]
+    if mono:
+        data = data.mean(axis=0) if data.shape[0] > 1 else data[0]
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if validate:
+        validate_waveform(data, path)
+    rate = file_sr
+    if sample_rate is not None and sample_rate != file_sr:
+        data = resample(data, file_sr, sample_rate)
+        rate = sample_rate
+    if as_numpy:
+        return data, rate
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(data)), rate
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def write_audio(
+    path: str | os.PathLike,
+    wav,
+    sample_rate: int,
+    *,
+    protect: Iterable[str | os.PathLike] = (),
+    subtype: str | None = None,
+    overwrite: bool = True,
+) -> None:
+    """Write ``wav`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    Arguments
+    ---------
+    path : str or PathLike
+        Output file; the format comes from its extension (wav, flac, ogg, mp3, ...).
+    wav : array or tensor
+        ``[T]`` or ``[C, T]`` samples, float in [-1, 1].
+    sample_rate : int
+        Rate of ``wav``.
+    protect : iterable of paths
+        Input files that must never be overwritten; writing onto one is an error.
+    subtype : str, optional
+        soundfile subtype (default: PCM_16 for WAV/FLAC, the format default otherwise).
+    overwrite : bool
+        If False, an existing ``path`` is an error.
+    """
+    path = os.fspath(path)
+    for other in protect:
+        other = os.fspath(other)
+        if os.path.exists(other) and os.path.exists(path) and _same_file(path, other):
+            raise AudioError(f"{path}: refusing to overwrite an input file")
+        if os.path.abspath(path) == os.path.abspath(other):
+            raise AudioError(f"{path}: refusing to overwrite an input file")
+    if not overwrite and os.path.exists(path):
+        raise AudioError(f"{path}: file exists and overwrite=False")
+    ext = os.path.splitext(path)[1].lower()
+    fmt = _FORMAT_BY_EXT.get(ext)
+    if fmt is None:
+        raise AudioError(f"{path}: unknown audio extension {ext!r}; use one of {sorted(_FORMAT_BY_EXT)}")
+    if hasattr(wav, "detach"):
+        wav = wav.detach().cpu().float().numpy()
+    data = np.asarray(wav, dtype=np.float32)
+    if data.ndim == 2:
+        data = data.T  # soundfile wants [T, C]
+    elif data.ndim != 1:
+        raise AudioError(f"{path}: expected [T] or [C, T] audio, got shape {tuple(data.shape)}")
+    validate_waveform(data.T if data.ndim == 2 else data, path)
+    if subtype is None and fmt in ("WAV", "FLAC"):
+        subtype = "PCM_16"
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=folder)
+    os.close(fd)
+    try:
+        sf.write(tmp, np.clip(data, -1.0, 1.0), int(sample_rate), subtype=subtype, format=fmt)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def list_audio_files(
+    folder: str | os.PathLike,
+    extensions: Sequence[str] = AUDIO_EXTENSIONS,
+    recursive: bool = True,
+) -> list[str]:
+    """Sorted list of audio files under ``folder`` (errors if the folder is missing or empty).
+
+    Hidden files (names starting with ``.``, e.g. our own temporary files) are skipped.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise AudioError(f"{folder}: not a folder")
+    exts = {e.lower() for e in extensions}
+    pattern = "**/*" if recursive else "*"
+    files = sorted(
+        str(p)
+        for p in root.glob(pattern)
+        if p.is_file() and p.suffix.lower() in exts and not p.name.startswith(".")
+    )
+    if not files:
+        raise AudioError(f"{folder}: no audio files ({', '.join(sorted(exts))}) found")
+    return files

@@ -1,0 +1,184 @@
+"""The ``sb-mal`` command line.
+
+Subcommands
+-----------
+``sb-mal evaluate``   score noisy and/or enhanced audio against clean references
+``sb-mal prepare``    write SpeechBrain manifests (folders of pairs, VoiceBank-DEMAND, mini corpus)
+
+Run ``sb-mal <command> --help`` for the options of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+def _pairs_from_folders(clean_dir: str, other_dir: str, match: str) -> tuple[list[str], list[str], list[str]]:
+    """(ids, other_files, clean_files) for files present in both folders."""
+    from sb_mal.audio import list_audio_files
+    from sb_mal.data.manifest import pair_key
+
+    clean = {pair_key(p, clean_dir, match): p for p in list_audio_files(clean_dir)}
+    other = {pair_key(p, other_dir, match): p for p in list_audio_files(other_dir)}
+    common = sorted(set(clean) & set(other))
+    if not common:
+        raise SystemExit(f"error: no file in {other_dir} has a same-named partner in {clean_dir}")
+    missing = sorted(set(clean) - set(other))
+    if missing:
+        logging.getLogger("sb_mal").warning(
+            "%d clean file(s) have no partner in %s (e.g. %s); they are left out", len(missing), other_dir, clean[missing[0]]
+        )
+    return common, [other[k] for k in common], [clean[k] for k in common]
+
+
+def _enhanced_for_manifest(manifest: dict, folder: str) -> tuple[list[str], list[str], list[str]]:
+    """Find ``<folder>/<id>.*`` (or the noisy file's name) for every manifest entry."""
+    from sb_mal.audio import AUDIO_EXTENSIONS
+
+    ids, enh, clean = [], [], []
+    for uid, entry in manifest.items():
+        candidates = [os.path.join(folder, uid + ext) for ext in AUDIO_EXTENSIONS]
+        if "noisy_wav" in entry:
+            candidates.append(os.path.join(folder, os.path.basename(entry["noisy_wav"])))
+        found = next((c for c in candidates if os.path.isfile(c)), None)
+        if found is None:
+            raise SystemExit(f"error: no enhanced file for utterance {uid!r} in {folder} (looked for {uid}.wav/.flac/...)")
+        ids.append(uid)
+        enh.append(found)
+        clean.append(entry["clean_wav"])
+    return ids, enh, clean
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from sb_mal.metrics import evaluate, format_table, resolve_metrics
+
+    metrics = resolve_metrics([m.strip() for m in args.metrics.split(",") if m.strip()])
+    systems: list[tuple[str, list[str], list[str], list[str]]] = []  # name, ids, files, clean
+    if args.manifest:
+        from sb_mal.data.manifest import load_manifest
+
+        manifest = load_manifest(args.manifest, args.data_root or os.path.dirname(os.path.abspath(args.manifest)))
+        if not manifest:
+            raise SystemExit(f"error: {args.manifest} has no entries")
+        ids = list(manifest)
+        clean = [manifest[u]["clean_wav"] for u in ids]
+        if all("noisy_wav" in e for e in manifest.values()) and not args.no_noisy:
+            systems.append(("noisy", ids, [manifest[u]["noisy_wav"] for u in ids], clean))
+        for folder in args.enhanced or []:
+            systems.append((Path(folder).name or folder, *_enhanced_for_manifest(manifest, folder)))
+    else:
+        if not args.clean:
+            raise SystemExit("error: give --clean DIR (with --noisy and/or --enhanced) or --manifest JSON")
+        if args.noisy:
+            systems.append(("noisy", *_pairs_from_folders(args.clean, args.noisy, args.match)))
+        for folder in args.enhanced or []:
+            systems.append((Path(folder).name or folder, *_pairs_from_folders(args.clean, folder, args.match)))
+    if not systems:
+        raise SystemExit("error: nothing to evaluate: give --noisy and/or --enhanced")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, summary = [], {}
+    for name, ids, files, clean in systems:
+        result = evaluate(files, clean, metrics=metrics, n_jobs=args.jobs, ids=ids, timeout=args.timeout, progress=True)
+        result.to_csv(out / f"{name}_scores.csv")
+        rows.append({"system": name, "n": len(ids), **result.means})
+        summary[name] = result.summary()
+    from sb_mal.metrics.results import atomic_write_text
+
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    print(format_table(rows, ["system", "n", *metrics]))
+    failed = sum(len(s["failures"]) for s in summary.values())
+    if failed:
+        print(f"\n{failed} metric failure(s) left out of the means; see {out / 'summary.json'}")
+    print(f"\nper-utterance scores and summary written to {out}/")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# prepare
+# --------------------------------------------------------------------------------------------
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    if args.corpus == "pairs":
+        from sb_mal.data.manifest import prepare_pairs
+
+        entries = prepare_pairs(args.noisy, args.clean, args.output, match=args.match, data_root=args.data_root)
+        print(f"{len(entries)} pairs -> {args.output}")
+    elif args.corpus == "voicebank":
+        from sb_mal.data.voicebank import prepare_voicebank
+
+        paths = prepare_voicebank(args.data_folder, args.save_folder, download=not args.no_download)
+        for split, path in paths.items():
+            print(f"{split}: {path}")
+    elif args.corpus == "mini":
+        from sb_mal.data.mini import build_mini_corpus, default_mini_dir
+
+        paths = build_mini_corpus(args.output or default_mini_dir(), seed=args.seed)
+        for split, path in paths.items():
+            print(f"{split}: {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``sb-mal`` (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="sb-mal", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("evaluate", help="score noisy/enhanced audio against clean references")
+    ev.add_argument("--clean", help="folder of clean references")
+    ev.add_argument("--noisy", help="folder of noisy inputs (same file names as --clean)")
+    ev.add_argument("--enhanced", action="append", help="folder of enhanced outputs (repeatable)")
+    ev.add_argument("--manifest", help="SpeechBrain JSON manifest with noisy_wav/clean_wav instead of folders")
+    ev.add_argument("--data-root", help="value for {data_root} in the manifest (default: its folder)")
+    ev.add_argument("--no-noisy", action="store_true", help="with --manifest: do not score the noisy inputs")
+    ev.add_argument("--match", default="name", choices=["name", "fileid"], help="how files are paired")
+    ev.add_argument("--metrics", default="intrusive", help="comma-separated metrics or groups (intrusive, dnsmos, all)")
+    ev.add_argument("--jobs", type=int, default=2, help="metric worker processes (0: in-process)")
+    ev.add_argument("--timeout", type=float, default=120.0, help="seconds per utterance before its worker is replaced")
+    ev.add_argument("-o", "--output", default="sb_mal_eval", help="folder for CSV/JSON results")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    pr = sub.add_parser("prepare", help="write SpeechBrain manifests for a corpus")
+    prs = pr.add_subparsers(dest="corpus", required=True)
+    p = prs.add_parser("pairs", help="a folder of noisy files and a folder of same-named clean files")
+    p.add_argument("--noisy", required=True)
+    p.add_argument("--clean", required=True)
+    p.add_argument("-o", "--output", required=True, help="manifest JSON to write")
+    p.add_argument("--data-root", help="root for {data_root} placeholders (default: common parent)")
+    p.add_argument("--match", default="name", choices=["name", "fileid"])
+    p = prs.add_parser("voicebank", help="VoiceBank-DEMAND (downloaded if absent)")
+    p.add_argument("--data-folder", required=True)
+    p.add_argument("--save-folder", required=True)
+    p.add_argument("--no-download", action="store_true")
+    p = prs.add_parser("mini", help="the embedded synthetic mini corpus")
+    p.add_argument("-o", "--output", help="folder (default: the sb_mal cache)")
+    p.add_argument("--seed", type=int, default=0)
+    pr.set_defaults(func=_cmd_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sb-mal`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""SpeechBrain JSON manifests for noisy/clean pairs, and preparation from folders of pairs.
+
+A manifest is a JSON object keyed by utterance id::
+
+    {"test_000": {"noisy_wav": "{data_root}/noisy/test_000.flac",
+                  "clean_wav": "{data_root}/clean/test_000.flac",
+                  "length": 3.47}}
+
+``length`` is in seconds. Paths under ``data_root`` are stored with the ``{data_root}``
+placeholder so a prepared corpus can move (SpeechBrain fills it with ``replacements``).
+Separation manifests use ``mix_wav``/``source_wav`` the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from sb_mal.audio import AUDIO_EXTENSIONS, AudioError, audio_info, list_audio_files
+from sb_mal.metrics.results import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "load_manifest",
+    "manifest_paths",
+    "pair_key",
+    "prepare_pairs",
+    "to_placeholder",
+    "write_manifest",
+]
+
+
+def to_placeholder(path: str | os.PathLike, data_root: str | os.PathLike | None) -> str:
+    """``{data_root}/rel/path`` if ``path`` lies under ``data_root``, else the absolute path.
+
+    Example
+    -------
+    >>> to_placeholder("/data/vb/clean/a.wav", "/data/vb")
+    '{data_root}/clean/a.wav'
+    >>> to_placeholder("/elsewhere/a.wav", "/data/vb")
+    '/elsewhere/a.wav'
+    """
+    path = os.path.abspath(os.fspath(path))
+    if data_root is None:
+        return path
+    root = os.path.abspath(os.fspath(data_root))
+    if os.path.commonpath([path, root]) == root:
+        return "{data_root}/" + Path(os.path.relpath(path, root)).as_posix()
+    return path
+
+
+def write_manifest(path: str | os.PathLike, entries: dict) -> None:
+    """Write a manifest (dict of id -> dict) as JSON, atomically."""
+    if not isinstance(entries, dict):
+        raise TypeError(f"manifest entries must be a dict of id -> fields, got {type(entries).__name__}")
+    atomic_write_text(path, json.dumps(entries, indent=2, sort_keys=True) + "\n")
+
+
+def load_manifest(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> dict:
+    """Read a manifest and fill ``{data_root}`` placeholders.
+
+    Raises a ``ValueError`` naming the file for malformed JSON or a placeholder with no
+    ``data_root`` given.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: manifest not found") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a manifest must be a JSON object keyed by utterance id")
+    root = None if data_root is None else os.fspath(data_root)
+    out = {}
+    for uid, fields in data.items():
+        if not isinstance(fields, dict):
+            raise ValueError(f"{path}: entry {uid!r} is not an object")
+        entry = {}
+        for key, value in fields.items():
+            if isinstance(value, str) and "{data_root}" in value:
+                if root is None:
+                    raise ValueError(f"{path}: entry {uid!r} uses {{data_root}} but no data_root was given")
+                value = value.replace("{data_root}", root)
+            entry[key] = value
+        out[uid] = entry
+    return out
+
+
+def manifest_paths(manifest: dict, key: str) -> list[str]:
+    """The ``key`` field (e.g. ``clean_wav``) of every entry, in manifest order."""
+    try:
+        return [entry[key] for entry in manifest.values()]
+    except KeyError:
+        raise KeyError(f"manifest entries lack the field {key!r}") from None
+
+
+_FILEID = re.compile(r"fileid_(\d+)")
+
+
+def pair_key(path: str, root: str, match: str | Callable[[str], str] = "name") -> str:
+    """Key that pairs a noisy file with its clean file.
+
+    ``"name"``: the path relative to its folder without extension (same-named pairs);
+    ``"fileid"``: the ``fileid_<n>`` tag of the DNS-Challenge synthetic sets
+    (``noisy/book_..._fileid_12.wav`` pairs with ``clean/clean_fileid_12.wav``);
+    a callable gets the file path and returns the key.
+
+    Example
+    -------
+    >>> pair_key("/d/noisy/book_x_snr5_fileid_12.wav", "/d/noisy", "fileid")
+    'fileid_12'
+    """
+    if callable(match):
+        return match(path)
+    rel = Path(os.path.relpath(path, root)).with_suffix("").as_posix()
+    if match == "name":
+        return rel
+    if match == "fileid":
+        found = _FILEID.findall(Path(path).name)
+        if not found:
+            raise ValueError(f"{path}: no 'fileid_<n>' in the file name (match='fileid')")
+        return f"fileid_{found[-1]}"
+    raise ValueError(f"match must be 'name', 'fileid' or a callable, got {match!r}")
+
+
+def prepare_pairs(
+    noisy_dir: str | os.PathLike,
+    clean_dir: str | os.PathLike,
+    json_path: str | os.PathLike,
+    *,
+    data_root: str | os.PathLike | None = None,
+    match: str | Callable[[str], str] = "name",
+    sample_rate: int | None = None,
+    allow_unpaired: bool = False,
+    extensions=AUDIO_EXTENSIONS,
+) -> dict:
+    """Write a manifest for a folder of noisy files and a folder of same-named clean files.
+
+    Arguments
+    ---------
+    noisy_dir, clean_dir : path
+        Folders (searched recursively) of noisy and clean audio.
+    json_path : path
+        Output manifest (written atomically).
+    data_root : path, optional
+        Paths under it are stored as ``{data_root}/...``; default: the common parent of the
+        two folders.
+    match : "name", "fileid" or callable
+        How files are paired (see :func:`pair_key`).
+    sample_rate : int, optional
+        If given, every file must have this rate (else an error names the file).
+    allow_unpaired : bool
+        Skip (with a warning) files without a partner instead of failing.
+
+    Returns
+    -------
+    dict
+        The manifest that was written (with placeholders).
+
+    Example
+    -------
+    >>> import tempfile, os, numpy as np
+    >>> from sb_mal.audio import write_audio
+    >>> d = tempfile.mkdtemp()
+    >>> for sub in ("noisy", "clean"):
+    ...     write_audio(os.path.join(d, sub, "u1.wav"), np.zeros(1600), 16000)
+    >>> m = prepare_pairs(os.path.join(d, "noisy"), os.path.join(d, "clean"), os.path.join(d, "m.json"))
+    >>> m["u1"]["noisy_wav"], m["u1"]["length"]
+    ('{data_root}/noisy/u1.wav', 0.1)
+    """
+    noisy_dir, clean_dir = os.fspath(noisy_dir), os.fspath(clean_dir)
+    if data_root is None:
+        data_root = os.path.commonpath([os.path.abspath(noisy_dir), os.path.abspath(clean_dir)])
+    noisy = {pair_key(p, noisy_dir, match): p for p in list_audio_files(noisy_dir, extensions)}
+    clean = {}
+    for p in list_audio_files(clean_dir, extensions):
+        k = pair_key(p, clean_dir, match)
+        if k in clean:
+            raise ValueError(f"{p}: two clean files share the pairing key {k!r} (also {clean[k]})")
+        clean[k] = p
+    missing_clean = sorted(set(noisy) - set(clean))
+    missing_noisy = sorted(set(clean) - set(noisy))
+    if (missing_clean or missing_noisy) and not allow_unpaired:
+        parts = []
+        if missing_clean:
+            parts.append(f"{len(missing_clean)} noisy file(s) without clean partner, e.g. {noisy[missing_clean[0]]}")
+        if missing_noisy:
+            parts.append(f"{len(missing_noisy)} clean file(s) without noisy partner, e.g. {clean[missing_noisy[0]]}")
+        raise ValueError(f"unpaired files in {noisy_dir} / {clean_dir}: " + "; ".join(parts))
+    for k in missing_clean + missing_noisy:
+        logger.warning("prepare_pairs: skipping unpaired file %s", noisy.get(k) or clean.get(k))
+    entries = {}
+    for key in sorted(set(noisy) & set(clean)):
+        n_info, c_info = audio_info(noisy[key]), audio_info(clean[key])
+        for info in (n_info, c_info):
+            if sample_rate is not None and info.sample_rate != sample_rate:
+                raise AudioError(f"{info.path}: sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz")
+        if abs(n_info.duration - c_info.duration) > 0.01:
+            raise AudioError(
+                f"{noisy[key]}: duration {n_info.duration:.3f} s differs from its clean file "
+                f"{clean[key]} ({c_info.duration:.3f} s)"
+            )
+        uid = key.replace("/", "__")
+        entries[uid] = {
+            "noisy_wav": to_placeholder(noisy[key], data_root),
+            "clean_wav": to_placeholder(clean[key], data_root),
+            "length": round(c_info.duration, 6),
+        }
+    if not entries:
+        raise ValueError(f"no pairs found in {noisy_dir} / {clean_dir}")
+    write_manifest(json_path, entries)
+    logger.info("prepare_pairs: %d pairs -> %s", len(entries), json_path)
+    return entries

@@ -1,0 +1,485 @@
+"""Evaluate many utterances with a persistent pool of metric worker processes.
+
+Design
+------
+* One task = one utterance: every requested metric is computed for it in one worker, so PESQ is
+  computed once even when CSIG/CBAK/COVL (which contain it) are also asked for.
+* Workers are our own processes, each fed one task at a time through a pipe, so the parent
+  always knows which utterance a worker is on and since when. A worker that exceeds ``timeout``
+  is killed and replaced, and only that utterance becomes NaN. A worker that crashes is replaced
+  the same way. Nothing is ever retried.
+* A metric that raises on one utterance (PESQ "no utterances detected", silence, too short) gives
+  NaN for that metric and utterance plus a logged warning; means leave NaNs out.
+* The pool is persistent: :func:`get_pool` keeps one per ``n_jobs`` for the life of the process
+  (so validation every epoch does not pay the worker start-up again).
+* Workers are started with the ``spawn`` method (safe next to torch threads) and import only
+  numpy, scipy and the metric packages; ``n_jobs=0`` computes in the calling process (no
+  timeout).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections.abc import Sequence
+from multiprocessing.connection import wait as mp_wait
+
+import numpy as np
+
+from sb_mal.metrics.results import EvalResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["METRICS", "METRIC_GROUPS", "MetricPool", "evaluate", "get_pool", "resolve_metrics", "score_utterance"]
+
+#: Every metric name the pool understands, in report order.
+METRICS = (
+    "pesq",
+    "pesq_nb",
+    "stoi",
+    "estoi",
+    "si_sdr",
+    "ssnr",
+    "csig",
+    "cbak",
+    "covl",
+    "dnsmos_sig",
+    "dnsmos_bak",
+    "dnsmos_ovrl",
+    "dnsmos_p808",
+)
+_INTRUSIVE = METRICS[:9]
+_DNSMOS = METRICS[9:]
+#: Names that expand to several metrics.
+METRIC_GROUPS = {
+    "intrusive": _INTRUSIVE,
+    "composite": ("csig", "cbak", "covl"),
+    "dnsmos": _DNSMOS,
+    "all": METRICS,
+}
+#: Rate every metric is computed at (inputs at other rates are resampled).
+METRIC_RATE = 16000
+
+
+def resolve_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
+    """Expand group names and check metric names; keeps report order, drops duplicates.
+
+    Example
+    -------
+    >>> resolve_metrics(["stoi", "composite"])
+    ('stoi', 'csig', 'cbak', 'covl')
+    """
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    out: list[str] = []
+    for name in metrics:
+        key = name.lower()
+        names = METRIC_GROUPS.get(key, (key,))
+        for n in names:
+            if n not in METRICS:
+                raise ValueError(
+                    f"unknown metric {name!r}; choose from {list(METRICS)} or groups {list(METRIC_GROUPS)}"
+                )
+            if n not in out:
+                out.append(n)
+    return tuple(out)
+
+
+def _load(item, sample_rate: int, what: str) -> np.ndarray:
+    """An array or a file path -> float64 mono array at METRIC_RATE."""
+    if isinstance(item, (str, os.PathLike)):
+        from sb_mal.audio import read_audio
+
+        wav, sr = read_audio(item, as_numpy=True)
+    else:
+        if hasattr(item, "detach"):
+            item = item.detach().cpu().float().numpy()
+        wav, sr = np.asarray(item, dtype=np.float32), sample_rate
+        if wav.ndim == 2 and 1 in wav.shape:
+            wav = wav.reshape(-1)
+        if wav.ndim != 1:
+            raise ValueError(f"{what}: expected a 1-D waveform, got shape {wav.shape}")
+    if sr != METRIC_RATE:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        g = gcd(int(sr), METRIC_RATE)
+        wav = resample_poly(wav, METRIC_RATE // g, int(sr) // g)
+    wav = np.asarray(wav, dtype=np.float64)
+    if wav.size == 0:
+        raise ValueError(f"{what}: empty audio")
+    if not np.isfinite(wav).all():
+        raise ValueError(f"{what}: audio contains NaN/Inf")
+    return wav
+
+
+def score_utterance(enhanced, clean, sample_rate: int, metrics: Sequence[str]) -> tuple[dict, list[str]]:
+    """Score one utterance; never raises.
+
+    Arguments
+    ---------
+    enhanced, clean : array, tensor or path
+        The processed signal and its reference (``clean`` may be None for DNSMOS-only).
+    sample_rate : int
+        Rate of array inputs (files carry their own).
+    metrics : sequence of str
+        Resolved metric names.
+
+    Returns
+    -------
+    (scores, problems)
+        ``scores`` maps every requested metric to a float (NaN on failure); ``problems`` lists
+        human-readable failure messages.
+    """
+    scores = {m: math.nan for m in metrics}
+    problems: list[str] = []
+    try:
+        enh = _load(enhanced, sample_rate, "enhanced")
+        ref = None
+        if any(m in _INTRUSIVE for m in metrics):
+            if clean is None:
+                raise ValueError("intrusive metrics need a clean reference")
+            ref = _load(clean, sample_rate, "clean")
+            n = min(len(ref), len(enh))
+            if abs(len(ref) - len(enh)) > 0.01 * max(len(ref), len(enh)):
+                problems.append(f"length mismatch: clean {len(ref)} vs enhanced {len(enh)} samples; trimmed to {n}")
+            ref, enh_i = ref[:n], enh[:n]
+    except Exception as err:
+        problems.append(f"could not load audio: {err}")
+        return scores, problems
+
+    def attempt(names, fn):
+        try:
+            values = fn()
+        except Exception as err:  # one metric failing never fails the others
+            msg = f"{type(err).__name__}: {err}".strip()
+            problems.append(f"{'/'.join(names)} failed ({msg})")
+            return None
+        return values
+
+    from sb_mal.metrics import composite as comp
+    from sb_mal.metrics import intrusive as intr
+
+    pesq_value = None
+    if any(m in metrics for m in ("pesq", "csig", "cbak", "covl")):
+        pesq_value = attempt(["pesq"], lambda: intr.pesq_wb(ref, enh_i, METRIC_RATE))
+        if "pesq" in metrics and pesq_value is not None:
+            scores["pesq"] = pesq_value
+    simple = {
+        "pesq_nb": intr.pesq_nb,
+        "stoi": intr.stoi,
+        "estoi": intr.estoi,
+        "si_sdr": intr.si_sdr,
+    }
+    for name, fn in simple.items():
+        if name in metrics:
+            value = attempt([name], lambda fn=fn: fn(ref, enh_i, METRIC_RATE))
+            if value is not None:
+                scores[name] = value
+    if "ssnr" in metrics:
+        value = attempt(["ssnr"], lambda: comp.segmental_snr(ref, enh_i, METRIC_RATE))
+        if value is not None:
+            scores["ssnr"] = value
+    wanted = [m for m in ("csig", "cbak", "covl") if m in metrics]
+    if wanted:
+        if pesq_value is None:
+            problems.append(f"{'/'.join(wanted)} need PESQ, which failed")
+        else:
+            values = attempt(wanted, lambda: comp.composite(ref, enh_i, METRIC_RATE, pesq_score=pesq_value))
+            if values is not None:
+                for m in wanted:
+                    scores[m] = float(values[m])
+    wanted = [m for m in _DNSMOS if m in metrics]
+    if wanted:
+        from sb_mal.metrics.dnsmos import dnsmos_scores
+
+        values = attempt(wanted, lambda: dnsmos_scores(enh.astype(np.float32), METRIC_RATE))
+        if values is not None:
+            for m in wanted:
+                scores[m] = float(values[m[len("dnsmos_") :]])
+    return scores, problems
+
+
+def _worker_main(conn) -> None:
+    """Worker loop: receive (key, enhanced, clean, rate, metrics), send (key, scores, problems)."""
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        key, enhanced, clean, rate, metrics = task
+        try:
+            scores, problems = score_utterance(enhanced, clean, rate, metrics)
+        except BaseException:  # pragma: no cover - score_utterance does not raise
+            scores, problems = {m: math.nan for m in metrics}, [traceback.format_exc(limit=2)]
+        try:
+            conn.send((key, scores, problems))
+        except (EOFError, OSError, BrokenPipeError):
+            return
+
+
+class _Worker:
+    def __init__(self, ctx):
+        parent, child = ctx.Pipe(duplex=True)
+        self.conn = parent
+        self.process = ctx.Process(target=_worker_main, args=(child,), daemon=True)
+        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            self.process.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        child.close()
+        self.task = None  # (index, started_at)
+
+    def kill(self):
+        try:
+            self.process.kill()
+            self.process.join(timeout=5)
+        finally:
+            self.conn.close()
+
+    def stop(self):
+        try:
+            self.conn.send(None)
+        except (OSError, BrokenPipeError):
+            pass
+        self.process.join(timeout=2)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        self.conn.close()
+
+
+class MetricPool:
+    """A persistent set of metric workers.
+
+    Arguments
+    ---------
+    n_jobs : int
+        Number of worker processes; 0 computes in the calling process.
+    timeout : float
+        Seconds one utterance may take before its worker is killed and replaced.
+    start_method : str
+        multiprocessing start method for the workers (default ``spawn``).
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> clean = rng.standard_normal(16000) * 0.1
+    >>> with MetricPool(n_jobs=0) as pool:
+    ...     result = pool.evaluate([clean], [clean], 16000, metrics=["si_sdr"])
+    >>> result.means["si_sdr"] > 50
+    True
+    """
+
+    def __init__(self, n_jobs: int = 2, timeout: float = 120.0, start_method: str = "spawn"):
+        if n_jobs < 0:
+            raise ValueError(f"n_jobs must be >= 0, got {n_jobs}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self.n_jobs = int(n_jobs)
+        self.timeout = float(timeout)
+        self._ctx = mp.get_context(start_method)
+        self._workers: list[_Worker] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _ensure_workers(self):
+        self._workers = [w for w in self._workers if w.process.is_alive()]
+        while len(self._workers) < self.n_jobs:
+            self._workers.append(_Worker(self._ctx))
+
+    def close(self):
+        """Stop all workers."""
+        for w in self._workers:
+            w.stop()
+        self._workers = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- work --------------------------------------------------------------------------------
+    def evaluate(
+        self,
+        enhanced: Sequence,
+        clean: Sequence | None,
+        sample_rate: int = 16000,
+        metrics: str | Sequence[str] = "intrusive",
+        ids: Sequence[str] | None = None,
+        progress: bool = False,
+        desc: str = "metrics",
+    ) -> EvalResult:
+        """Score lists of utterances (arrays, tensors or file paths).
+
+        Arguments
+        ---------
+        enhanced : sequence
+            Processed signals.
+        clean : sequence or None
+            References, same order (None for non-intrusive metrics only).
+        sample_rate : int
+            Rate of array inputs.
+        metrics : str or sequence of str
+            Metric names and/or groups (see :data:`METRICS`, :data:`METRIC_GROUPS`).
+        ids : sequence of str, optional
+            Utterance ids for the rows and warnings (default: running numbers).
+        progress : bool
+            Show a tqdm progress bar.
+
+        Returns
+        -------
+        EvalResult
+            Per-utterance rows, NaN-free means, counts and the failures.
+        """
+        names = resolve_metrics(metrics)
+        n = len(enhanced)
+        if clean is not None and len(clean) != n:
+            raise ValueError(f"got {n} enhanced but {len(clean)} clean utterances")
+        ids = [str(i) for i in (ids if ids is not None else range(n))]
+        if len(ids) != n:
+            raise ValueError(f"got {len(ids)} ids for {n} utterances")
+        results: list[dict | None] = [None] * n
+        problems: list[list[str]] = [[] for _ in range(n)]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc=desc, unit="utt")
+        try:
+            if self.n_jobs == 0:
+                for i in range(n):
+                    ref = clean[i] if clean is not None else None
+                    results[i], problems[i] = score_utterance(enhanced[i], ref, sample_rate, names)
+                    if bar is not None:
+                        bar.update(1)
+            else:
+                self._run_parallel(enhanced, clean, sample_rate, names, results, problems, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        failures = []
+        for i, msgs in enumerate(problems):
+            for msg in msgs:
+                logger.warning("metrics: utterance %s: %s", ids[i], msg)
+                failures.append((ids[i], msg))
+        return EvalResult.from_rows(ids, results, names, failures)
+
+    def _run_parallel(self, enhanced, clean, rate, names, results, problems, bar):
+        self._ensure_workers()
+        pending = list(range(len(enhanced)))[::-1]  # pop() from the end = in order
+        idle = list(self._workers)
+        busy: dict = {}  # conn -> worker
+        while pending or busy:
+            while pending and idle:
+                worker = idle.pop()
+                i = pending.pop()
+                ref = clean[i] if clean is not None else None
+                try:
+                    worker.conn.send((i, enhanced[i], ref, rate, names))
+                except (OSError, BrokenPipeError):
+                    pending.append(i)
+                    worker.kill()
+                    self._replace(worker)
+                    idle.append(self._workers[-1])
+                    continue
+                worker.task = (i, time.monotonic())
+                busy[worker.conn] = worker
+            if not busy:
+                continue
+            now = time.monotonic()
+            deadline = min(w.task[1] for w in busy.values()) + self.timeout
+            ready = mp_wait(list(busy.keys()), timeout=max(0.0, deadline - now))
+            for conn in ready:
+                worker = busy.pop(conn)
+                i = worker.task[0]
+                try:
+                    key, scores, msgs = conn.recv()
+                except (EOFError, OSError):
+                    results[i] = {m: math.nan for m in names}
+                    problems[i].append("metric worker crashed; utterance left out")
+                    worker.kill()
+                    idle.append(self._replace(worker))
+                else:
+                    results[key], problems[key] = scores, list(msgs)
+                    worker.task = None
+                    idle.append(worker)
+                if bar is not None:
+                    bar.update(1)
+            now = time.monotonic()
+            for conn, worker in list(busy.items()):
+                i, started = worker.task
+                if now - started >= self.timeout:
+                    busy.pop(conn)
+                    results[i] = {m: math.nan for m in names}
+                    problems[i].append(f"timed out after {self.timeout:.0f} s; worker replaced")
+                    worker.kill()
+                    idle.append(self._replace(worker))
+                    if bar is not None:
+                        bar.update(1)
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        self._workers = [w for w in self._workers if w is not worker]
+        fresh = _Worker(self._ctx)
+        self._workers.append(fresh)
+        return fresh
+
+
+_POOLS: dict[tuple[int, float], MetricPool] = {}
+
+
+def get_pool(n_jobs: int = 2, timeout: float = 120.0) -> MetricPool:
+    """The process-wide persistent pool for ``(n_jobs, timeout)`` (created on first use)."""
+    key = (int(n_jobs), float(timeout))
+    if key not in _POOLS:
+        _POOLS[key] = MetricPool(n_jobs=n_jobs, timeout=timeout)
+    return _POOLS[key]
+
+
+@atexit.register
+def _close_pools():  # pragma: no cover - runs at interpreter exit
+    for pool in _POOLS.values():
+        pool.close()
+    _POOLS.clear()
+
+
+def evaluate(
+    enhanced: Sequence,
+    clean: Sequence | None,
+    sample_rate: int = 16000,
+    metrics: str | Sequence[str] = "intrusive",
+    n_jobs: int = 2,
+    ids: Sequence[str] | None = None,
+    timeout: float = 120.0,
+    progress: bool = False,
+) -> EvalResult:
+    """Score utterances with the persistent pool of ``n_jobs`` workers.
+
+    See :meth:`MetricPool.evaluate`. A failing utterance gives NaN and a warning and is left out
+    of the means.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(1).standard_normal(8000) * 0.1
+    >>> evaluate([x], [x], 16000, metrics=["si_sdr"], n_jobs=0).counts["si_sdr"]
+    1
+    """
+    pool = MetricPool(n_jobs=0) if n_jobs == 0 else get_pool(n_jobs, timeout)
+    return pool.evaluate(enhanced, clean, sample_rate, metrics, ids=ids, progress=progress)
