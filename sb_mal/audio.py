@@ -20,6 +20,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -129,7 +130,9 @@ def validate_waveform(wav, name: str = "waveform", min_samples: int = 1):
 def resample(wav, orig_sr: int, new_sr: int):
     """Resample ``wav`` (tensor or array, time on the last axis) from ``orig_sr`` to ``new_sr``.
 
-    Returns the same type it was given. Uses ``torchaudio.functional.resample``.
+    Returns the same type it was given. Uses torchaudio's windowed-sinc resampler; the kernel of
+    each rate pair is built once and cached (building it costs far more than applying it to a
+    few seconds of audio).
 
     Example
     -------
@@ -141,12 +144,28 @@ def resample(wav, orig_sr: int, new_sr: int):
     if orig_sr == new_sr:
         return wav
     import torch
-    import torchaudio.functional as taf
 
     is_numpy = not isinstance(wav, torch.Tensor)
     tensor = torch.as_tensor(np.asarray(wav, dtype=np.float32)) if is_numpy else wav
-    out = taf.resample(tensor, int(orig_sr), int(new_sr))
+    resampler = _resampler(int(orig_sr), int(new_sr), tensor.dtype if tensor.is_floating_point() else torch.float32)
+    with torch.no_grad() if is_numpy else _nullcontext():
+        out = resampler.to(tensor.device)(tensor.float() if not tensor.is_floating_point() else tensor)
     return out.numpy() if is_numpy else out
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig_sr: int, new_sr: int, dtype):
+    import torchaudio
+
+    return torchaudio.transforms.Resample(orig_sr, new_sr, dtype=dtype)
 
 
 def read_audio(

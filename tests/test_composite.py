@@ -2,7 +2,8 @@
 
 The agreement tests compare with pysepm (pip ``pysepm-evo``), an independent port of Loizou's
 MATLAB code, on a fixed subset of the devset test pairs: the first 5 ids of each SNR level
-(-5..15 dB), 25 pairs, because pysepm needs about 0.15 s per utterance plus its numba JIT.
+(-5..15 dB), 25 pairs, because pysepm needs about 0.15 s per utterance (all 120: ~20-25 s)
+plus its numba JIT (~5-8 s, most of this file's run time; those tests are marked slow).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ PER_SNR = 5  # pairs per SNR level in the agreement subset
 # -- helpers --------------------------------------------------------------------------------------
 def _subset(devset: Path, per_snr: int = PER_SNR) -> list[tuple[str, float]]:
     """(id, snr_db): the first ``per_snr`` ids (sorted) of every SNR level of pairs/test."""
-    rows = list(csv.DictReader(open(devset / "pairs" / "test" / "manifest.csv", newline="")))
+    with open(devset / "pairs" / "test" / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     out = []
     for snr in sorted({float(r["snr_db"]) for r in rows}):
         ids = sorted(r["id"] for r in rows if float(r["snr_db"]) == snr)[:per_snr]
@@ -103,10 +105,12 @@ def test_identical_speech_with_pesq(devset):
     silent = _silent_clean_frames(clean, frames.size)
     assert 0 < silent.sum() < frames.size
     assert np.all(frames[silent] == -10.0) and np.all(frames[~silent] == 35.0)
-    assert scores["ssnr"] == pytest.approx((35.0 * (~silent).sum() - 10.0 * silent.sum()) / frames.size)
+    expected = (35.0 * (~silent).sum() - 10.0 * silent.sum()) / frames.size
+    assert scores["ssnr"] == pytest.approx(expected)
 
 
-# -- 2. agreement with pysepm -----------------------------------------------------------------------
+# -- 2. agreement with pysepm ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_wss_and_segsnr_match_pysepm(pairs, pysepm):
     """Same conventions on both sides (frames, eps, trimming); pysepm trims with Python's round."""
     wss_dev, ssnr_dev = [], []
@@ -114,12 +118,14 @@ def test_wss_and_segsnr_match_pysepm(pairs, pysepm):
         ref_wss = pysepm.wss(clean, noisy, 16000)
         ours = _python_round_mean(wss_frames(clean, noisy, 16000))
         wss_dev.append(abs(ours - ref_wss) / ref_wss)
-        ssnr_dev.append(abs(segmental_snr(clean, noisy, 16000) - pysepm.SNRseg(clean, noisy, 16000)))
+        ref_ssnr = pysepm.SNRseg(clean, noisy, 16000)
+        ssnr_dev.append(abs(segmental_snr(clean, noisy, 16000) - ref_ssnr))
     # measured: 4e-16 relative and 9e-15 dB
     assert max(wss_dev) < 1e-10
     assert max(ssnr_dev) < 1e-9
 
 
+@pytest.mark.slow
 def test_llr_frames_match_pysepm_lpc(pairs, pysepm):
     """Per frame, against pysepm's own LPC routine (what its ``llr`` uses frame by frame).
 
@@ -151,12 +157,14 @@ def test_llr_frames_match_pysepm_lpc(pairs, pysepm):
     assert np.all(dev_silent[:, 1:] > 5) and dev_silent[:, 0].max() < 0.1
 
 
+@pytest.mark.slow
 def test_llr_mean_matches_pysepm(pairs, pysepm):
-    """Utterance LLR (unclipped, as in composite.m) against ``pysepm.llr(used_for_composite=True)``."""
+    """Utterance LLR (unclipped as in composite.m) vs ``pysepm.llr(used_for_composite=True)``."""
     close, with_silence = [], []
     for uid, _, clean, noisy in pairs:
         frames = llr_frames(clean, noisy, 16000)
-        diff = abs(_python_round_mean(frames) - pysepm.llr(clean, noisy, 16000, used_for_composite=True))
+        ref = pysepm.llr(clean, noisy, 16000, used_for_composite=True)
+        diff = abs(_python_round_mean(frames) - ref)
         kept = np.sort(frames)[: int(round(frames.size * 0.95))]
         silent_values = frames[_silent_clean_frames(clean, frames.size)]
         # utterances whose trimmed mean contains a rounding-dominated silent-reference frame
@@ -180,7 +188,8 @@ def test_8khz_llr_order_10_matches_pysepm(pairs, pysepm):
     )
 
 
-# -- 3. range and monotonicity ---------------------------------------------------------------------
+# -- 3. range and monotonicity --------------------------------------------------------------------
+@pytest.mark.slow
 def test_more_noise_lowers_composite_scores(pairs):
     """Doubling the noise of a pair (-6 dB SNR) lowers every measure on average."""
     keys = ("csig", "cbak", "covl", "ssnr")  # 9 pairs spread over the five SNR levels
@@ -200,7 +209,8 @@ def test_more_noise_lowers_composite_scores(pairs):
 
 
 def test_segsnr_increases_with_devset_snr(devset_test_pairs, devset):
-    rows = {r["id"]: float(r["snr_db"]) for r in csv.DictReader(open(devset / "pairs/test/manifest.csv"))}
+    with open(devset / "pairs" / "test" / "manifest.csv", newline="") as f:
+        rows = {r["id"]: float(r["snr_db"]) for r in csv.DictReader(f)}
     by_snr: dict[float, list[float]] = {}
     for uid, noisy_path, clean_path in devset_test_pairs:
         clean, _ = read_audio(clean_path, as_numpy=True)
@@ -211,7 +221,7 @@ def test_segsnr_increases_with_devset_snr(devset_test_pairs, devset):
     assert all(-10.0 <= v <= 35.0 for values in by_snr.values() for v in values)
 
 
-# -- 4. formula, clipping, framing, errors -------------------------------------------------------------
+# -- 4. formula, clipping, framing, errors --------------------------------------------------------
 def test_composite_formula_and_clipping():
     rng = np.random.default_rng(1)
     x = rng.standard_normal(16000)

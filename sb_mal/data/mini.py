@@ -25,9 +25,12 @@ Layout::
 Example
 -------
 >>> import tempfile
->>> paths = build_mini_corpus(tempfile.mkdtemp(), n_train=2, n_valid=1, n_test=1, progress=False)
->>> sorted(paths)
-['test', 'train', 'valid']
+>>> from sb_mal.data.manifest import load_manifest
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     paths = build_mini_corpus(tmp, n_train=2, n_valid=1, n_test=1, progress=False)
+...     manifest = load_manifest(paths["test"], tmp)
+>>> sorted(paths), sorted(manifest)
+(['test', 'train', 'valid'], ['test_0000'])
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ import numpy as np
 
 from sb_mal.audio import write_audio
 from sb_mal.data.manifest import to_placeholder, write_manifest
-from sb_mal.data.synth_noise import NOISE_TYPES, active_speech_power, make_noise, mix_at_snr
+from sb_mal.data.mixing import active_speech_power, mix_at_snr
+from sb_mal.data.synth_noise import NOISE_TYPES, make_noise
 from sb_mal.data.synth_speech import make_sentence, sentence_bucket, synthesize, trim_silence
 from sb_mal.metrics.results import atomic_write_text
 
@@ -65,14 +69,15 @@ __all__ = [
 CORPUS_VERSION = 1
 SPLITS = ("train", "valid", "test")
 #: Languages whose voices read the train/valid (and part of the test) sentences.
-TRAIN_LANGUAGES = ("en-us", "en", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-gb-x-gbclan", "de", "nl")
+TRAIN_LANGUAGES = ("en-us", "en", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-gb-x-gbclan",
+                   "de", "nl")  # fmt: skip
 #: Extra languages for test voices only.
 TEST_LANGUAGES = ("en-us-nyc", "en-gb-x-gbcwmd", "af")
 #: Voice variants (timbre, pitch) of train and valid.
 TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "f1", "f2", "f3", "klatt", "klatt2", "Andy",
-                  "adam", "max", "paul", "linda", "zac")  # fmt: skip
+                  "adam", "max", "paul", "linda", "travis")  # fmt: skip
 #: Held-out variants: every test utterance uses one of these.
-TEST_VARIANTS = ("m7", "f4", "f5", "klatt3", "steph", "quincy")
+TEST_VARIANTS = ("m7", "f4", "f5", "klatt3", "steph", "edward")
 #: Languages of the babble talkers (any variant).
 BABBLE_LANGUAGES = ("fr", "es", "it", "pt", "pl", "sv")
 
@@ -133,7 +138,9 @@ def _plan(split: str, n: int, p: dict) -> tuple[list[dict], list[dict]]:
     for _ in range(_BABBLE_CLIPS[split]):
         voice = _pick(rng, BABBLE_LANGUAGES) + "+" + _pick(rng, TRAIN_VARIANTS + TEST_VARIANTS)
         text = _sentences(rng, "babble", babble_used, 1)[0]
-        clips.append({"voice": voice, "text": text, "sample_rate": p["sample_rate"], **_voice_params(rng)})
+        clips.append(
+            {"voice": voice, "text": text, "sample_rate": p["sample_rate"], **_voice_params(rng)}
+        )
     kinds = [p["noise_types"][i % len(p["noise_types"])] for i in range(n)]
     rng.shuffle(kinds)
     if split == "train":
@@ -152,7 +159,8 @@ def _plan(split: str, n: int, p: dict) -> tuple[list[dict], list[dict]]:
             "uid": f"{split}_{i:04d}", "split": split, "index": i, "seed": p["seed"],
             "voice": f"{language}+{variant}", **_voice_params(rng),
             "candidates": _sentences(rng, split, used, _CANDIDATES),
-            "noise_type": kinds[i], "snr_db": snrs[i], "level_db": round(float(rng.uniform(-32, -22)), 2),
+            "noise_type": kinds[i], "snr_db": snrs[i],
+            "level_db": round(float(rng.uniform(-32, -22)), 2),
             "sample_rate": p["sample_rate"], "min_seconds": p["min_seconds"],
             "max_seconds": p["max_seconds"],
         })  # fmt: skip
@@ -179,7 +187,14 @@ def _fit_speech(plan: dict) -> tuple[np.ndarray, str]:
     sr = plan["sample_rate"]
     shortest = int((plan["min_seconds"] - 0.8) * sr)
     longest = int((plan["max_seconds"] - 0.2) * sr)
-    candidates = list(plan["candidates"])
+    # Try first the sentences whose length in characters suits the target duration
+    # (eSpeak says roughly six characters per "word" of its words-per-minute rate).
+    chars_per_sample = plan["rate"] * 6.0 / 60.0 / sr
+    fits = [
+        shortest * 1.1 <= len(c) / chars_per_sample <= longest * 0.9 for c in plan["candidates"]
+    ]
+    candidates = [c for c, ok in zip(plan["candidates"], fits) if ok]
+    candidates += [c for c, ok in zip(plan["candidates"], fits) if not ok]
     wav, text = np.zeros(0, np.float32), ""
     while candidates:
         text = candidates.pop(0)
@@ -202,7 +217,7 @@ def _make_utterance(job: tuple[dict, list[dict], str]) -> tuple[str, dict]:
     sr, split, uid = plan["sample_rate"], plan["split"], plan["uid"]
     rng = np.random.default_rng([plan["seed"], _CODE[split], plan["index"] + 1])
     speech, text = _fit_speech(plan)
-    min_n, max_n = int(round(plan["min_seconds"] * sr)), int(round(plan["max_seconds"] * sr))
+    min_n, max_n = round(plan["min_seconds"] * sr), round(plan["max_seconds"] * sr)
     room = max(0, max_n - len(speech))
     pad = min(room, max(int(rng.uniform(0.2, 0.6) * sr), min_n - len(speech)))
     lead = int(pad * rng.uniform(0.3, 0.7))
@@ -218,19 +233,10 @@ def _make_utterance(job: tuple[dict, list[dict], str]) -> tuple[str, dict]:
         "noisy_wav": to_placeholder(paths["noisy"], out_dir),
         "clean_wav": to_placeholder(paths["clean"], out_dir),
         "length": len(clean) / sr, "snr_db": plan["snr_db"], "noise_type": plan["noise_type"],
-        "noise_detail": detail, "voice": plan["voice"], "rate": plan["rate"], "pitch": plan["pitch"],
-        "pitch_range": plan["pitch_range"], "text": text,
+        "noise_detail": detail, "voice": plan["voice"], "rate": plan["rate"],
+        "pitch": plan["pitch"], "pitch_range": plan["pitch_range"], "text": text,
     }  # fmt: skip
     return uid, entry
-
-
-def _init_worker() -> None:
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def _run(func, jobs: list, pool: ProcessPoolExecutor | None, progress: bool, desc: str) -> list:
@@ -267,9 +273,9 @@ def _clear(out: Path, params: dict) -> None:
 def build_mini_corpus(
     out_dir: str | os.PathLike | None = None,
     *,
-    n_train: int = 800,
-    n_valid: int = 80,
-    n_test: int = 80,
+    n_train: int = 600,
+    n_valid: int = 60,
+    n_test: int = 60,
     seed: int = 0,
     sample_rate: int = 16000,
     min_seconds: float = 2.0,
@@ -305,7 +311,9 @@ def build_mini_corpus(
     noise_types : tuple of str
         Noise kinds to use (subset of :data:`sb_mal.data.synth_noise.NOISE_TYPES`), balanced.
     num_workers : int
-        Processes to use (1: in this process). Results do not depend on it.
+        Processes to use (1: in this process). Results do not depend on it. Workers are
+        started with ``spawn``, so a calling script needs the usual
+        ``if __name__ == "__main__":`` guard.
     progress : bool
         Show tqdm progress bars.
 
@@ -320,17 +328,25 @@ def build_mini_corpus(
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"n_{name} must be a positive integer, got {value!r}")
     if not 0.5 <= min_seconds < max_seconds <= 30:
-        raise ValueError(f"need 0.5 <= min_seconds < max_seconds <= 30, got {min_seconds}, {max_seconds}")
+        raise ValueError(
+            f"need 0.5 <= min_seconds < max_seconds <= 30, got {min_seconds}, {max_seconds}"
+        )
     if max_seconds - min_seconds < 1.0:
-        raise ValueError(f"max_seconds - min_seconds must be >= 1 s, got {min_seconds}..{max_seconds}")
+        raise ValueError(
+            f"max_seconds - min_seconds must be >= 1 s, got {min_seconds}..{max_seconds}"
+        )
     if not 8000 <= sample_rate <= 48000:
         raise ValueError(f"sample_rate must be in [8000, 48000] Hz, got {sample_rate}")
     bad = [k for k in noise_types if k not in NOISE_TYPES]
     if bad or not noise_types:
-        raise ValueError(f"noise_types must be a non-empty subset of {NOISE_TYPES}, got {noise_types!r}")
+        raise ValueError(
+            f"noise_types must be a non-empty subset of {NOISE_TYPES}, got {noise_types!r}"
+        )
     low, high = train_snr_range
     if not low <= high or not eval_snrs:
-        raise ValueError(f"bad SNR settings: train_snr_range={train_snr_range}, eval_snrs={eval_snrs}")
+        raise ValueError(
+            f"bad SNR settings: train_snr_range={train_snr_range}, eval_snrs={eval_snrs}"
+        )
     params = {
         "n_train": int(n_train), "n_valid": int(n_valid), "n_test": int(n_test), "seed": int(seed),
         "sample_rate": int(sample_rate), "min_seconds": float(min_seconds),
@@ -355,7 +371,7 @@ def build_mini_corpus(
             for clips in [plans[split][1]]]  # fmt: skip
     if num_workers > 1:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(num_workers, mp_context=context) as pool:
             entries = dict(_run(_make_utterance, jobs, pool, progress, "mini corpus"))
     else:
         try:
@@ -363,7 +379,9 @@ def build_mini_corpus(
         finally:
             _TALKERS.clear()
     for split in SPLITS:
-        write_manifest(manifests[split], {k: v for k, v in entries.items() if k.startswith(split + "_")})
+        write_manifest(
+            manifests[split], {k: v for k, v in entries.items() if k.startswith(split + "_")}
+        )
     seconds = sum(e["length"] for e in entries.values())
     summary = {"version": CORPUS_VERSION, "params": params, "utterances": len(entries),
                "minutes": round(seconds / 60, 2)}  # fmt: skip

@@ -1,4 +1,4 @@
-"""Seeded synthetic noises and mixing at a target SNR on active speech.
+"""Seeded synthetic noises for the mini corpus (mix with :func:`sb_mal.data.mixing.mix_at_snr`).
 
 Noise kinds (:data:`NOISE_TYPES`):
 
@@ -11,9 +11,7 @@ Noise kinds (:data:`NOISE_TYPES`):
   faint pink floor (impulsive: high crest factor);
 * ``combo``: two of the above together.
 
-Every generator returns float64 noise with unit RMS and a short description. SNRs are
-defined on *active* speech (:func:`active_speech_power`: 20 ms frames within 40 dB of the
-loudest frame) against the power of the whole noise.
+Every generator returns float64 noise with unit RMS and a short description.
 
 Example
 -------
@@ -25,18 +23,15 @@ Example
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.fft import next_fast_len
 
-__all__ = [
-    "NOISE_TYPES",
-    "active_speech_power",
-    "colored_noise",
-    "make_noise",
-    "measure_snr",
-    "mix_at_snr",
-]
+from sb_mal.data.mixing import active_speech_power
+
+__all__ = ["NOISE_TYPES", "colored_noise", "make_noise"]
 
 #: Noise kinds that :func:`make_noise` knows.
 NOISE_TYPES = ("white", "pink", "brown", "bandpass", "hum", "babble", "transient", "combo")
@@ -81,8 +76,9 @@ def colored_noise(
     """
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
-    spec = np.fft.rfft(rng.standard_normal(n))
-    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
+    size = next_fast_len(n, real=True)  # arbitrary lengths can make the FFT 10x slower
+    spec = np.fft.rfft(rng.standard_normal(size))
+    freqs = np.fft.rfftfreq(size, 1.0 / sample_rate)
     gain = np.maximum(freqs, 20.0) ** (-exponent / 2.0)
     gain[0] = 0.0
     if band is not None:
@@ -94,25 +90,29 @@ def colored_noise(
         up = np.clip((octaves - np.log2(low)) / edge + 0.5, 0.0, 1.0)
         down = np.clip((np.log2(high) - octaves) / edge + 0.5, 0.0, 1.0)
         gain *= np.sin(0.5 * np.pi * up) ** 2 * np.sin(0.5 * np.pi * down) ** 2
-    x = np.fft.irfft(spec * gain, n)
+    x = np.fft.irfft(spec * gain, size)[:n]
     return _unit_rms(x - x.mean())
 
 
 def _hum(n: int, rng: np.random.Generator, sample_rate: int) -> tuple[np.ndarray, str]:
-    mains = 50.0 if rng.random() < 0.5 else 60.0
-    t = np.arange(n) / sample_rate
+    mains = 50 if rng.random() < 0.5 else 60
+    block = sample_rate // math.gcd(sample_rate, mains)  # samples of a whole number of cycles
+    t = np.arange(block) / sample_rate
     harmonics = int(rng.integers(4, 13))
     slope = rng.uniform(0.5, 1.5)
-    x = np.zeros(n)
+    cycle = np.zeros(block)
     for k in range(1, harmonics + 1):
         if k * mains >= 0.45 * sample_rate:
             break
         amp = k**-slope * (1.5 if k % 2 else rng.uniform(0.3, 1.0))
-        x += amp * np.sin(2 * np.pi * k * mains * t + rng.uniform(0, 2 * np.pi))
+        cycle += amp * np.sin(2 * np.pi * k * mains * t + rng.uniform(0, 2 * np.pi))
+    x = np.tile(cycle, n // block + 1)[:n]
     depth, rate = rng.uniform(0.1, 0.5), rng.uniform(0.1, 1.5)
-    x *= 1.0 + depth * np.sin(2 * np.pi * rate * t + rng.uniform(0, 2 * np.pi))
+    x *= 1.0 + depth * np.sin(
+        2 * np.pi * rate * np.arange(n) / sample_rate + rng.uniform(0, 2 * np.pi)
+    )
     x = _unit_rms(x) + 10 ** (-45 / 20) * rng.standard_normal(n)
-    return _unit_rms(x), f"hum {mains:.0f} Hz, {harmonics} harmonics, AM {rate:.2f} Hz"
+    return _unit_rms(x), f"hum {mains} Hz, {harmonics} harmonics, AM {rate:.2f} Hz"
 
 
 def _decay(length: int, tau_s: float, sample_rate: int) -> np.ndarray:
@@ -137,7 +137,9 @@ def _event(kind: str, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
         t = np.arange(length) / sr
         x = np.zeros(length)
         for _ in range(int(rng.integers(2, 4))):
-            x += np.sin(2 * np.pi * rng.uniform(80, 600) * t) * _decay(length, rng.uniform(0.01, 0.04), sr)
+            x += np.sin(2 * np.pi * rng.uniform(80, 600) * t) * _decay(
+                length, rng.uniform(0.01, 0.04), sr
+            )
         attack = int(0.003 * sr)
         x[:attack] += 0.5 * rng.standard_normal(attack)
         if rng.random() < 0.5:  # a second knock shortly after
@@ -250,86 +252,3 @@ def make_noise(
     b, detail_b = make_noise(second, n, rng, sample_rate, babble_talkers)
     level = rng.uniform(-10, 0)
     return _unit_rms(a + 10 ** (level / 20) * b), f"combo {detail_a} + {detail_b} at {level:.1f} dB"
-
-
-def active_speech_power(
-    wav: np.ndarray, sample_rate: int = 16000, frame_ms: float = 20.0, floor_db: float = 40.0
-) -> float:
-    """Mean power of the frames within ``floor_db`` of the loudest ``frame_ms`` frame.
-
-    A clip shorter than one frame is measured whole; an all-zero clip has power 0.
-
-    Example
-    -------
-    >>> x = np.concatenate([np.zeros(16000), 0.1 * np.ones(16000)])
-    >>> round(active_speech_power(x), 6), round(float(np.mean(x ** 2)), 6)
-    (0.01, 0.005)
-    """
-    x = np.asarray(wav, dtype=np.float64)
-    if x.ndim != 1:
-        raise ValueError(f"expected a 1-D waveform, got shape {x.shape}")
-    frame = max(1, int(round(sample_rate * frame_ms / 1000)))
-    count = len(x) // frame
-    if count == 0:
-        return float(np.mean(x**2)) if len(x) else 0.0
-    energy = np.mean(x[: count * frame].reshape(count, frame) ** 2, axis=1)
-    top = float(energy.max())
-    if top == 0.0:
-        return 0.0
-    return float(energy[energy >= top * 10 ** (-floor_db / 10)].mean())
-
-
-def measure_snr(clean: np.ndarray, noisy: np.ndarray, sample_rate: int = 16000) -> float:
-    """SNR in dB of ``noisy`` against its ``clean`` reference: active speech vs ``noisy - clean``.
-
-    Example
-    -------
-    >>> rng = np.random.default_rng(0)
-    >>> clean = np.sin(np.arange(16000) / 5)
-    >>> noisy, ref, _ = mix_at_snr(clean, rng.standard_normal(16000), 5.0)
-    >>> round(measure_snr(ref, noisy), 1)
-    5.0
-    """
-    clean = np.asarray(clean, dtype=np.float64)
-    noise = np.asarray(noisy, dtype=np.float64) - clean
-    return float(10 * np.log10(active_speech_power(clean, sample_rate) / np.mean(noise**2)))
-
-
-def mix_at_snr(
-    clean: np.ndarray,
-    noise: np.ndarray,
-    snr_db: float,
-    sample_rate: int = 16000,
-    *,
-    peak: float = 0.99,
-    quantize: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scale ``noise`` so that active ``clean`` over whole-noise power is ``snr_db``, and add it.
-
-    If the mixture would peak above ``peak``, clean and noise are scaled down together, so the
-    returned clean is still exactly the reference inside the returned noisy. With ``quantize``
-    both are rounded to the 16-bit grid first (``k / 32768``), so ``noisy - clean`` is exact
-    after writing and reading 16-bit PCM.
-
-    Returns
-    -------
-    (noisy, clean, noise)
-        float32 arrays of the length of ``clean``; ``noisy == clean + noise``.
-    """
-    clean = np.asarray(clean, dtype=np.float64)
-    noise = np.asarray(noise, dtype=np.float64)
-    if clean.ndim != 1 or noise.shape != clean.shape:
-        raise ValueError(f"clean and noise must be 1-D of equal length, got {clean.shape} and {noise.shape}")
-    speech = active_speech_power(clean, sample_rate)
-    power = float(np.mean(noise**2))
-    if speech <= 0.0 or power <= 0.0:
-        raise ValueError(f"cannot mix silent signals (speech power {speech}, noise power {power})")
-    noise = noise * np.sqrt(speech / (power * 10 ** (snr_db / 10)))
-    top = float(np.abs(clean + noise).max())
-    if top > peak:
-        clean, noise = clean * (peak / top), noise * (peak / top)
-    if quantize:
-        clean = np.round(clean * 32768) / 32768
-        noise = np.round(noise * 32768) / 32768
-    noisy = clean + noise
-    return noisy.astype(np.float32), clean.astype(np.float32), noise.astype(np.float32)

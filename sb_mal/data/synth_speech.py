@@ -28,7 +28,6 @@ import ctypes
 import functools
 import hashlib
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -36,6 +35,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
+
+from sb_mal.audio import resample
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _PARAM = {"rate": 1, "volume": 2, "pitch": 3, "range": 4}
 _EE_NOT_FOUND = 2
+_BUFFER_MS = 1000  # audio handed to the callback in chunks of up to 1 s (fewer Python calls)
 
 _LOCK = threading.Lock()
 _CHUNKS: list[np.ndarray] = []
@@ -83,8 +85,7 @@ def _loader():
         import espeakng_loader
     except ImportError as err:  # pragma: no cover - a hard dependency in setup.cfg
         raise ImportError(
-            "the synthetic mini corpus needs eSpeak NG from the 'espeakng-loader' wheel: "
-            "pip install espeakng-loader"
+            "synthetic speech needs the 'espeakng-loader' wheel: pip install espeakng-loader"
         ) from err
     return espeakng_loader
 
@@ -95,19 +96,24 @@ def _remove_private(folder: str, pid: int) -> None:
 
 
 def _private_library() -> str:
-    """Path of this process's own copy of libespeak-ng (so unloading it resets its state)."""
+    """This process's own copy of libespeak-ng, so that unloading it really resets its state
+    even if other code in the process loaded the wheel's library (falls back to the wheel's
+    file if a copy cannot be made or loaded, e.g. a ``noexec`` temporary folder)."""
     pid = os.getpid()
-    path = _PRIVATE_LIB.get(pid)
-    if path is None or not os.path.exists(path):
+    if pid not in _PRIVATE_LIB:
         source = _loader().get_library_path()
         if not os.path.isfile(source):
             raise RuntimeError(f"{source}: eSpeak NG library from espeakng-loader not found")
-        folder = tempfile.mkdtemp(prefix="sb_mal_espeak_")
-        path = os.path.join(folder, "libespeak-ng-sb_mal" + Path(source).suffix)
-        shutil.copyfile(source, path)
-        atexit.register(_remove_private, folder, pid)
-        _PRIVATE_LIB[pid] = path
-    return path
+        _PRIVATE_LIB[pid] = source
+        try:
+            folder = tempfile.mkdtemp(prefix="sb_mal_espeak_")
+            atexit.register(_remove_private, folder, pid)
+            path = shutil.copy(source, os.path.join(folder, "libespeak-ng-sb_mal.so"))
+            _unload(ctypes.CDLL(path))
+            _PRIVATE_LIB[pid] = path
+        except OSError as err:
+            logger.warning("using %s directly (no private copy: %s)", source, err)
+    return _PRIVATE_LIB[pid]
 
 
 def _declare(lib) -> None:
@@ -118,10 +124,17 @@ def _declare(lib) -> None:
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+    uint, ptr = ctypes.c_uint, ctypes.c_void_p
     lib.espeak_Synth.argtypes = [
-        ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-        ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
-    ]  # fmt: skip
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        uint,
+        ctypes.c_int,
+        uint,
+        uint,
+        ptr,
+        ptr,
+    ]
     lib.espeak_Info.argtypes = [ctypes.c_void_p]
     lib.espeak_Info.restype = ctypes.c_char_p
 
@@ -129,7 +142,7 @@ def _declare(lib) -> None:
 def _unload(lib) -> None:
     import _ctypes
 
-    close = getattr(_ctypes, "dlclose", None) or getattr(_ctypes, "FreeLibrary")
+    close = getattr(_ctypes, "dlclose", None) or _ctypes.FreeLibrary
     close(lib._handle)
 
 
@@ -141,7 +154,7 @@ def _run_espeak(job) -> np.ndarray | str:
         try:
             _declare(lib)
             rate = lib.espeak_Initialize(
-                _AUDIO_OUTPUT_SYNCHRONOUS, 0, os.fsencode(data_path), _INITIALIZE_DONT_EXIT
+                _AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, os.fsencode(data_path), _INITIALIZE_DONT_EXIT
             )
             if rate != ESPEAK_SAMPLE_RATE:
                 raise RuntimeError(
@@ -230,10 +243,17 @@ def synthesize(
         if status != 0:
             what = "unknown voice" if status == _EE_NOT_FOUND else f"error {status}"
             raise ValueError(f"eSpeak NG cannot use voice {voice!r} ({what})")
-        for key, value in (("rate", rate), ("pitch", pitch), ("range", pitch_range), ("volume", volume)):
+        for key, value in (
+            ("rate", rate),
+            ("pitch", pitch),
+            ("range", pitch_range),
+            ("volume", volume),
+        ):
             lib.espeak_SetParameter(_PARAM[key], int(value), 0)
         lib.espeak_ng_SetRandSeed(1)
-        status = lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        status = lib.espeak_Synth(
+            data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
+        )
         if status != 0:
             raise RuntimeError(f"eSpeak NG failed to synthesise {text!r} (error {status})")
         lib.espeak_Synchronize()
@@ -245,21 +265,7 @@ def synthesize(
     if pcm.size == 0:
         raise RuntimeError(f"eSpeak NG produced no audio for {text!r} with voice {voice!r}")
     wav = pcm.astype(np.float32) / 32768.0
-    return _resample(wav, ESPEAK_SAMPLE_RATE, int(sample_rate))
-
-
-def _resample(wav: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
-    """Polyphase resampling (scipy): ~50x faster than :func:`sb_mal.audio.resample` on short
-    clips, because torchaudio rebuilds its sinc kernel on every call (2.5 ms against ~145 ms
-    for 4 s of 22.05 kHz audio), and the mini corpus resamples a thousand clips."""
-    if orig_sr <= 0 or new_sr <= 0:
-        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
-    if orig_sr == new_sr:
-        return np.asarray(wav, dtype=np.float32)
-    from scipy.signal import resample_poly
-
-    g = math.gcd(orig_sr, new_sr)
-    return resample_poly(wav, new_sr // g, orig_sr // g).astype(np.float32)
+    return resample(wav, ESPEAK_SAMPLE_RATE, int(sample_rate)).astype(np.float32)
 
 
 def trim_silence(wav: np.ndarray, threshold_db: float = -50.0) -> np.ndarray:
@@ -281,22 +287,9 @@ def trim_silence(wav: np.ndarray, threshold_db: float = -50.0) -> np.ndarray:
 # --------------------------------------------------------------------------- sentence grammar
 
 _WORDS_FILE = Path(__file__).resolve().parent / "texts" / "mini_words.txt"
-_SMALL = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen twenty"
-).split()
-_ORDINALS = (
-    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
-    "thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth"
-).split()
-_MONTHS = (
-    "January February March April May June July August September October November December"
-).split()
-_WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
-_CLOCK = ("quarter past {h}", "half past {h}", "quarter to {h}", "{h} o'clock", "ten past {h}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_word_lists(path: str | None = None) -> dict[str, tuple[str, ...]]:
     """Read the ``[section]``-headed word lists of the grammar (default: the packaged file).
 
@@ -321,18 +314,11 @@ def load_word_lists(path: str | None = None) -> dict[str, tuple[str, ...]]:
             elif line not in current:
                 current.append(line)
     needed = ("names", "roles", "adjectives", "nouns", "transitive", "intransitive", "adverbs",
-              "places", "times")  # fmt: skip
+              "places", "times", "numbers", "ordinals", "months", "weekdays", "clock")  # fmt: skip
     missing = [s for s in needed if not sections.get(s)]
     if missing:
         raise ValueError(f"{path}: missing or empty section(s) {missing}")
     return {k: tuple(v) for k, v in sections.items()}
-
-
-def _ordinal(day: int) -> str:
-    if day <= 20:
-        return _ORDINALS[day - 1]
-    tens = "twenty" if day < 30 else "thirty"
-    return tens if day % 10 == 0 else f"{tens}-{_ORDINALS[day % 10 - 1]}"
 
 
 def _article(word: str) -> str:
@@ -375,7 +361,7 @@ def make_sentence(rng: np.random.Generator, words: dict | None = None) -> str:
 
     def number() -> str:
         n = int(rng.integers(2, 21))
-        return _SMALL[n] if rng.random() < 0.7 else str(n)
+        return w["numbers"][n] if rng.random() < 0.7 else str(n)
 
     adj, place, time = pick("adjectives"), pick("places"), pick("times")
     template = int(rng.integers(12))
@@ -386,28 +372,28 @@ def make_sentence(rng: np.random.Generator, words: dict | None = None) -> str:
     elif template == 2:
         s = f"the {pick('roles')} {verb('intransitive')} {pick('adverbs')} {place}."
     elif template == 3:
-        s = f"{time}, {subject()} {verb('transitive')} the {noun()} and {verb('transitive')} the {noun()}."
+        did, also = verb("transitive"), verb("transitive")
+        s = f"{time}, {subject()} {did} the {noun()} and {also} the {noun()}."
     elif template == 4:
         s = f"did {subject()} {verb('transitive', False)} the {adj} {noun()} {time}?"
     elif template == 5:
-        month = _MONTHS[int(rng.integers(12))]
-        s = f"on the {_ordinal(int(rng.integers(1, 29)))} of {month}, {subject()} {verb('intransitive')} {place}."
+        date = f"the {pick('ordinals')} of {pick('months')}"
+        s = f"on {date}, {subject()} {verb('intransitive')} {place}."
     elif template == 6:
-        hour = _SMALL[int(rng.integers(1, 13))]
-        clock = _CLOCK[int(rng.integers(len(_CLOCK)))].format(h=hour)
+        clock = pick("clock").format(h=w["numbers"][int(rng.integers(1, 13))])
         s = f"please {verb('transitive', False)} the {adj} {noun()} before {clock}."
     elif template == 7:
         s = f"{subject()} said the {noun()} {place} was {adj}."
     elif template == 8:
-        day = _WEEKDAYS[int(rng.integers(7))]
-        s = f"we need {number()} {noun(True)} and {number()} {noun(True)} by {day}."
+        s = f"we need {number()} {noun(True)} and {number()} {noun(True)} by {pick('weekdays')}."
     elif template == 9:
         year = int(rng.integers(1950, 2031))
         s = f"in {year}, {subject()} {verb('transitive')} {_article(adj)} {adj} {noun()} {place}."
     elif template == 10:
         s = f"why did {subject()} {verb('intransitive', False)} {pick('adverbs')} {place}?"
     else:
-        s = f"{subject()} {verb('intransitive')} {pick('adverbs')}, then {verb('transitive')} the {noun()}."
+        how = f"{verb('intransitive')} {pick('adverbs')}"
+        s = f"{subject()} {how}, then {verb('transitive')} the {noun()}."
     return s[0].upper() + s[1:]
 
 

@@ -3,13 +3,17 @@
 A vectorised numpy re-implementation of ``composite.m`` (Hu and Loizou 2008; Loizou, *Speech
 Enhancement: Theory and Practice*), written from the published algorithm. All frames of an
 utterance are processed at once (one 2-D array, one batched FFT, a Levinson-Durbin recursion run
-over all frames together), so a 4 s utterance takes a few milliseconds.
+over all frames together): LLR, WSS and segSNR of a 4 s utterance take about 20 ms on one CPU
+core together (PESQ, when computed here, takes longer than all three).
 
 Conventions taken from ``composite.m`` (they matter for exact agreement):
 
 * Both signals are cut to the shorter length and ``eps`` (``np.finfo(float).eps``) is added to
   every sample before any measure is computed (``data(1:len)+eps`` in the MATLAB code). This is
-  what keeps LPC analysis of digital silence defined.
+  what keeps LPC analysis of digital silence defined. Two consequences: a frame where the
+  reference is digital silence scores -10 dB segSNR even if nothing differs, and its LLR (about
+  11-25) is set by rounding (the order-16 prediction error of ``eps * window`` is below double
+  precision), so it differs slightly between implementations.
 * Frames are 30 ms (``round(0.03 * fs)`` samples) with a skip of ``floor(winlength / 4)`` and the
   MATLAB Hanning window ``0.5 * (1 - cos(2 pi n / (N + 1)))``, ``n = 1..N``. The number of frames is
   ``floor(len / skip - winlength / skip)`` as in the MATLAB loops (computed here with integers,
@@ -54,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "composite",
+    "frame_parameters",
     "llr_frames",
     "segmental_snr",
     "segsnr_frames",
@@ -82,7 +87,7 @@ _BANDWIDTH = np.array([
 _MIN_RATE = 8000
 
 
-# -- framing and validation ---------------------------------------------------------------------
+# -- framing and validation -----------------------------------------------------------------------
 def frame_parameters(sample_rate: int) -> tuple[int, int]:
     """Window length and skip (samples) of the 30 ms, 75 %-overlap frames at ``sample_rate``.
 
@@ -105,18 +110,18 @@ def _as_signal(x, name: str) -> np.ndarray:
 
 
 def _prepare(clean, enhanced, sample_rate: int) -> tuple[np.ndarray, np.ndarray, int, int, int]:
-    """Validate, cut to the shorter length, add eps; returns (clean, enhanced, win, skip, n_frames)."""
+    """Validate, cut to the shorter length, add eps -> (clean, enhanced, win, skip, n_frames)."""
     if isinstance(sample_rate, bool) or int(sample_rate) != sample_rate or sample_rate < _MIN_RATE:
         raise ValueError(
-            f"sample_rate: expected an integer rate >= {_MIN_RATE} Hz (the WSS critical bands reach "
-            f"3.8 kHz), got {sample_rate!r}"
+            f"sample_rate: expected an integer rate >= {_MIN_RATE} Hz (the WSS critical bands "
+            f"reach 3.8 kHz), got {sample_rate!r}"
         )
     sample_rate = int(sample_rate)
     c = _as_signal(clean, "clean")
     e = _as_signal(enhanced, "enhanced")
     n = min(c.size, e.size)
     if c.size != e.size:
-        logger.debug("composite: clean has %d and enhanced %d samples; both cut to %d", c.size, e.size, n)
+        logger.debug("clean has %d and enhanced %d samples; both cut to %d", c.size, e.size, n)
     win, skip = frame_parameters(sample_rate)
     n_frames = (n - win) // skip if n >= win else 0
     if n_frames < 1:
@@ -251,13 +256,10 @@ def _llr(cf: np.ndarray, ef: np.ndarray, sample_rate: int) -> np.ndarray:
 def llr_frames(clean, enhanced, sample_rate: int = 16000) -> np.ndarray:
     """Per-frame log-likelihood ratio (Itakura), unclipped, as the ``llr`` inside ``composite.m``.
 
-    LPC analysis of order 10 (``sample_rate < 10000``) or 16 by autocorrelation and
-    Levinson-Durbin on 30 ms Hanning frames with 75 % overlap; the value of a frame is
-    ``log(a_p R_c a_p' / a_c R_c a_c')`` with ``R_c`` the Toeplitz autocorrelation matrix of the
-    clean frame and ``a_c``, ``a_p`` the clean and processed LPC polynomials. It is >= 0 up to
-    rounding (the clean polynomial minimises the clean prediction error). A numerically degenerate
-    frame gives NaN or Inf (MATLAB would too); none occurs on ordinary audio, because ``eps`` is
-    added to the signals.
+    ``log(a_p R_c a_p' / a_c R_c a_c')`` per frame, ``R_c`` the Toeplitz autocorrelation matrix of
+    the clean frame, ``a_c``/``a_p`` the LPC polynomials (order 10 below 10 kHz, else 16). It is
+    >= 0 up to rounding. A degenerate frame would give NaN or Inf, as in MATLAB; thanks to the
+    added ``eps`` none occurs on real audio (see the module notes on digital silence).
 
     Example
     -------
@@ -274,10 +276,12 @@ def llr_frames(clean, enhanced, sample_rate: int = 16000) -> np.ndarray:
 
 # -- WSS ------------------------------------------------------------------------------------------
 @lru_cache(maxsize=8)
-def _critical_filters(sample_rate: int, win: int) -> tuple[int, np.ndarray]:
-    """FFT size and the Gaussian critical-band weights of the WSS measure, shape (bins, 25).
+def _critical_filters(sample_rate: int, win: int) -> tuple[int, int, tuple]:
+    """FFT size, bins used and the 25 Gaussian critical-band filters of the WSS measure.
 
-    The filters are defined on the first ``n_fft / 2`` FFT bins, as in ``composite.m``.
+    The filters are defined on the first ``n_fft / 2`` FFT bins as in ``composite.m`` and are
+    zero below -30 dB, so each is kept as ``(first_bin, end_bin, weights)`` of its non-zero
+    (contiguous) part: 15 times less work than the dense product, and no threaded BLAS call.
     """
     n_fft = 1 << int(np.ceil(np.log2(2 * win)))  # 2^nextpow2(2*win)
     half = n_fft // 2
@@ -287,19 +291,22 @@ def _critical_filters(sample_rate: int, win: int) -> tuple[int, np.ndarray]:
     norm = np.log(_BANDWIDTH[0]) - np.log(_BANDWIDTH)[:, None]
     j = np.arange(half)[None, :]
     filters = np.exp(-11.0 * ((j - f0) / bw) ** 2 + norm)
-    min_factor = np.exp(-30.0 / (2.0 * 2.303))  # -30 dB point of a filter
-    filters = filters * (filters > min_factor)
-    # Bins above the last non-zero weight add nothing: keep the used ones, transposed and
-    # contiguous (a transposed view makes the matrix product far slower with threaded BLAS).
-    used = int(np.flatnonzero(filters.any(axis=0)).max()) + 1
-    return n_fft, np.ascontiguousarray(filters[:, :used].T)
+    filters = filters * (filters > np.exp(-30.0 / (2.0 * 2.303)))  # -30 dB point of a filter
+    bands = []
+    for row in filters:
+        nonzero = np.flatnonzero(row)
+        bands.append((int(nonzero[0]), int(nonzero[-1]) + 1, row[nonzero[0] : nonzero[-1] + 1]))
+    return n_fft, max(end for _, end, _ in bands), tuple(bands)
 
 
 def _band_energies_db(frames: np.ndarray, sample_rate: int) -> np.ndarray:
-    n_fft, filters_t = _critical_filters(sample_rate, frames.shape[1])
-    spec = np.fft.rfft(frames, n_fft, axis=1)[:, : filters_t.shape[0]]
+    n_fft, used, bands = _critical_filters(sample_rate, frames.shape[1])
+    spec = np.fft.rfft(frames, n_fft, axis=1)[:, :used]
     power = spec.real**2 + spec.imag**2
-    return 10.0 * np.log10(np.maximum(power @ filters_t, 1e-10))
+    energy = np.empty((frames.shape[0], len(bands)))
+    for b, (lo, hi, weights) in enumerate(bands):
+        energy[:, b] = np.einsum("fk,k->f", power[:, lo:hi], weights)
+    return 10.0 * np.log10(np.maximum(energy, 1e-10))
 
 
 def _nearest_peaks(energy: np.ndarray, slope: np.ndarray) -> np.ndarray:
@@ -341,11 +348,8 @@ def _wss(cf: np.ndarray, ef: np.ndarray, sample_rate: int) -> np.ndarray:
 def wss_frames(clean, enhanced, sample_rate: int = 16000) -> np.ndarray:
     """Per-frame weighted spectral slope distance (Klatt 1982) as the ``wss`` in ``composite.m``.
 
-    25 Gaussian critical-band filters applied to the FFT power spectrum of 30 ms Hanning frames
-    (75 % overlap, FFT size ``2^nextpow2(2 * winlength)``), band energies in dB (floored at
-    -100 dB), spectral slopes between neighbouring bands, weights from the distance to the global
-    maximum (``Kmax = 20``) and to the nearest local peak (``Klocmax = 1``) averaged over clean
-    and processed, and per frame ``sum(W * (slope_c - slope_p)^2) / sum(W)``.
+    Per frame ``sum(W * (slope_c - slope_p)^2) / sum(W)`` over the dB slopes between the 25
+    critical bands, ``W`` the mean of the clean and processed Klatt weights (module notes).
 
     Example
     -------
@@ -360,8 +364,14 @@ def wss_frames(clean, enhanced, sample_rate: int = 16000) -> np.ndarray:
     return _wss(_frames(c, win, skip, n), _frames(e, win, skip, n), int(sample_rate))
 
 
-# -- composite --------------------------------------------------------------------------------------
-def composite(clean, enhanced, sample_rate: int = 16000, pesq_score: float | None = None) -> dict[str, float]:
+# -- composite ------------------------------------------------------------------------------------
+def _clip_mos(value: float) -> float:
+    return float(min(5.0, max(1.0, value)))
+
+
+def composite(
+    clean, enhanced, sample_rate: int = 16000, pesq_score: float | None = None
+) -> dict[str, float]:
     """CSIG, CBAK and COVL (Hu and Loizou 2008) with the LLR, WSS, segSNR and PESQ they use.
 
     Arguments
@@ -395,15 +405,14 @@ def composite(clean, enhanced, sample_rate: int = 16000, pesq_score: float | Non
     if pesq_score is None:
         if rate != 16000:
             raise ValueError(
-                f"sample_rate: composite() computes wide-band PESQ, which needs 16000 Hz, got {rate} Hz; "
-                "resample or pass pesq_score"
+                f"sample_rate: composite() computes wide-band PESQ, which needs 16000 Hz, got "
+                f"{rate} Hz; resample or pass pesq_score"
             )
         from sb_mal.metrics.intrusive import pesq_wb
 
-        length = c.size
-        pesq_score = pesq_wb(
-            np.asarray(clean, dtype=np.float64)[:length], np.asarray(enhanced, dtype=np.float64)[:length], rate
-        )
+        ref = np.asarray(clean, dtype=np.float64)[: c.size]
+        deg = np.asarray(enhanced, dtype=np.float64)[: c.size]
+        pesq_score = pesq_wb(ref, deg, rate)
     pesq_score = float(pesq_score)
     if not np.isfinite(pesq_score):
         raise ValueError(f"pesq_score: expected a finite PESQ value, got {pesq_score}")
@@ -414,11 +423,10 @@ def composite(clean, enhanced, sample_rate: int = 16000, pesq_score: float | Non
     csig = 3.093 - 1.029 * llr + 0.603 * pesq_score - 0.009 * wss
     cbak = 1.634 + 0.478 * pesq_score - 0.007 * wss + 0.063 * ssnr
     covl = 1.594 + 0.805 * pesq_score - 0.512 * llr - 0.007 * wss
-    clip = lambda v: float(min(5.0, max(1.0, v)))  # noqa: E731
     return {
-        "csig": clip(csig),
-        "cbak": clip(cbak),
-        "covl": clip(covl),
+        "csig": _clip_mos(csig),
+        "cbak": _clip_mos(cbak),
+        "covl": _clip_mos(covl),
         "pesq": pesq_score,
         "llr": llr,
         "wss": wss,

@@ -105,12 +105,9 @@ def _load(item, sample_rate: int, what: str) -> np.ndarray:
         if wav.ndim != 1:
             raise ValueError(f"{what}: expected a 1-D waveform, got shape {wav.shape}")
     if sr != METRIC_RATE:
-        from math import gcd
+        from sb_mal.audio import resample
 
-        from scipy.signal import resample_poly
-
-        g = gcd(int(sr), METRIC_RATE)
-        wav = resample_poly(wav, METRIC_RATE // g, int(sr) // g)
+        wav = resample(wav, int(sr), METRIC_RATE)
     wav = np.asarray(wav, dtype=np.float64)
     if wav.size == 0:
         raise ValueError(f"{what}: empty audio")

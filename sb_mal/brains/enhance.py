@@ -1,0 +1,192 @@
+"""EnhanceBrain: the base Brain of every sb_mal enhancement recipe.
+
+What it does beyond ``speechbrain.Brain``:
+
+* trains ``modules.model`` (any ``nn.Module`` mapping noisy ``[B, T]`` + relative lengths to
+  enhanced ``[B, T]``) with ``hparams.compute_cost``, any loss with SpeechBrain's signature (use
+  :class:`sb_mal.losses.WeightedSum` for a weighted sum; its terms are logged separately);
+* validation and test metrics through the persistent :mod:`sb_mal.metrics` pool (the work is split
+  across DDP ranks and gathered, so every rank takes the same checkpoint decision);
+* keeps the checkpoint with the best validation PESQ (``hparams.ckpt_key``, default ``pesq``);
+* writes test-set enhanced audio and per-utterance scores;
+* writes ``model_config.json`` (class and constructor arguments of the model) so that
+  ``sb-mal export`` can build an inference folder without the training YAML;
+* calls ``set_epoch`` on training sets that draw new data every epoch (on-the-fly mixing);
+* keeps the default ``fit_batch``, so ``--precision``, gradient accumulation, gradient clipping and
+  DDP work as in any SpeechBrain recipe.
+
+Hparams it reads (all optional except ``compute_cost``): ``compute_cost``, ``sample_rate`` (16000),
+``valid_metrics`` (["pesq", "stoi"]), ``test_metrics`` (["intrusive"]), ``n_jobs`` (2),
+``metric_timeout`` (120), ``ckpt_key`` ("pesq"), ``output_folder``, ``enhanced_folder``,
+``train_logger``, ``tensorboard_logger``, ``keep_checkpoints`` (1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.batch import PaddedBatch
+
+from sb_mal.audio import write_audio
+from sb_mal.metrics import evaluate as evaluate_metrics
+from sb_mal.metrics.results import EvalResult, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EnhanceBrain", "model_config"]
+
+
+def model_config(model: torch.nn.Module) -> dict:
+    """Class path and constructor arguments of ``model`` (needs a ``config`` dict attribute)."""
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, dict):
+        raise TypeError(
+            f"{type(model).__name__} has no `config` dict of constructor arguments; sb_mal models record theirs"
+        )
+    return {"class": f"{type(model).__module__}.{type(model).__qualname__}", "kwargs": cfg}
+
+
+def _gather_rows(rows: list) -> list:
+    """All ranks' rows (every rank gets the full list); identity without DDP."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return rows
+    parts = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, rows)
+    return [r for part in parts for r in part]
+
+
+class EnhanceBrain(sb.Brain):
+    """Brain for waveform-to-waveform speech enhancement (see the module docstring)."""
+
+    # -- data --------------------------------------------------------------------------------
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """As SpeechBrain's, plus PaddedBatch collation for any dict dataset and epoch hooks."""
+        if not isinstance(dataset, torch.utils.data.DataLoader) and "collate_fn" not in loader_kwargs:
+            loader_kwargs["collate_fn"] = PaddedBatch
+        if stage == sb.Stage.TRAIN:
+            self._train_dataset = dataset
+        return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+
+    # -- forward / loss ----------------------------------------------------------------------
+    def compute_forward(self, batch, stage):
+        """Enhance the noisy batch."""
+        batch = batch.to(self.device)
+        noisy, lens = batch.noisy_sig
+        return self.modules.model(noisy, lens)
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Loss (and, outside training, collect outputs for metrics and files)."""
+        clean, lens = batch.clean_sig
+        loss = self.hparams.compute_cost(predictions, clean, lens)
+        terms = getattr(self.hparams.compute_cost, "last_terms", None)
+        if terms:
+            for name, value in terms.items():
+                self._term_sums[name] = self._term_sums.get(name, 0.0) + value
+            self._term_count += 1
+        if stage != sb.Stage.TRAIN:
+            self._collect(batch, predictions, clean, lens, stage)
+        return loss
+
+    def _collect(self, batch, predictions, clean, lens, stage):
+        n = predictions.shape[1]
+        for uid, pred, ref, rel in zip(batch.id, predictions.detach(), clean, lens):
+            k = int(round(float(rel) * n))
+            p = pred[:k].float().cpu().numpy()
+            self._outputs.append((uid, p, ref[:k].float().cpu().numpy()))
+            if stage == sb.Stage.TEST and getattr(self.hparams, "enhanced_folder", None):
+                peak = max(1.0, float(abs(p).max()))
+                write_audio(os.path.join(self.hparams.enhanced_folder, f"{uid}.wav"), p / peak, self._rate)
+
+    # -- stages ------------------------------------------------------------------------------
+    @property
+    def _rate(self) -> int:
+        return int(getattr(self.hparams, "sample_rate", 16000))
+
+    def on_fit_start(self):
+        """Record the model configuration next to the checkpoints, then the usual start."""
+        super().on_fit_start()
+        cost = getattr(self.hparams, "compute_cost", None)
+        if isinstance(cost, torch.nn.Module):
+            cost.to(self.device)
+        folder = getattr(self.hparams, "output_folder", None)
+        if folder and sb.utils.distributed.if_main_process():
+            model = self.modules.model.module if hasattr(self.modules.model, "module") else self.modules.model
+            try:
+                cfg = model_config(model)
+            except TypeError as err:
+                logger.warning("model_config.json not written: %s", err)
+            else:
+                cfg["sample_rate"] = self._rate
+                atomic_write_text(os.path.join(folder, "model_config.json"), json.dumps(cfg, indent=2) + "\n")
+
+    def on_stage_start(self, stage, epoch=None):
+        """Reset accumulators; tell epoch-aware training sets which epoch it is."""
+        self._outputs: list = []
+        self._term_sums: dict = {}
+        self._term_count = 0
+        if stage == sb.Stage.TRAIN and epoch is not None:
+            dataset = getattr(self, "_train_dataset", None)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+
+    def _metrics(self, stage) -> EvalResult | None:
+        names = getattr(self.hparams, "valid_metrics" if stage == sb.Stage.VALID else "test_metrics",
+                        ["pesq", "stoi"] if stage == sb.Stage.VALID else ["intrusive"])
+        if not names or not self._outputs:
+            return None
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        # Every rank saw the whole valid/test set; each scores a disjoint share, then all gather.
+        mine = self._outputs[rank::world]
+        result = evaluate_metrics(
+            [p for _, p, _ in mine], [c for _, _, c in mine], self._rate, metrics=names,
+            n_jobs=int(getattr(self.hparams, "n_jobs", 2)), ids=[u for u, _, _ in mine],
+            timeout=float(getattr(self.hparams, "metric_timeout", 120.0)),
+            progress=not getattr(self, "noprogressbar", False) and stage == sb.Stage.TEST,
+        )
+        rows = sorted(_gather_rows(result.rows), key=lambda r: r["id"])
+        failures = _gather_rows(result.failures)
+        scores = [{k: v for k, v in r.items() if k != "id"} for r in rows]
+        return EvalResult.from_rows([r["id"] for r in rows], scores, result.metrics, failures)
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Log, checkpoint by the validation key, write test results."""
+        stats = {"loss": stage_loss}
+        if self._term_count:
+            stats.update({k: v / self._term_count for k, v in self._term_sums.items()})
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+            return
+        result = self._metrics(stage)
+        if result is not None:
+            stats.update(result.means)
+        if stage == sb.Stage.VALID:
+            self._log({"epoch": epoch}, train_stats=getattr(self, "train_stats", None), valid_stats=stats)
+            key = getattr(self.hparams, "ckpt_key", "pesq")
+            meta = dict(stats)
+            if key not in meta or meta[key] is None or math.isnan(meta[key]):
+                meta[key] = -math.inf if key != "loss" else math.inf  # never preferred
+            if key == "loss":
+                self.checkpointer.save_and_keep_only(meta=meta, min_keys=["loss"],
+                                                     num_to_keep=int(getattr(self.hparams, "keep_checkpoints", 1)))
+            else:
+                self.checkpointer.save_and_keep_only(meta=meta, max_keys=[key],
+                                                     num_to_keep=int(getattr(self.hparams, "keep_checkpoints", 1)))
+        elif stage == sb.Stage.TEST:
+            self._log({"epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
+            folder = getattr(self.hparams, "output_folder", None)
+            if result is not None and folder and sb.utils.distributed.if_main_process():
+                result.to_csv(os.path.join(folder, "test_scores.csv"))
+                result.to_json(os.path.join(folder, "test_summary.json"))
+            self.test_stats = stats
+
+    def _log(self, meta, **stats):
+        for logger_name in ("train_logger", "tensorboard_logger"):
+            target = getattr(self.hparams, logger_name, None)
+            if target is not None:
+                target.log_stats(meta, **{k: v for k, v in stats.items() if v is not None})

@@ -1,0 +1,124 @@
+"""Signal-processing helpers shared by models and losses: STFT/iSTFT, compression, length masks.
+
+One implementation of each idea: every model and loss in sb_mal gets its STFT and its
+padding masks from here.
+
+Lengths follow SpeechBrain: ``lengths`` are *relative* (0..1] per batch item, so
+``round(lengths * T)`` valid samples (or frames) sit at the start of each row.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["StftConfig", "frame_mask", "istft", "length_mask", "relative_to_samples", "stft"]
+
+
+class StftConfig:
+    """STFT parameters with a cached window.
+
+    Arguments
+    ---------
+    n_fft : int
+        FFT size.
+    hop : int
+        Hop in samples.
+    win_length : int, optional
+        Window length (default ``n_fft``); a periodic Hann window is used.
+
+    Example
+    -------
+    >>> cfg = StftConfig(512, 128)
+    >>> x = torch.randn(2, 16000)
+    >>> spec = stft(x, cfg)
+    >>> spec.shape, spec.dtype
+    (torch.Size([2, 257, 126]), torch.complex64)
+    >>> torch.allclose(istft(spec, cfg, 16000), x, atol=1e-5)
+    True
+    """
+
+    def __init__(self, n_fft: int = 512, hop: int = 128, win_length: int | None = None):
+        if n_fft <= 0 or hop <= 0:
+            raise ValueError(f"n_fft and hop must be positive, got n_fft={n_fft}, hop={hop}")
+        self.n_fft, self.hop = int(n_fft), int(hop)
+        self.win_length = int(win_length or n_fft)
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
+        self._windows: dict = {}
+
+    @property
+    def bins(self) -> int:
+        """Number of frequency bins (``n_fft // 2 + 1``)."""
+        return self.n_fft // 2 + 1
+
+    def window(self, device, dtype=torch.float32) -> torch.Tensor:
+        key = (str(device), dtype)
+        if key not in self._windows:
+            self._windows[key] = torch.hann_window(self.win_length, periodic=True, device=device, dtype=dtype)
+        return self._windows[key]
+
+    def frames(self, samples: int) -> int:
+        """Number of STFT frames for ``samples`` samples (centred framing)."""
+        return samples // self.hop + 1
+
+    def __repr__(self) -> str:
+        return f"StftConfig(n_fft={self.n_fft}, hop={self.hop}, win_length={self.win_length})"
+
+
+def stft(wav: torch.Tensor, cfg: StftConfig) -> torch.Tensor:
+    """Complex STFT ``[B, F, T]`` of ``[B, samples]`` waveforms (centred, zero padding)."""
+    if wav.dim() != 2:
+        raise ValueError(f"stft expects [batch, samples], got shape {tuple(wav.shape)}")
+    dtype = torch.float32 if wav.dtype in (torch.float16, torch.bfloat16) else wav.dtype
+    return torch.stft(
+        wav.to(dtype),
+        cfg.n_fft,
+        cfg.hop,
+        cfg.win_length,
+        window=cfg.window(wav.device, dtype),
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    )
+
+
+def istft(spec: torch.Tensor, cfg: StftConfig, length: int) -> torch.Tensor:
+    """Inverse of :func:`stft`: ``[B, F, T]`` complex -> ``[B, length]``."""
+    return torch.istft(
+        spec,
+        cfg.n_fft,
+        cfg.hop,
+        cfg.win_length,
+        window=cfg.window(spec.device, spec.real.dtype),
+        center=True,
+        length=length,
+    )
+
+
+def relative_to_samples(lengths: torch.Tensor | None, total: int, batch: int, device=None) -> torch.Tensor:
+    """Relative lengths -> integer counts (all ``total`` when ``lengths`` is None)."""
+    if lengths is None:
+        return torch.full((batch,), total, dtype=torch.long, device=device)
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise ValueError(f"lengths must have shape [{batch}], got {tuple(lengths.shape)}")
+    return torch.round(lengths.float() * total).long().clamp(1, total).to(device)
+
+
+def length_mask(lengths: torch.Tensor | None, total: int, batch: int, device=None) -> torch.Tensor:
+    """Boolean mask ``[B, total]``: True on valid positions.
+
+    Example
+    -------
+    >>> length_mask(torch.tensor([1.0, 0.5]), 4, 2).int()
+    tensor([[1, 1, 1, 1],
+            [1, 1, 0, 0]], dtype=torch.int32)
+    """
+    counts = relative_to_samples(lengths, total, batch, device)
+    return torch.arange(total, device=device)[None, :] < counts[:, None]
+
+
+def frame_mask(lengths: torch.Tensor | None, samples: int, frames: int, hop: int, batch: int, device=None) -> torch.Tensor:
+    """Mask ``[B, frames]`` of STFT frames whose centre lies inside the valid samples."""
+    counts = relative_to_samples(lengths, samples, batch, device)
+    valid_frames = counts // hop + 1
+    return torch.arange(frames, device=device)[None, :] < valid_frames[:, None]
