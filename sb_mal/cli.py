@@ -4,6 +4,8 @@ Subcommands
 -----------
 ``sb-mal evaluate``   score noisy and/or enhanced audio against clean references
 ``sb-mal prepare``    write SpeechBrain manifests (folders of pairs, VoiceBank-DEMAND, mini corpus)
+``sb-mal export``     turn a training run into an inference folder (local or Hugging Face hub)
+``sb-mal enhance``    enhance audio files or folders with an exported model
 
 Run ``sb-mal <command> --help`` for the options of each.
 """
@@ -129,6 +131,88 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# export / enhance
+# --------------------------------------------------------------------------------------------
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sb_mal.inference import export_run
+
+    out = export_run(args.run_dir, args.output, key=args.key, mode="min" if args.min else "max",
+                     checkpoint=args.checkpoint, overwrite=args.overwrite)
+    info = json.loads((out / "export_info.json").read_text(encoding="utf-8"))
+    print(f"exported {info['checkpoint']} ({args.key}={info['meta'].get(args.key)}) -> {out}")
+    return 0
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _enhance_jobs(inputs: list[str], out_dir: str, ext: str) -> list[tuple[str, str]]:
+    """(input, output) pairs; folders are scanned recursively and keep their relative layout."""
+    from sb_mal.audio import list_audio_files
+
+    out_root = os.path.realpath(out_dir)
+    jobs = []
+    for item in inputs:
+        if os.path.isdir(item):
+            root = os.path.realpath(item)
+            for path in list_audio_files(item):
+                # an output folder inside an input folder: never re-enhance earlier outputs
+                if out_root != root and _inside(out_root, root) and _inside(os.path.realpath(path), out_root):
+                    continue
+                rel = os.path.splitext(os.path.relpath(path, item))[0]
+                jobs.append((path, os.path.join(out_dir, f"{rel}.{ext}")))
+        elif os.path.isfile(item):
+            jobs.append((item, os.path.join(out_dir, f"{os.path.splitext(os.path.basename(item))[0]}.{ext}")))
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    sources = {os.path.realpath(src): src for src, _ in jobs}
+    targets: dict[str, str] = {}
+    for src, dst in jobs:
+        real = os.path.realpath(dst)
+        if real in sources:
+            raise ValueError(f"{dst}: the output for {src} would overwrite input file {sources[real]}; "
+                             "choose another --output folder or --ext")
+        if real in targets:
+            raise ValueError(f"{targets[real]} and {src} would both be written to {dst}")
+        targets[real] = src
+    return jobs
+
+
+def _cmd_enhance(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from sb_mal.inference import Enhancer
+
+    from sb_mal.audio import AUDIO_EXTENSIONS
+
+    ext = args.ext.lower().lstrip(".")
+    if f".{ext}" not in AUDIO_EXTENSIONS:
+        raise ValueError(f"--ext {args.ext}: unknown audio format; use one of {', '.join(AUDIO_EXTENSIONS)}")
+    jobs = _enhance_jobs(args.inputs, args.output, ext)
+    if not jobs:
+        raise ValueError(f"no audio files to enhance in {', '.join(args.inputs)}")
+    run_opts = {k: v for k, v in (("device", args.device), ("precision", args.precision)) if v}
+    enhancer = Enhancer.from_hparams(source=args.source, savedir=args.savedir, run_opts=run_opts)
+    log = logging.getLogger("sb_mal")
+    failed = []
+    for src, dst in tqdm(jobs, desc="enhance", unit="file", disable=args.quiet):
+        try:
+            enhancer.enhance_file(src, dst, chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
+                                  return_waveform=False)
+        except Exception as err:  # one bad file must not stop the batch
+            log.warning("skipped %s: %s", src, err)
+            failed.append((src, err))
+    print(f"{len(jobs) - len(failed)} of {len(jobs)} file(s) enhanced -> {args.output}")
+    if failed:
+        print(f"{len(failed)} file(s) failed:", file=sys.stderr)
+        for src, err in failed:
+            print(f"  {src}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sb-mal`` (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="sb-mal", description=__doc__.split("\n")[0])
@@ -165,6 +249,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="folder (default: the sb_mal cache)")
     p.add_argument("--seed", type=int, default=0)
     pr.set_defaults(func=_cmd_prepare)
+
+    ex = sub.add_parser("export", help="export a training run to an inference folder (local or HF hub)")
+    ex.add_argument("run_dir", help="the run's output folder (model_config.json, save/CKPT+*)")
+    ex.add_argument("-o", "--output", required=True, help="folder to create")
+    ex.add_argument("--key", default="pesq", help="CKPT.yaml metric that picks the checkpoint (default: pesq)")
+    ex.add_argument("--min", action="store_true", help="the lowest --key wins (e.g. --key loss --min)")
+    ex.add_argument("--checkpoint", help="export this CKPT+... folder instead of the best one")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+    ex.set_defaults(func=_cmd_export)
+
+    en = sub.add_parser("enhance", help="enhance audio files or folders with an exported model")
+    en.add_argument("inputs", nargs="+", help="audio files and/or folders (scanned recursively)")
+    en.add_argument("-o", "--output", required=True, help="output folder (folder layouts are kept)")
+    en.add_argument("--source", required=True, help="exported model folder or Hugging Face repo id")
+    en.add_argument("--savedir", help="where to keep the model files (default: use them in place / HF cache)")
+    en.add_argument("--device", help="e.g. cpu, cuda:0 (default: cuda if available)")
+    en.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="autocast precision")
+    en.add_argument("--chunk-seconds", type=float, help="chunk length for long files (default: the model's, 10 s)")
+    en.add_argument("--overlap-seconds", type=float, help="cross-faded overlap between chunks (default 0.5 s)")
+    en.add_argument("--ext", default="wav", help="output format by extension: wav, flac, ogg, ... (default wav)")
+    en.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    en.set_defaults(func=_cmd_enhance)
     return parser
 
 

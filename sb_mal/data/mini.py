@@ -63,6 +63,7 @@ __all__ = [
     "TRAIN_VARIANTS",
     "build_mini_corpus",
     "default_mini_dir",
+    "mini_dataset",
 ]
 
 #: Bumped whenever the same parameters would give different audio.
@@ -389,3 +390,17 @@ def build_mini_corpus(
     (out / _MARKER).unlink(missing_ok=True)
     logger.info("mini corpus ready: %d utterances, %.1f min in %s", len(entries), seconds / 60, out)
     return manifests
+
+
+def mini_dataset(split: str, corpus_dir: str | os.PathLike | None = None, **kwargs):
+    """A split of the mini corpus as a dataset (see :func:`sb_mal.data.datasets.manifest_dataset`).
+
+    ``corpus_dir`` defaults to :func:`default_mini_dir` (the corpus must have been built, e.g. by
+    the recipe's ``prepare`` step); keyword arguments go to ``manifest_dataset``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    from sb_mal.data.datasets import manifest_dataset
+
+    root = Path(corpus_dir) if corpus_dir is not None else default_mini_dir()
+    return manifest_dataset(root / f"{split}.json", root, **kwargs)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from sb_mal.dsp import StftConfig, frame_mask, istft, stft
+from sb_mal.dsp import StftConfig, frame_mask, istft, length_mask, stft
 
 __all__ = ["Encoding", "SpectralUNetSE"]
 
@@ -182,14 +182,17 @@ class SpectralUNetSE(nn.Module):
             wav = wav.squeeze(-1)
         if wav.dim() != 2:
             raise ValueError(f"SpectralUNetSE expects waveforms [batch, samples], got {tuple(wav.shape)}")
+        if lengths is not None:  # whatever sits in the padding must not leak into valid frames
+            wav = wav * length_mask(lengths, wav.shape[1], wav.shape[0], wav.device).to(wav.dtype)
         spec = stft(wav, self.stft_cfg)  # [B, F, T]
         B, _, T = spec.shape
         mask = frame_mask(lengths, wav.shape[1], T, self.stft_cfg.hop, B, wav.device)
         feats = spec.abs().clamp(min=1e-8).pow(self.compress)
         x = (feats * mask[:, None, :]).transpose(1, 2).unsqueeze(1)  # [B, 1, T, F]
         taps, skips = {}, []
+        keep = mask[:, None, :, None].to(x.dtype)  # zero padded frames after every block
         for i, block in enumerate(self.encoder_blocks):
-            x = block(x)
+            x = block(x) * keep
             taps[f"enc{i + 1}"] = x
             skips.append(x)
         z = self.enc_proj(x.permute(0, 2, 1, 3).reshape(B, T, -1))
@@ -207,9 +210,12 @@ class SpectralUNetSE(nn.Module):
         """Decoder: bottleneck + skips -> mask -> enhanced waveform ``[B, samples]``."""
         B, T, _ = enc.bottleneck.shape
         x = self.dec_proj(enc.bottleneck).reshape(B, T, enc.skips[-1].shape[1], -1).permute(0, 2, 1, 3)
+        keep = enc.frame_mask[:, None, :, None].to(x.dtype)
+        x = x * keep
         for block, up, skip in zip(self.decoder_blocks, self.upsamplers, reversed(enc.skips)):
-            x = up(block(torch.cat([x, skip], dim=1)))
+            x = up(block(torch.cat([x, skip], dim=1)) * keep)
         m = self.mask_max * torch.sigmoid(self.mask_conv(x)).squeeze(1).transpose(1, 2)  # [B, F, T]
+        m = m * enc.frame_mask[:, None, :].to(m.dtype)
         return istft(enc.spec * m, self.stft_cfg, enc.num_samples)
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,354 @@
+"""``Enhancer``: a SpeechBrain ``Pretrained`` interface for sb_mal's waveform-to-waveform enhancers.
+
+The model (``modules.enhance_model``) maps noisy ``[B, T]`` waveforms and relative lengths to
+enhanced ``[B, T]`` waveforms: ``enhance_model(wav, lengths)``.
+
+Long signals are enhanced in overlapping chunks (``chunk_seconds``, default 10 s, overlapping by
+``overlap_seconds``, default 0.5 s). Each chunk is weighted by a window that is 1 in its middle and
+rises/falls as a half Hann (sin^2) ramp over the overlaps with its neighbours; the output is the
+weighted sum divided by the summed weights, so where two chunks overlap the result cross-fades from
+one to the other without a click. The last chunk is aligned with the end of the signal, so every
+chunk has full context. Signals no longer than one chunk are enhanced whole: the result is then
+exactly ``enhance_model(wav, lengths)``. For a model with long context (the bidirectional GRU of
+:class:`~sb_mal.models.SpectralUNetSE`), chunked output is *not* identical to whole-signal output:
+each chunk only sees its own 10 s.
+
+:meth:`Enhancer.enhance_file` reads long files piece by piece (downmixed, resampled to the model
+rate with margins so the result equals resampling the whole file) and writes the output
+progressively to a temporary file that is renamed at the end, so memory stays bounded for files
+of any length (pass ``return_waveform=False`` to not keep the output in memory either).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+
+import numpy as np
+import soundfile as sf
+import torch
+from speechbrain.dataio.preprocess import AudioNormalizer
+from speechbrain.inference.interfaces import Pretrained
+from speechbrain.utils.checkpoints import torch_patched_state_dict_load
+from speechbrain.utils.fetching import FetchConfig, LocalStrategy
+
+from sb_mal.audio import _FORMAT_BY_EXT, AudioError, audio_info, read_audio, resample, write_audio
+from sb_mal.dsp import relative_to_samples
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Enhancer", "chunk_starts", "load_strict"]
+
+DEFAULT_CHUNK_SECONDS = 10.0
+DEFAULT_OVERLAP_SECONDS = 0.5
+
+
+def load_strict(module: torch.nn.Module, path) -> None:
+    """Pretrainer hook: load a ``state_dict`` file into ``module`` strictly (no silent partial load).
+
+    SpeechBrain's default parameter transfer is non-strict (missing keys are only logged); the
+    hyperparams written by :func:`sb_mal.inference.export_run` name this hook instead.
+    """
+    state = torch_patched_state_dict_load(path, "cpu")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise RuntimeError(f"{path}: checkpoint does not match {type(module).__name__}: {err}") from err
+
+
+def chunk_starts(total: int, chunk: int, overlap: int) -> list[int]:
+    """Start samples of the chunks covering ``total`` samples (regular hop, last chunk end-aligned).
+
+    Example
+    -------
+    >>> chunk_starts(25, 10, 2)
+    [0, 8, 15]
+    >>> chunk_starts(7, 10, 2)
+    [0]
+    """
+    if chunk <= 0 or not 0 <= overlap <= chunk // 2:
+        raise ValueError(f"need chunk > 0 and 0 <= overlap <= chunk/2, got chunk={chunk}, overlap={overlap}")
+    if total <= chunk:
+        return [0]
+    starts = list(range(0, total - chunk, chunk - overlap))
+    return starts + [total - chunk]
+
+
+def _ramp(n: int, device) -> torch.Tensor:
+    """Fade-in of ``n`` samples, strictly inside (0, 1); reversed it is its complement."""
+    return torch.sin(0.5 * math.pi * (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n) ** 2
+
+
+def _overlap_add(total, chunk, overlap, read: Callable, process: Callable, emit: Callable, device) -> int:
+    """Run ``process`` on overlapping chunks from ``read(start, stop)``; ``emit(start, samples)`` in order.
+
+    Only about two chunks are ever held in memory. Returns the number of chunks.
+    """
+    starts = chunk_starts(total, chunk, overlap)
+    num = den = None
+    base = 0
+    for k, start in enumerate(starts):
+        stop = min(start + chunk, total)
+        y = process(read(start, stop), start, stop)
+        w = torch.ones(stop - start, device=y.device)
+        if overlap and k > 0:
+            w[:overlap] = _ramp(overlap, y.device)
+        if overlap and k < len(starts) - 1:
+            w[-overlap:] = _ramp(overlap, y.device).flip(0)
+        if num is None:
+            num, den = y.new_zeros(y.shape[0], 0), y.new_zeros(0)
+        grow = stop - base - den.shape[0]
+        if grow > 0:
+            num = torch.cat([num, num.new_zeros(num.shape[0], grow)], 1)
+            den = torch.cat([den, den.new_zeros(grow)])
+        num[:, start - base:stop - base] += w * y
+        den[start - base:stop - base] += w
+        final = (starts[k + 1] if k + 1 < len(starts) else total) - base  # nothing later touches these
+        emit(base, num[:, :final] / den[:final])
+        num, den, base = num[:, final:], den[final:], base + final
+    return len(starts)
+
+
+class _FileReader:
+    """Read ``[start, stop)`` of a file in *model-rate* samples, mono, without decoding the rest.
+
+    Resampling runs on the piece plus margins of whole resampler periods, so every sample equals
+    what resampling the whole file would give (up to float rounding).
+    """
+
+    def __init__(self, path: str, frames: int, file_rate: int, rate: int):
+        self.path, self.frames, self.file_rate, self.rate = path, frames, file_rate, rate
+        g = math.gcd(file_rate, rate)
+        self.of, self.nf = file_rate // g, rate // g  # one period: `of` file samples -> `nf` model samples
+        width = math.ceil(6 * self.of / (0.99 * min(self.of, self.nf)))  # torchaudio's sinc kernel half-width
+        self.margin = math.ceil(width / self.of) + 2  # periods
+        self.total = frames if file_rate == rate else math.ceil(frames * self.nf / self.of)
+        self._file = sf.SoundFile(path)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _read_frames(self, a: int, b: int) -> np.ndarray:
+        self._file.seek(a)
+        data = self._file.read(b - a, dtype="float32", always_2d=True)
+        data = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+        if not np.isfinite(data).all():
+            raise AudioError(f"{self.path}: audio contains NaN/Inf sample(s) between frames {a} and {b}")
+        return np.ascontiguousarray(data, dtype=np.float32)
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        if self.file_rate == self.rate:
+            return torch.from_numpy(self._read_frames(start, stop))[None]
+        p0 = max(0, start // self.nf - self.margin)
+        p1 = -(-stop // self.nf) + self.margin
+        piece = resample(self._read_frames(p0 * self.of, min(p1 * self.of, self.frames)), self.file_rate, self.rate)
+        offset = p0 * self.nf
+        return torch.from_numpy(np.ascontiguousarray(piece[start - offset:stop - offset]))[None]
+
+
+class Enhancer(Pretrained):
+    """Speech enhancement with an sb_mal model (any waveform-to-waveform ``enhance_model``).
+
+    Hparams: ``sample_rate`` (required), ``chunk_seconds`` (default 10), ``overlap_seconds``
+    (default 0.5). Load an exported folder or hub repository with :meth:`from_hparams`; pass
+    ``run_opts={"device": "cuda:0", "precision": "bf16"}`` for device and autocast precision.
+
+    Example
+    -------
+    >>> from sb_mal.models import SpectralUNetSE
+    >>> model = SpectralUNetSE(channels=(8, 16), bottleneck_dim=32, rnn_layers=1)
+    >>> enh = Enhancer(modules={"enhance_model": model}, hparams={"sample_rate": 16000},
+    ...                run_opts={"device": "cpu"})
+    >>> noisy = torch.randn(2, 16000)
+    >>> torch.equal(enh.enhance_batch(noisy), model(noisy))
+    True
+    >>> enh.enhance_batch(torch.randn(1, 5 * 16000), chunk_seconds=2.0).shape
+    torch.Size([1, 80000])
+    """
+
+    HPARAMS_NEEDED = ["sample_rate"]
+    MODULES_NEEDED = ["enhance_model"]
+
+    def __init__(self, modules=None, hparams=None, run_opts=None, freeze_params=True, hparams_source=None):
+        where = hparams_source or "the hparams given to Enhancer"
+        modules = dict(modules or {})
+        hparams = dict(hparams or {})
+        missing = [m for m in self.MODULES_NEEDED if not isinstance(modules.get(m), torch.nn.Module)]
+        if missing:
+            raise ValueError(
+                f"{where}: `modules` must define {missing} (a torch.nn.Module), found {sorted(modules) or 'none'}"
+            )
+        for hp in self.HPARAMS_NEEDED:
+            if hp not in hparams:
+                raise ValueError(f"{where}: hyperparameter {hp!r} is required but not defined")
+        super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, freeze_params=freeze_params)
+        self.sample_rate = int(hparams["sample_rate"])
+        if self.sample_rate <= 0:
+            raise ValueError(f"{where}: sample_rate must be positive, got {hparams['sample_rate']}")
+        self.chunk_seconds = float(hparams.get("chunk_seconds", DEFAULT_CHUNK_SECONDS))
+        self.overlap_seconds = float(hparams.get("overlap_seconds", DEFAULT_OVERLAP_SECONDS))
+        self._chunk_params(None, None)  # validate
+        if "audio_normalizer" not in hparams:
+            self.audio_normalizer = AudioNormalizer(self.sample_rate)
+
+    @classmethod
+    def from_hparams(cls, source, hparams_file: str = "hyperparams.yaml", **kwargs) -> Enhancer:
+        """Load from a local folder or a Hugging Face repo id (see ``Pretrained.from_hparams``).
+
+        A local folder never touches the network (``FetchConfig(allow_network=False)`` unless a
+        ``fetch_config`` is given). On Windows, files are copied rather than symlinked into
+        ``savedir`` unless ``local_strategy`` is given.
+        """
+        local = os.path.isdir(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else False
+        if local:
+            kwargs.setdefault("fetch_config", FetchConfig(allow_network=False))
+        if platform.system() == "Windows":
+            kwargs.setdefault("local_strategy", LocalStrategy.COPY)
+        where = os.path.join(os.fspath(source), hparams_file) if local else f"{source}/{hparams_file}"
+        kwargs.setdefault("hparams_source", where)
+        try:
+            return super().from_hparams(source=os.fspath(source) if local else source, hparams_file=hparams_file,
+                                        **kwargs)
+        except KeyError as err:
+            if err.args and err.args[0] in ("pretrainer", "modules"):
+                raise ValueError(f"{where}: no {err.args[0]!r} defined (see sb_mal.inference.export_run)") from err
+            raise
+
+    # -- chunking ------------------------------------------------------------------------------
+    def _chunk_params(self, chunk_seconds, overlap_seconds) -> tuple[int, int]:
+        chunk_s = self.chunk_seconds if chunk_seconds is None else float(chunk_seconds)
+        overlap_s = self.overlap_seconds if overlap_seconds is None else float(overlap_seconds)
+        chunk, overlap = round(chunk_s * self.sample_rate), round(overlap_s * self.sample_rate)
+        if chunk <= 0 or overlap < 0 or 2 * overlap > chunk:
+            raise ValueError(
+                f"chunk_seconds must be positive and 0 <= overlap_seconds <= chunk_seconds / 2, "
+                f"got chunk_seconds={chunk_s}, overlap_seconds={overlap_s}"
+            )
+        return chunk, overlap
+
+    def _run_model(self, wav: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad(), self.inference_ctx:
+            out = self.mods.enhance_model(wav, lengths)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if out.shape != wav.shape:
+            raise RuntimeError(f"enhance_model returned shape {tuple(out.shape)} for input {tuple(wav.shape)}")
+        return out.float()
+
+    # -- public API ----------------------------------------------------------------------------
+    def enhance_batch(self, noisy: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                      chunk_seconds: float | None = None, overlap_seconds: float | None = None) -> torch.Tensor:
+        """Enhance ``[B, T]`` waveforms (at ``sample_rate``) with relative ``lengths``; returns ``[B, T]``.
+
+        A 1-D ``[T]`` input gives a 1-D output. Samples past each item's length are zero.
+        """
+        noisy = torch.as_tensor(noisy)
+        squeeze = noisy.dim() == 1
+        noisy = noisy[None] if squeeze else noisy
+        if noisy.dim() != 2 or noisy.shape[1] == 0:
+            raise ValueError(f"enhance_batch expects noisy waveforms [batch, samples], got shape {tuple(noisy.shape)}")
+        chunk, overlap = self._chunk_params(chunk_seconds, overlap_seconds)
+        noisy = noisy.to(self.device, torch.float32)
+        batch, total = noisy.shape
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, dtype=torch.float32).to(self.device)
+            valid = relative_to_samples(lengths, total, batch, self.device)
+        if total <= chunk:
+            out = self._run_model(noisy, lengths)
+        else:
+            out = torch.empty_like(noisy)
+
+            def process(x, start, stop):
+                rel = None if lengths is None else (valid - start).clamp(1, stop - start).float() / (stop - start)
+                return self._run_model(x, rel)
+
+            def emit(start, y):
+                out[:, start:start + y.shape[1]] = y
+
+            _overlap_add(total, chunk, overlap, lambda a, b: noisy[:, a:b], process, emit, self.device)
+        if lengths is not None:
+            out = out * (torch.arange(total, device=out.device)[None] < valid[:, None])
+        return out[0] if squeeze else out
+
+    def forward(self, noisy: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Same as :meth:`enhance_batch`."""
+        return self.enhance_batch(noisy, lengths)
+
+    def enhance_file(self, path, output_path=None, *, chunk_seconds: float | None = None,
+                     overlap_seconds: float | None = None, return_waveform: bool = True) -> torch.Tensor | None:
+        """Enhance an audio file (any rate, any channels: downmixed and resampled to the model's rate).
+
+        Arguments
+        ---------
+        path : str or PathLike
+            Input file (any format soundfile reads).
+        output_path : str or PathLike, optional
+            Where to write the enhanced audio (at the model rate; format from the extension; written
+            atomically; samples outside [-1, 1] are clipped). Must not be the input file.
+        chunk_seconds, overlap_seconds : float, optional
+            Override the chunking of the hparams.
+        return_waveform : bool
+            Return the enhanced ``[T]`` tensor (CPU). Pass False with ``output_path`` to keep memory
+            bounded for very long files; None is returned then.
+        """
+        path = os.fspath(path)
+        info = audio_info(path)
+        if output_path is not None:
+            output_path = os.fspath(output_path)
+            if os.path.abspath(output_path) == os.path.abspath(path) or (
+                    os.path.exists(output_path) and os.path.samefile(output_path, path)):
+                raise AudioError(f"{output_path}: refusing to overwrite the input file")
+            if os.path.splitext(output_path)[1].lower() not in _FORMAT_BY_EXT:
+                raise AudioError(f"{output_path}: unknown audio extension; use one of {sorted(_FORMAT_BY_EXT)}")
+        chunk, overlap = self._chunk_params(chunk_seconds, overlap_seconds)
+        reader = _FileReader(path, info.frames, info.sample_rate, self.sample_rate)
+        try:
+            if reader.total <= chunk:
+                wav, _ = read_audio(path, self.sample_rate)
+                enhanced = self.enhance_batch(wav[None], chunk_seconds=chunk_seconds)[0].cpu()
+                if output_path is not None:
+                    write_audio(output_path, enhanced, self.sample_rate, protect=[path])
+                return enhanced if return_waveform else None
+            return self._enhance_stream(reader, output_path, chunk, overlap, return_waveform)
+        finally:
+            reader.close()
+
+    def _enhance_stream(self, reader: _FileReader, output_path, chunk, overlap, return_waveform):
+        pieces: list[torch.Tensor] = []
+        out, tmp = None, None
+        if output_path is not None:
+            ext = os.path.splitext(output_path)[1].lower()
+            fmt = _FORMAT_BY_EXT[ext]
+            folder = os.path.dirname(os.path.abspath(output_path))
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=folder)
+            os.close(fd)
+            subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
+            out = sf.SoundFile(tmp, "w", samplerate=self.sample_rate, channels=1, format=fmt, subtype=subtype)
+
+        def emit(start, y):
+            y = y[0].detach().cpu()
+            if not torch.isfinite(y).all():
+                raise AudioError(f"{reader.path}: enhanced audio contains NaN/Inf near sample {start}")
+            if out is not None:
+                out.write(y.clamp(-1.0, 1.0).numpy())
+            if return_waveform:
+                pieces.append(y)
+
+        try:
+            n = _overlap_add(reader.total, chunk, overlap, reader,
+                             lambda x, a, b: self._run_model(x.to(self.device), None), emit, self.device)
+            if out is not None:
+                out.close()
+                os.replace(tmp, output_path)
+        except BaseException:
+            if out is not None:
+                out.close()
+                os.unlink(tmp)
+            raise
+        logger.debug("%s: enhanced %d samples in %d chunks", reader.path, reader.total, n)
+        return torch.cat(pieces) if return_waveform else None

@@ -1,0 +1,375 @@
+"""Export a training run to a self-contained inference folder (local or Hugging Face hub).
+
+A run folder written by :class:`sb_mal.brains.EnhanceBrain` holds ``model_config.json`` (class and
+constructor arguments of the model) and SpeechBrain checkpoints ``save/CKPT+*/`` with the model's
+``state_dict`` in ``model.ckpt`` and validation metrics in ``CKPT.yaml``. :func:`export_run` picks
+the best checkpoint by a metric, checks that its weights load *strictly* into the model built from
+``model_config.json``, and writes::
+
+    out_dir/
+      hyperparams.yaml      inference-only: sample_rate, chunking, enhance_model, modules, pretrainer
+      enhance_model.ckpt    the plain state_dict
+      README.md             model card: model, run, validation metrics, how to load and publish
+      export_info.json      provenance: run, checkpoint, its metadata, versions, SHA-256 of the weights
+      train_hyperparams.yaml  the training YAML of the run (if present; not used for loading)
+
+The pretrainer has no ``paths:`` (files come from the folder or repo given as ``source``, so a local
+folder never reaches the network) and loads through :func:`sb_mal.inference.load_strict`, so a
+mismatched checkpoint fails instead of loading partially. The folder is built next to ``out_dir``,
+loaded back with :class:`~sb_mal.inference.Enhancer` and compared with the run's model, then
+renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+__all__ = ["ExportError", "export_run", "find_best_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+_META_SKIP = ("unixtime", "end-of-epoch")
+
+
+class ExportError(ValueError):
+    """A run folder cannot be exported (names the file and what is wrong)."""
+
+
+def _list_checkpoints(save_dir: Path) -> list[tuple[Path, dict]]:
+    found = []
+    for ckpt in sorted(save_dir.glob("CKPT*")):
+        meta_file = ckpt / "CKPT.yaml"
+        if ckpt.is_dir() and meta_file.is_file():
+            with open(meta_file, encoding="utf-8") as fin:
+                meta = yaml.safe_load(fin) or {}
+            found.append((ckpt, meta if isinstance(meta, dict) else {}))
+    return found
+
+
+def find_best_checkpoint(save_dir, key: str = "pesq", mode: str = "max") -> tuple[Path, dict]:
+    """The checkpoint folder under ``save_dir`` with the best ``key`` in its CKPT.yaml, and its meta.
+
+    Checkpoints without a numeric ``key`` (e.g. intra-epoch ones) are ignored; NaN never wins;
+    ties go to the most recent.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> save = pathlib.Path(tempfile.mkdtemp())
+    >>> for name, pesq in [("CKPT+a", 1.5), ("CKPT+b", 2.5)]:
+    ...     (save / name).mkdir()
+    ...     _ = (save / name / "CKPT.yaml").write_text(f"pesq: {pesq}\\nunixtime: 0\\n")
+    >>> path, meta = find_best_checkpoint(save)
+    >>> path.name, meta["pesq"]
+    ('CKPT+b', 2.5)
+    """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir():
+        raise ExportError(f"{save_dir}: no checkpoint folder (expected the run's save/ folder)")
+    checkpoints = _list_checkpoints(save_dir)
+    if not checkpoints:
+        raise ExportError(f"{save_dir}: no checkpoints (CKPT+*/CKPT.yaml) found")
+    scored = [(c, m) for c, m in checkpoints if isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool)
+              and not math.isnan(m[key])]
+    if not scored:
+        keys = sorted({k for _, m in checkpoints for k in m if k not in _META_SKIP})
+        raise ExportError(f"{save_dir}: no checkpoint has a numeric {key!r} in its CKPT.yaml "
+                          f"(keys found: {', '.join(keys) or 'none'}); choose another key or give the checkpoint")
+    sign = 1.0 if mode == "max" else -1.0
+    path, meta = max(scored, key=lambda cm: (sign * cm[1][key], cm[1].get("unixtime", 0)))
+    if not math.isfinite(meta[key]):
+        logger.warning("%s: best checkpoint %s has %s=%s (no checkpoint has a finite value)", save_dir, path.name,
+                       key, meta[key])
+    return path, meta
+
+
+def _load_model_config(run_dir: Path) -> dict:
+    path = run_dir / "model_config.json"
+    if not path.is_file():
+        raise ExportError(f"{path}: missing; it is written by EnhanceBrain at the start of training "
+                          "(class and constructor arguments of the model)")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ExportError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("class"), str) or not isinstance(cfg.get("kwargs"), dict):
+        raise ExportError(f"{path}: expected {{'class': 'module.Class', 'kwargs': {{...}}}}, found {cfg!r}")
+    if "sample_rate" not in cfg:
+        logger.warning("%s: no sample_rate; assuming 16000 Hz", path)
+    return cfg
+
+
+def _build_model(cfg: dict, where: Path) -> torch.nn.Module:
+    module_name, _, class_name = cfg["class"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ExportError(f"{where}: cannot import model class {cfg['class']!r} ({err})") from err
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ExportError(f"{where}: {cfg['class']!r} is not a torch.nn.Module class")
+    try:
+        return cls(**cfg["kwargs"])
+    except Exception as err:
+        raise ExportError(f"{where}: cannot build {cfg['class']} from its kwargs ({err})") from err
+
+
+def _load_verified(model: torch.nn.Module, ckpt_file: Path) -> None:
+    from speechbrain.utils.checkpoints import torch_patched_state_dict_load
+
+    try:
+        state = torch_patched_state_dict_load(ckpt_file, "cpu")
+    except Exception as err:
+        raise ExportError(f"{ckpt_file}: unreadable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict):
+        raise ExportError(f"{ckpt_file}: expected a state_dict, found {type(state).__name__}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ExportError(f"{ckpt_file}: does not match {type(model).__name__} built from model_config.json: "
+                          f"{err}") from err
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ExportError(f"{ckpt_file}: non-finite weights in {', '.join(bad[:5])}")
+
+
+def _yaml_block(mapping: dict, indent: int = 4) -> str:
+    text = yaml.safe_dump(mapping, default_flow_style=None, sort_keys=False).rstrip("\n")
+    return "\n".join(" " * indent + line for line in text.splitlines())
+
+
+def _render_hparams(cfg: dict, sample_rate: int, chunk_seconds: float, overlap_seconds: float, origin: str) -> str:
+    kwargs = _yaml_block(cfg["kwargs"]) if cfg["kwargs"] else ""
+    return f"""# Inference hyperparameters for sb_mal.inference.Enhancer (written by `sb-mal export`).
+# Exported from {origin}.
+# Load with: Enhancer.from_hparams(source=<this folder or hub id>, savedir=...)
+
+sample_rate: {int(sample_rate)}
+chunk_seconds: {float(chunk_seconds)}    # long inputs are enhanced in chunks of this length
+overlap_seconds: {float(overlap_seconds)}  # cross-faded overlap between chunks
+
+enhance_model: !new:{cfg["class"]}
+{kwargs}
+
+modules:
+    enhance_model: !ref <enhance_model>
+
+# No `paths:`: enhance_model.ckpt is taken from the folder/repo given as `source`.
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        enhance_model: !ref <enhance_model>
+    custom_hooks:
+        enhance_model: !name:sb_mal.inference.load_strict
+"""
+
+
+def _render_card(cfg: dict, sample_rate: int, run_name: str, ckpt_name: str, meta: dict, key: str, mode: str,
+                 n_params: int) -> str:
+    metrics = {k: v for k, v in meta.items() if k not in _META_SKIP}
+    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
+    table = f"| metric | value |\n|---|---|\n{rows}" if rows else "(no metrics recorded in CKPT.yaml)"
+    kwargs = json.dumps(cfg["kwargs"])
+    return f"""---
+library_name: speechbrain
+pipeline_tag: audio-to-audio
+tags:
+- speechbrain
+- speech-enhancement
+- sb_mal
+---
+
+# Speech enhancement: `{cfg["class"].rsplit(".", 1)[-1]}` (sb_mal)
+
+A waveform-to-waveform speech enhancer trained with sb_mal, a SpeechBrain plugin.
+
+- Model: `{cfg["class"]}` with `{kwargs}` ({n_params:,} parameters)
+- Sample rate: {sample_rate} Hz, mono (other rates and channel counts are resampled and downmixed)
+- Run: `{run_name}`, checkpoint `{ckpt_name}`, chosen by the {mode}imum of `{key}` on the validation set
+
+## Validation metrics of this checkpoint
+
+{table}
+
+## Use it
+
+Needs the `sb_mal` package installed (it brings SpeechBrain); no code is downloaded.
+
+```python
+from sb_mal.inference import Enhancer
+
+enhancer = Enhancer.from_hparams(source="path/to/this/folder")       # a local folder: no network
+enhancer.enhance_file("noisy.wav", "enhanced.wav")                    # long files: chunked, bounded memory
+enhanced = enhancer.enhance_batch(noisy_batch)                       # [batch, samples] at {sample_rate} Hz
+```
+
+From the Hugging Face hub (after uploading this folder, see below):
+
+```python
+enhancer = Enhancer.from_hparams(source="<user>/<repo>", savedir="pretrained_models/<repo>",
+                                 run_opts={{"device": "cuda:0"}})
+```
+
+or from the command line: `sb-mal enhance noisy_folder/ -o enhanced_folder/ --source <folder or user/repo>`.
+
+On Windows, pass `local_strategy=LocalStrategy.COPY` (from `speechbrain.utils.fetching`) with a
+`savedir` to copy files instead of symlinking them (sb_mal does this by default on Windows).
+
+## Publish it
+
+```bash
+huggingface-cli upload <user>/<repo> path/to/this/folder .
+```
+
+or `huggingface_hub.HfApi().upload_folder(folder_path="path/to/this/folder", repo_id="<user>/<repo>")`.
+
+## Files
+
+- `hyperparams.yaml`: inference hyperparameters (model class and arguments, chunking)
+- `enhance_model.ckpt`: the model weights (a plain PyTorch `state_dict`)
+- `export_info.json`: where the weights come from; `train_hyperparams.yaml`: the training recipe's YAML
+"""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fin:
+        for block in iter(lambda: fin.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _resolve_checkpoint(run_dir: Path, checkpoint) -> tuple[Path, dict]:
+    path = Path(checkpoint)
+    if not path.is_dir() and (run_dir / "save" / checkpoint).is_dir():
+        path = run_dir / "save" / checkpoint
+    if not path.is_dir():
+        raise ExportError(f"{checkpoint}: checkpoint folder not found (also looked in {run_dir / 'save'})")
+    meta_file = path / "CKPT.yaml"
+    meta = yaml.safe_load(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    return path, meta if isinstance(meta, dict) else {}
+
+
+def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkpoint=None, overwrite: bool = False,
+               recoverable: str = "model", chunk_seconds: float = 10.0, overlap_seconds: float = 0.5) -> Path:
+    """Export the best checkpoint of a training run to an inference folder; returns ``out_dir``.
+
+    Arguments
+    ---------
+    run_dir : str or PathLike
+        The run's output folder (holds ``model_config.json`` and ``save/CKPT+*``).
+    out_dir : str or PathLike
+        Folder to create. An existing non-empty folder is replaced only with ``overwrite=True``.
+    key, mode : str
+        Metric in CKPT.yaml that picks the checkpoint, and ``"max"`` or ``"min"``.
+    checkpoint : str or PathLike, optional
+        A checkpoint folder (path, or name under ``run_dir/save``) to export instead of the best.
+    recoverable : str
+        Checkpointer name of the model (its weights are ``<recoverable>.ckpt``).
+    chunk_seconds, overlap_seconds : float
+        Chunking written to ``hyperparams.yaml``.
+
+    Example
+    -------
+    >>> import json, tempfile, pathlib
+    >>> from speechbrain.utils.checkpoints import Checkpointer
+    >>> from sb_mal.models import SpectralUNetSE
+    >>> run = pathlib.Path(tempfile.mkdtemp())
+    >>> model = SpectralUNetSE(channels=(4,), bottleneck_dim=8, rnn_layers=1)
+    >>> _ = (run / "model_config.json").write_text(json.dumps({"class": "sb_mal.models.SpectralUNetSE",
+    ...                                                        "kwargs": model.config, "sample_rate": 16000}))
+    >>> _ = Checkpointer(run / "save", {"model": model}).save_checkpoint(meta={"pesq": 2.0})
+    >>> out = export_run(run, run / "exported")
+    >>> sorted(p.name for p in out.iterdir())
+    ['README.md', 'enhance_model.ckpt', 'export_info.json', 'hyperparams.yaml']
+    """
+    from sb_mal.inference.enhancer import Enhancer
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir}: run folder not found")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise ExportError(f"{out_dir}: exists and is not an empty folder; pass overwrite=True (--overwrite)")
+    cfg = _load_model_config(run_dir)
+    sample_rate = int(cfg.get("sample_rate", 16000))
+    if checkpoint is not None:
+        ckpt_dir, meta = _resolve_checkpoint(run_dir, checkpoint)
+    else:
+        ckpt_dir, meta = find_best_checkpoint(run_dir / "save", key, mode)
+    ckpt_file = ckpt_dir / f"{recoverable}.ckpt"
+    if not ckpt_file.is_file():
+        present = sorted(p.name for p in ckpt_dir.glob("*.ckpt"))
+        raise ExportError(f"{ckpt_file}: missing (files in the checkpoint: {', '.join(present) or 'none'})")
+    model = _build_model(cfg, run_dir / "model_config.json")
+    _load_verified(model, ckpt_file)
+    model.eval()
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        torch.save(model.state_dict(), tmp / "enhance_model.ckpt")
+        origin = f"run folder {run_dir.name!r}, checkpoint {ckpt_dir.name}"
+        (tmp / "hyperparams.yaml").write_text(_render_hparams(cfg, sample_rate, chunk_seconds, overlap_seconds,
+                                                              origin), encoding="utf-8")
+        n_params = sum(p.numel() for p in model.parameters())
+        (tmp / "README.md").write_text(_render_card(cfg, sample_rate, run_dir.name, ckpt_dir.name, meta, key, mode,
+                                                    n_params), encoding="utf-8")
+        if (run_dir / "hyperparams.yaml").is_file():
+            shutil.copyfile(run_dir / "hyperparams.yaml", tmp / "train_hyperparams.yaml")
+        import speechbrain
+
+        import sb_mal
+
+        info = {"run_dir": str(run_dir.resolve()), "checkpoint": ckpt_dir.name, "selected_by": None if checkpoint
+                else {"key": key, "mode": mode}, "meta": meta, "model_config": cfg,
+                "enhance_model_sha256": _sha256(tmp / "enhance_model.ckpt"),
+                "versions": {"sb_mal": sb_mal.__version__, "speechbrain": speechbrain.__version__,
+                             "torch": torch.__version__, "python": platform.python_version()}}
+        (tmp / "export_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+        _check_roundtrip(Enhancer, tmp, model, sample_rate)
+        _move_into_place(tmp, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("exported %s (%s) to %s", ckpt_dir, {k: meta.get(k) for k in (key,)}, out_dir)
+    return out_dir
+
+
+def _check_roundtrip(enhancer_cls, folder: Path, model: torch.nn.Module, sample_rate: int) -> None:
+    """Load ``folder`` as users will and check it computes what ``model`` computes."""
+    enhancer = enhancer_cls.from_hparams(source=str(folder), savedir=None, run_opts={"device": "cpu"})
+    loaded = enhancer.mods.enhance_model.state_dict()
+    for name, value in model.state_dict().items():
+        if name not in loaded or not torch.equal(loaded[name].cpu(), value):
+            raise ExportError(f"{folder}: exported weights differ from the checkpoint at {name!r}")
+    probe = torch.randn(1, max(sample_rate // 4, 256), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(probe)
+    if not torch.equal(enhancer.enhance_batch(probe).cpu(), expected):
+        raise ExportError(f"{folder}: the exported model's output differs from the checkpoint's")
+
+
+def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    if not overwrite:  # appeared while exporting
+        raise ExportError(f"{out_dir}: exists and is not an empty folder; pass overwrite=True (--overwrite)")
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.replace(out_dir, old / out_dir.name)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
