@@ -23,14 +23,15 @@ DNSMOS (SIG/BAK/OVRL/P.808).
 A trained model can be plugged in two ways:
 
 * ``--run DIR``: a training output folder (``model_config.json`` with class/kwargs/sample_rate and
-  ``save/CKPT+*/model.ckpt``); the checkpoint with the best ``pesq`` in its ``CKPT.yaml`` is loaded
-  strictly into the class built from ``model_config.json``;
+  ``save/CKPT+*/model.ckpt``); the checkpoint with the best ``pesq`` in its ``CKPT.yaml``
+  (``sb_mal.inference.find_best_checkpoint``) is loaded strictly into the class that
+  ``model_config.json`` names, built with its kwargs;
 * ``--model DIR``: an exported inference folder, loaded with
   ``sb_mal.inference.Enhancer.from_hparams(source=DIR)`` (imported only when the option is used)
   and run through its ``enhance_batch(wavs, lengths)``.
 
 Usage: python benchmarks/bench_inference.py [--limit 120] [--repeats 3] [--run DIR | --model DIR]
-       [--n-jobs 2] [--no-speed] [--no-quality] [--no-write]
+       [--n-jobs 2] [--wait-load 1.0] [--no-speed] [--no-quality] [--no-write]
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import argparse  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
@@ -91,7 +91,7 @@ def module_enhancer(model: torch.nn.Module, model_rate: int = RATE):
 
 def load_run(run_dir: Path):
     """Build the model of a training folder and load its best-PESQ checkpoint strictly."""
-    import yaml
+    from sb_mal.inference import find_best_checkpoint
 
     cfg_path = run_dir / "model_config.json"
     if not cfg_path.is_file():
@@ -99,47 +99,37 @@ def load_run(run_dir: Path):
     cfg = json.loads(cfg_path.read_text())
     module_name, _, class_name = cfg["class"].rpartition(".")
     model = getattr(importlib.import_module(module_name), class_name)(**cfg.get("kwargs", {}))
-    best, best_pesq = None, -math.inf
-    for ckpt in sorted((run_dir / "save").glob("CKPT+*")):
-        meta = yaml.safe_load((ckpt / "CKPT.yaml").read_text()) if (ckpt / "CKPT.yaml").is_file() else {}
-        value = float((meta or {}).get("pesq", math.nan))
-        if (ckpt / "model.ckpt").is_file() and not math.isnan(value) and value > best_pesq:
-            best, best_pesq = ckpt, value
-    if best is None:
-        raise SystemExit(f"--run {run_dir}: no save/CKPT+*/model.ckpt with a finite `pesq` in CKPT.yaml")
+    best, meta = find_best_checkpoint(run_dir / "save", key="pesq", mode="max")
+    if not (best / "model.ckpt").is_file():
+        raise SystemExit(f"--run {run_dir}: best checkpoint {best.name} has no model.ckpt")
     state = torch.load(best / "model.ckpt", map_location="cpu", weights_only=True)
     if state and all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
         state = {k[len("module."):]: v for k, v in state.items()}
     model.load_state_dict(state, strict=True)
     rate = int(cfg.get("sample_rate", RATE))
-    label = f"ours trained ({class_name}, {best.name}, valid pesq {best_pesq:.3f})"
+    label = f"ours trained ({class_name}, {best.name}, valid pesq {float(meta['pesq']):.3f})"
     return model, rate, label
 
 
 def load_exported(model_dir: Path):
-    """An exported folder through sb_mal.inference.Enhancer (imported lazily)."""
+    """An exported folder through sb_mal.inference.Enhancer (imported only for this option)."""
     try:
         from sb_mal.inference import Enhancer
     except ImportError as err:
         raise SystemExit(f"--model needs sb_mal.inference.Enhancer, which could not be imported: {err}")
-    enhancer = Enhancer.from_hparams(source=str(model_dir), savedir=tempfile.mkdtemp(prefix="bench_inf_"))
-    mods = getattr(enhancer, "mods", None)
-    if mods is not None:
-        mods.eval()
-    rate = int(getattr(getattr(enhancer, "hparams", None), "sample_rate", RATE))
-    model = None
-    if mods is not None and "model" in mods:
-        model = mods["model"]
+    enhancer = Enhancer.from_hparams(source=str(model_dir), savedir=tempfile.mkdtemp(prefix="bench_inf_"),
+                                     run_opts={"device": "cpu"})
+    model = getattr(enhancer.mods, "enhance_model", None)
+    rate = int(getattr(enhancer, "sample_rate", RATE))
 
     def run(wav: np.ndarray) -> np.ndarray:
         x = wav if rate == RATE else resample(wav, RATE, rate)
         with torch.inference_mode():
-            y = enhancer.enhance_batch(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None],
-                                       torch.ones(1))
+            y = enhancer.enhance_batch(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None])
         y = y.reshape(-1).cpu().numpy()
         return y if rate == RATE else resample(y, rate, RATE)[: len(wav)]
 
-    return run, model, f"ours exported ({model_dir.name})"
+    return run, model, f"ours exported ({model_dir.resolve().name})"
 
 
 class _TimedCreation:
@@ -205,6 +195,13 @@ def speed(systems, noisy, repeats: int, dfn_timer):
     return rows, outputs, loads
 
 
+def wait_for_load(limit: float, max_wait: float = 900.0) -> None:
+    t0 = time.monotonic()
+    while os.getloadavg()[0] >= limit and time.monotonic() - t0 < max_wait:
+        time.sleep(10)
+    print(f"waited {time.monotonic() - t0:.0f} s for load < {limit}; 1-min load now {os.getloadavg()[0]:.2f}")
+
+
 def quality(outputs: dict, clean, ids, n_jobs: int):
     rows = []
     for name, outs in outputs.items():
@@ -227,6 +224,8 @@ def main():
     which.add_argument("--run", type=Path, help="training output folder (best-PESQ checkpoint is used)")
     which.add_argument("--model", type=Path, help="exported model folder (Enhancer.from_hparams source)")
     parser.add_argument("--n-jobs", type=int, default=2, help="metric workers for the quality table")
+    parser.add_argument("--wait-load", type=float, default=None, metavar="LOAD",
+                        help="before timing, wait (at most 15 min) for the 1-min load average to drop below LOAD")
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--no-quality", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update RESULTS.md")
@@ -277,6 +276,8 @@ def main():
 
     outputs = {}
     if not args.no_speed:
+        if args.wait_load is not None:
+            wait_for_load(args.wait_load)
         load_before = os.getloadavg()
         rows, outputs, loads = speed(systems, noisy, args.repeats, timer)
         by = {r["system"]: r["RTF"] for r in rows}

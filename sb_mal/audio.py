@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from sb_mal.fileio import temporary_path
+
 __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioError",
     "AudioInfo",
+    "audio_format",
     "audio_info",
     "list_audio_files",
     "read_audio",
@@ -230,6 +232,21 @@ def read_audio(
     return torch.from_numpy(np.ascontiguousarray(data)), rate
 
 
+def audio_format(path: str | os.PathLike) -> str:
+    """soundfile format name for the extension of ``path`` (error naming the file if unknown).
+
+    Example
+    -------
+    >>> audio_format("x/y.flac")
+    'FLAC'
+    """
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    fmt = _FORMAT_BY_EXT.get(ext)
+    if fmt is None:
+        raise AudioError(f"{os.fspath(path)}: unknown audio extension {ext!r}; use one of {sorted(_FORMAT_BY_EXT)}")
+    return fmt
+
+
 def _same_file(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -272,10 +289,8 @@ def write_audio(
             raise AudioError(f"{path}: refusing to overwrite an input file")
     if not overwrite and os.path.exists(path):
         raise AudioError(f"{path}: file exists and overwrite=False")
+    fmt = audio_format(path)
     ext = os.path.splitext(path)[1].lower()
-    fmt = _FORMAT_BY_EXT.get(ext)
-    if fmt is None:
-        raise AudioError(f"{path}: unknown audio extension {ext!r}; use one of {sorted(_FORMAT_BY_EXT)}")
     if hasattr(wav, "detach"):
         wav = wav.detach().cpu().float().numpy()
     data = np.asarray(wav, dtype=np.float32)
@@ -286,10 +301,7 @@ def write_audio(
     validate_waveform(data.T if data.ndim == 2 else data, path)
     if subtype is None and fmt in ("WAV", "FLAC"):
         subtype = "PCM_16"
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=folder)
-    os.close(fd)
+    tmp = temporary_path(path, suffix=ext)
     try:
         sf.write(tmp, np.clip(data, -1.0, 1.0), int(sample_rate), subtype=subtype, format=fmt)
         os.replace(tmp, path)

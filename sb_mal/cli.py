@@ -2,6 +2,7 @@
 
 Subcommands
 -----------
+``sb-mal demo``       build the mini corpus, train the baseline briefly, show before/after
 ``sb-mal evaluate``   score noisy and/or enhanced audio against clean references
 ``sb-mal prepare``    write SpeechBrain manifests (folders of pairs, VoiceBank-DEMAND, mini corpus)
 ``sb-mal export``     turn a training run into an inference folder (local or Hugging Face hub)
@@ -95,7 +96,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         result.to_csv(out / f"{name}_scores.csv")
         rows.append({"system": name, "n": len(ids), **result.means})
         summary[name] = result.summary()
-    from sb_mal.metrics.results import atomic_write_text
+    from sb_mal.fileio import atomic_write_text
 
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     print(format_table(rows, ["system", "n", *metrics]))
@@ -133,8 +134,23 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 # export / enhance
 # --------------------------------------------------------------------------------------------
+def _quiet_speechbrain(args: argparse.Namespace) -> None:
+    """SpeechBrain sets each of its loggers to INFO (or $SB_LOG_LEVEL); keep them at WARNING unless -v."""
+    if args.verbose:
+        return
+    os.environ.setdefault("SB_LOG_LEVEL", "WARNING")  # loggers created later (before speechbrain's import)
+    import speechbrain.utils.fetching  # noqa: F401  (the loggers that speak while loading a model)
+    import speechbrain.utils.parameter_transfer  # noqa: F401
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("speechbrain"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from sb_mal.inference import export_run
+
+    _quiet_speechbrain(args)
 
     out = export_run(args.run_dir, args.output, key=args.key, mode="min" if args.min else "max",
                      checkpoint=args.checkpoint, overwrite=args.overwrite)
@@ -182,10 +198,10 @@ def _enhance_jobs(inputs: list[str], out_dir: str, ext: str) -> list[tuple[str, 
 def _cmd_enhance(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from sb_mal.audio import AUDIO_EXTENSIONS
     from sb_mal.inference import Enhancer
 
-    from sb_mal.audio import AUDIO_EXTENSIONS
-
+    _quiet_speechbrain(args)
     ext = args.ext.lower().lstrip(".")
     if f".{ext}" not in AUDIO_EXTENSIONS:
         raise ValueError(f"--ext {args.ext}: unknown audio format; use one of {', '.join(AUDIO_EXTENSIONS)}")
@@ -213,11 +229,26 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sb_mal.demo import run_demo
+
+    run_demo(args.output, minutes=args.minutes, corpus_dir=args.corpus, test_limit=args.test_limit, n_jobs=args.jobs)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sb-mal`` (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="sb-mal", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    de = sub.add_parser("demo", help="build the mini corpus, train the baseline for a few minutes, show the result")
+    de.add_argument("-o", "--output", default="sb_mal_demo", help="output folder")
+    de.add_argument("--minutes", type=float, default=3.5, help="training budget in minutes")
+    de.add_argument("--corpus", help="mini corpus folder (default: the sb_mal cache)")
+    de.add_argument("--test-limit", type=int, default=40, help="test utterances to enhance and score")
+    de.add_argument("--jobs", type=int, default=2, help="metric worker processes")
+    de.set_defaults(func=_cmd_demo)
 
     ev = sub.add_parser("evaluate", help="score noisy/enhanced audio against clean references")
     ev.add_argument("--clean", help="folder of clean references")

@@ -21,8 +21,8 @@ def test_forward_is_decode_of_encode(small):
         b = small.decode(enc)
     assert torch.equal(a, b)
     assert set(enc.taps) == {"enc1", "enc2", "bottleneck"} == set(small.tap_names)
-    assert enc.bottleneck.shape == (2, 8000 // 128 + 1, 32)
-    assert enc.frame_mask.sum(1).tolist() == [63, int(round(0.7 * 8000)) // 128 + 1]
+    assert enc.bottleneck.shape == (2, 8000 // 256 + 1, 32)
+    assert enc.frame_mask.sum(1).tolist() == [32, int(round(0.7 * 8000)) // 256 + 1]
 
 
 def test_padding_does_not_change_valid_output(small):

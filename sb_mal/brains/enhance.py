@@ -18,7 +18,8 @@ What it does beyond ``speechbrain.Brain``:
 Hparams it reads (all optional except ``compute_cost``): ``compute_cost``, ``sample_rate`` (16000),
 ``valid_metrics`` (["pesq", "stoi"]), ``test_metrics`` (["intrusive"]), ``n_jobs`` (2),
 ``metric_timeout`` (120), ``ckpt_key`` ("pesq"), ``output_folder``, ``enhanced_folder``,
-``train_logger``, ``tensorboard_logger``, ``keep_checkpoints`` (1).
+``train_logger``, ``tensorboard_logger``, ``keep_checkpoints`` (1), ``max_train_minutes`` (stop
+after the first epoch that ends past this wall-clock budget, counted from the start of ``fit``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import logging
 import math
 import os
+import time
 
 import speechbrain as sb
 import torch
@@ -34,7 +36,8 @@ from speechbrain.dataio.batch import PaddedBatch
 
 from sb_mal.audio import write_audio
 from sb_mal.metrics import evaluate as evaluate_metrics
-from sb_mal.metrics.results import EvalResult, atomic_write_text
+from sb_mal.fileio import atomic_write_text
+from sb_mal.metrics.results import EvalResult
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +113,7 @@ class EnhanceBrain(sb.Brain):
     def on_fit_start(self):
         """Record the model configuration next to the checkpoints, then the usual start."""
         super().on_fit_start()
+        self._fit_started = time.monotonic()
         cost = getattr(self.hparams, "compute_cost", None)
         if isinstance(cost, torch.nn.Module):
             cost.to(self.device)
@@ -171,12 +175,12 @@ class EnhanceBrain(sb.Brain):
             meta = dict(stats)
             if key not in meta or meta[key] is None or math.isnan(meta[key]):
                 meta[key] = -math.inf if key != "loss" else math.inf  # never preferred
+            keep = int(getattr(self.hparams, "keep_checkpoints", 1))
             if key == "loss":
-                self.checkpointer.save_and_keep_only(meta=meta, min_keys=["loss"],
-                                                     num_to_keep=int(getattr(self.hparams, "keep_checkpoints", 1)))
+                self.checkpointer.save_and_keep_only(meta=meta, min_keys=["loss"], num_to_keep=keep)
             else:
-                self.checkpointer.save_and_keep_only(meta=meta, max_keys=[key],
-                                                     num_to_keep=int(getattr(self.hparams, "keep_checkpoints", 1)))
+                self.checkpointer.save_and_keep_only(meta=meta, max_keys=[key], num_to_keep=keep)
+            self._check_budget(epoch)
         elif stage == sb.Stage.TEST:
             self._log({"epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
             folder = getattr(self.hparams, "output_folder", None)
@@ -184,6 +188,19 @@ class EnhanceBrain(sb.Brain):
                 result.to_csv(os.path.join(folder, "test_scores.csv"))
                 result.to_json(os.path.join(folder, "test_summary.json"))
             self.test_stats = stats
+
+    def _check_budget(self, epoch):
+        budget = getattr(self.hparams, "max_train_minutes", None)
+        if budget is None or epoch is None:
+            return
+        elapsed = (time.monotonic() - getattr(self, "_fit_started", time.monotonic())) / 60
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            decision = [elapsed]  # every rank follows the main process's clock
+            torch.distributed.broadcast_object_list(decision, src=0)
+            elapsed = decision[0]
+        if elapsed >= float(budget):
+            logger.info("training budget of %.1f min used (%.1f min); stopping after epoch %d", budget, elapsed, epoch)
+            self.hparams.epoch_counter.limit = epoch
 
     def _log(self, meta, **stats):
         for logger_name in ("train_logger", "tensorboard_logger"):

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sb_mal.audio import AUDIO_EXTENSIONS, AudioError, audio_info, list_audio_files
-from sb_mal.metrics.results import atomic_write_text
+from sb_mal.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

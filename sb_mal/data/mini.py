@@ -50,7 +50,7 @@ from sb_mal.data.manifest import to_placeholder, write_manifest
 from sb_mal.data.mixing import active_speech_power, mix_at_snr
 from sb_mal.data.synth_noise import NOISE_TYPES, make_noise
 from sb_mal.data.synth_speech import make_sentence, sentence_bucket, synthesize, trim_silence
-from sb_mal.metrics.results import atomic_write_text
+from sb_mal.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

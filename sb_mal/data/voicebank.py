@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sb_mal.audio import AudioError, audio_info, list_audio_files, read_audio, write_audio
 from sb_mal.data.manifest import to_placeholder, write_manifest
-from sb_mal.metrics.results import atomic_write_text
+from sb_mal.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

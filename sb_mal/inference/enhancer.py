@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import platform
-import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -36,7 +35,8 @@ from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.checkpoints import torch_patched_state_dict_load
 from speechbrain.utils.fetching import FetchConfig, LocalStrategy
 
-from sb_mal.audio import _FORMAT_BY_EXT, AudioError, audio_info, read_audio, resample, write_audio
+from sb_mal.audio import AudioError, audio_format, audio_info, read_audio, resample, write_audio
+from sb_mal.fileio import temporary_path
 from sb_mal.dsp import relative_to_samples
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def _overlap_add(total, chunk, overlap, read: Callable, process: Callable, emit:
     Only about two chunks are ever held in memory. Returns the number of chunks.
     """
     starts = chunk_starts(total, chunk, overlap)
+    fade_in = _ramp(overlap, device) if overlap else None
     num = den = None
     base = 0
     for k, start in enumerate(starts):
@@ -96,9 +97,9 @@ def _overlap_add(total, chunk, overlap, read: Callable, process: Callable, emit:
         y = process(read(start, stop), start, stop)
         w = torch.ones(stop - start, device=y.device)
         if overlap and k > 0:
-            w[:overlap] = _ramp(overlap, y.device)
+            w[:overlap] = fade_in
         if overlap and k < len(starts) - 1:
-            w[-overlap:] = _ramp(overlap, y.device).flip(0)
+            w[-overlap:] = fade_in.flip(0)
         if num is None:
             num, den = y.new_zeros(y.shape[0], 0), y.new_zeros(0)
         grow = stop - base - den.shape[0]
@@ -166,8 +167,8 @@ class Enhancer(Pretrained):
     >>> noisy = torch.randn(2, 16000)
     >>> torch.equal(enh.enhance_batch(noisy), model(noisy))
     True
-    >>> enh.enhance_batch(torch.randn(1, 5 * 16000), chunk_seconds=2.0).shape
-    torch.Size([1, 80000])
+    >>> enh.enhance_batch(torch.randn(1, 40000), chunk_seconds=1.0).shape  # 3 chunks of 1 s
+    torch.Size([1, 40000])
     """
 
     HPARAMS_NEEDED = ["sample_rate"]
@@ -302,8 +303,7 @@ class Enhancer(Pretrained):
             if os.path.abspath(output_path) == os.path.abspath(path) or (
                     os.path.exists(output_path) and os.path.samefile(output_path, path)):
                 raise AudioError(f"{output_path}: refusing to overwrite the input file")
-            if os.path.splitext(output_path)[1].lower() not in _FORMAT_BY_EXT:
-                raise AudioError(f"{output_path}: unknown audio extension; use one of {sorted(_FORMAT_BY_EXT)}")
+            audio_format(output_path)  # fails early, naming the file, for an unknown extension
         chunk, overlap = self._chunk_params(chunk_seconds, overlap_seconds)
         reader = _FileReader(path, info.frames, info.sample_rate, self.sample_rate)
         try:
@@ -321,12 +321,8 @@ class Enhancer(Pretrained):
         pieces: list[torch.Tensor] = []
         out, tmp = None, None
         if output_path is not None:
-            ext = os.path.splitext(output_path)[1].lower()
-            fmt = _FORMAT_BY_EXT[ext]
-            folder = os.path.dirname(os.path.abspath(output_path))
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=folder)
-            os.close(fd)
+            fmt = audio_format(output_path)
+            tmp = temporary_path(output_path, suffix=os.path.splitext(output_path)[1].lower())
             subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
             out = sf.SoundFile(tmp, "w", samplerate=self.sample_rate, channels=1, format=fmt, subtype=subtype)
 

@@ -7,26 +7,11 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 
-__all__ = ["EvalResult", "atomic_write_text", "format_table"]
+from sb_mal.fileio import atomic_write_text
 
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+__all__ = ["EvalResult", "format_table"]
 
 
 def _fmt(value) -> str:

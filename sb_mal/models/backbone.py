@@ -91,7 +91,7 @@ class SpectralUNetSE(nn.Module):
     Arguments
     ---------
     n_fft, hop : int
-        STFT size and hop (samples). Defaults: 512 / 128 (32 / 8 ms at 16 kHz).
+        STFT size and hop (samples). Defaults: 512 / 256 (32 / 16 ms at 16 kHz).
     channels : sequence of int
         Channels of the encoder blocks (the decoder mirrors them); each halves the frequency axis.
     kernel : (int, int)
@@ -113,7 +113,7 @@ class SpectralUNetSE(nn.Module):
     >>> wav = torch.randn(2, 8000)
     >>> enc = model.encode(wav, torch.tensor([1.0, 0.5]))
     >>> enc.bottleneck.shape
-    torch.Size([2, 63, 32])
+    torch.Size([2, 32, 32])
     >>> model.decode(enc).shape
     torch.Size([2, 8000])
     """
@@ -121,7 +121,7 @@ class SpectralUNetSE(nn.Module):
     def __init__(
         self,
         n_fft: int = 512,
-        hop: int = 128,
+        hop: int = 256,
         channels: tuple[int, ...] = (16, 32, 48, 64),
         kernel: tuple[int, int] = (3, 3),
         bottleneck_dim: int = 256,
@@ -213,7 +213,7 @@ class SpectralUNetSE(nn.Module):
         keep = enc.frame_mask[:, None, :, None].to(x.dtype)
         x = x * keep
         for block, up, skip in zip(self.decoder_blocks, self.upsamplers, reversed(enc.skips)):
-            x = up(block(torch.cat([x, skip], dim=1)) * keep)
+            x = up(block(torch.cat([x, skip], dim=1))) * keep
         m = self.mask_max * torch.sigmoid(self.mask_conv(x)).squeeze(1).transpose(1, 2)  # [B, F, T]
         m = m * enc.frame_mask[:, None, :].to(m.dtype)
         return istft(enc.spec * m, self.stft_cfg, enc.num_samples)
