@@ -23,9 +23,9 @@ DNSMOS (SIG/BAK/OVRL/P.808).
 A trained model can be plugged in two ways:
 
 * ``--run DIR``: a training output folder (``model_config.json`` with class/kwargs/sample_rate and
-  ``save/CKPT+*/model.ckpt``); the checkpoint with the best ``pesq`` in its ``CKPT.yaml``
-  (``sb_mal.inference.find_best_checkpoint``) is loaded strictly into the class that
-  ``model_config.json`` names, built with its kwargs;
+  ``save/CKPT+*/model.ckpt``); ``sb_mal.checkpoints.load_run_model`` builds the class that
+  ``model_config.json`` names with its kwargs and loads the checkpoint with the best ``pesq`` in
+  its ``CKPT.yaml`` strictly;
 * ``--model DIR``: an exported inference folder, loaded with
   ``sb_mal.inference.Enhancer.from_hparams(source=DIR)`` (imported only when the option is used)
   and run through its ``enhance_batch(wavs, lengths)``.
@@ -42,8 +42,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = "1"  # before numpy/torch load their thread pools
 
 import argparse  # noqa: E402
-import importlib  # noqa: E402
-import json  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
@@ -90,24 +88,15 @@ def module_enhancer(model: torch.nn.Module, model_rate: int = RATE):
 
 
 def load_run(run_dir: Path):
-    """Build the model of a training folder and load its best-PESQ checkpoint strictly."""
-    from sb_mal.inference import find_best_checkpoint
+    """Rebuild a training folder's model and load its best-PESQ checkpoint strictly."""
+    from sb_mal.checkpoints import ExportError, load_model_config, load_run_model
 
-    cfg_path = run_dir / "model_config.json"
-    if not cfg_path.is_file():
-        raise SystemExit(f"--run {run_dir}: no model_config.json (written by EnhanceBrain at fit start)")
-    cfg = json.loads(cfg_path.read_text())
-    module_name, _, class_name = cfg["class"].rpartition(".")
-    model = getattr(importlib.import_module(module_name), class_name)(**cfg.get("kwargs", {}))
-    best, meta = find_best_checkpoint(run_dir / "save", key="pesq", mode="max")
-    if not (best / "model.ckpt").is_file():
-        raise SystemExit(f"--run {run_dir}: best checkpoint {best.name} has no model.ckpt")
-    state = torch.load(best / "model.ckpt", map_location="cpu", weights_only=True)
-    if state and all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
-    rate = int(cfg.get("sample_rate", RATE))
-    label = f"ours trained ({class_name}, {best.name}, valid pesq {float(meta['pesq']):.3f})"
+    try:
+        model, ckpt, meta = load_run_model(run_dir, key="pesq", mode="max")
+        rate = int(load_model_config(Path(run_dir)).get("sample_rate", RATE))
+    except ExportError as err:
+        raise SystemExit(f"--run {run_dir}: {err}") from err
+    label = f"ours trained ({type(model).__name__}, {ckpt.name}, valid pesq {float(meta['pesq']):.3f})"
     return model, rate, label
 
 

@@ -1,5 +1,6 @@
 """SpeechBrain Brains: EnhanceBrain (base) and one Brain per training paradigm."""
 
 from sb_mal.brains.enhance import EnhanceBrain, model_config
+from sb_mal.brains.mal import MAL_VARIANTS, MALBrain
 
-__all__ = ["EnhanceBrain", "model_config"]
+__all__ = ["MAL_VARIANTS", "EnhanceBrain", "MALBrain", "model_config"]

@@ -85,8 +85,7 @@ class EnhanceBrain(sb.Brain):
     def compute_objectives(self, predictions, batch, stage):
         """Loss (and, outside training, collect outputs for metrics and files)."""
         clean, lens = batch.clean_sig
-        loss = self.hparams.compute_cost(predictions, clean, lens)
-        terms = getattr(self.hparams.compute_cost, "last_terms", None)
+        loss, terms = self.compute_loss(predictions, clean, lens, stage)
         if terms:
             for name, value in terms.items():
                 self._term_sums[name] = self._term_sums.get(name, 0.0) + value
@@ -94,6 +93,15 @@ class EnhanceBrain(sb.Brain):
         if stage != sb.Stage.TRAIN:
             self._collect(batch, predictions, clean, lens, stage)
         return loss
+
+    def compute_loss(self, predictions, clean, lens, stage):
+        """``(loss, terms)``: the training objective and named parts of it for the logs.
+
+        Subclasses change the objective here (e.g. MALBrain's phase 2).
+        """
+        cost = self.hparams.compute_cost
+        loss = cost(predictions, clean, lens)
+        return loss, dict(getattr(cost, "last_terms", None) or {})
 
     def _collect(self, batch, predictions, clean, lens, stage):
         n = predictions.shape[1]

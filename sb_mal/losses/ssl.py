@@ -1,0 +1,282 @@
+"""Losses on the features of a frozen self-supervised speech model (WavLM by default).
+
+All follow SpeechBrain's signature ``loss(predictions, targets, length=None, reduction="mean")``
+on ``[B, T]`` 16 kHz waveforms (``predictions`` = enhanced, ``targets`` = clean) and compare
+``F(enhanced)`` with ``F(clean)``, where ``F`` is an :class:`~sb_mal.models.ssl.SSLFeatureExtractor`
+(frozen; gradient reaches the enhanced waveform only; ``F(clean)`` is computed without gradient;
+float32 inside autocast). Only valid frames count (frame counts from the model's conv arithmetic);
+each item's value is a mean over its valid frames, so ``reduction="batch"`` gives ``[B]``. With a
+list of layers, the per-layer values are averaged; each is logged in ``last_terms``.
+
+``ssl_l1`` (:class:`SSLL1Loss`)
+    mean ``|F(clean) - F(enhanced)|``, the deep-feature baseline of the Model-as-Loss paper.
+``ssl_mse`` (:class:`SSLMSELoss`)
+    frame-aligned mean squared error, the baseline of the position-invariant fine-tuning paper.
+``ssl_mse_pad`` (:class:`SSLMSEPadLoss`)
+    as ``ssl_mse``, but the clean reference is zero-padded by ``p ~ U[0.02, 0.05]`` of its length,
+    rounded to whole SSL frames (320 samples), before the SSL model sees it; the padded frames are
+    then dropped from its feature sequence, so frame ``i`` of both sequences covers the same
+    samples while their positions in the transformer's context differ.
+
+Feature reduction: ``dim_reduction="mean"`` (default) averages over the feature dimension too, as
+``torch.nn.MSELoss`` does; ``"sum"`` gives the paper's ``(1/m) sum_i ||x_i - x'_i||^2``, which is
+``D`` times larger (D = 768 for base models).
+
+``ssl_softdtw`` (soft-DTW divergence between sequences of different lengths, the noisy input
+speed-perturbed) comes with its own soft-DTW implementation: it will subclass
+:class:`SSLFeatureLoss` and override ``_distance``, which already receives each side's valid frame
+counts.
+
+Use in a stock SpeechBrain recipe::
+
+    compute_cost: !new:sb_mal.losses.SSLMSEPadLoss
+        source: microsoft/wavlm-base-plus
+        layers: last
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from sb_mal.dsp import relative_to_samples
+from sb_mal.losses.reconstruction import check_waveforms, reduce
+from sb_mal.models.ssl import DEFAULT_SSL_SOURCE, SSLFeatureExtractor
+
+__all__ = ["SSLFeatureLoss", "SSLL1Loss", "SSLMSELoss", "SSLMSEPadLoss", "pad_frames"]
+
+PAD_SIDES = ("start", "end", "both")
+
+
+def pad_frames(length_samples: int | torch.Tensor, p: float | torch.Tensor, hop: int = 320) -> int | torch.Tensor:
+    """Whole frames of padding for a fraction ``p`` of ``length_samples``: ``round(p * length / hop)``.
+
+    Halves round up. Works elementwise on tensors (returns ``long``); on numbers returns an int.
+
+    Example
+    -------
+    >>> pad_frames(32000, 0.05), pad_frames(16000, 0.02), pad_frames(16000, 0.03)
+    (5, 1, 2)
+    >>> pad_frames(torch.tensor([32000, 64000]), torch.tensor([0.02, 0.05])).tolist()
+    [2, 10]
+    """
+    if hop <= 0:
+        raise ValueError(f"hop must be positive, got {hop}")
+    if isinstance(length_samples, torch.Tensor) or isinstance(p, torch.Tensor):
+        length = torch.as_tensor(length_samples, dtype=torch.float64)
+        return torch.floor(torch.as_tensor(p, dtype=torch.float64) * length / hop + 0.5).long()
+    return int((float(p) * float(length_samples) / hop) + 0.5)
+
+
+class SSLFeatureLoss(nn.Module):
+    """Base of the SSL feature losses: features, masks, reduction, logging.
+
+    Arguments
+    ---------
+    extractor : SSLFeatureExtractor, optional
+        The frozen SSL model; if omitted, one is built from ``source``, ``layers`` and
+        ``extractor_kwargs`` (any :class:`SSLFeatureExtractor` argument).
+    source, layers
+        See :class:`SSLFeatureExtractor` (default ``microsoft/wavlm-base-plus``, ``"last"``).
+    dim_reduction : str
+        ``"mean"`` or ``"sum"`` over the feature dimension (see module docstring).
+    """
+
+    name = "ssl"
+
+    def __init__(self, extractor: SSLFeatureExtractor | None = None, *, source=None,
+                 layers: str | int | Sequence[int] | None = None, dim_reduction: str = "mean",
+                 **extractor_kwargs):
+        super().__init__()
+        if extractor is None:
+            extractor = SSLFeatureExtractor(DEFAULT_SSL_SOURCE if source is None else source,
+                                            "last" if layers is None else layers, **extractor_kwargs)
+        elif source is not None or layers is not None or extractor_kwargs:
+            raise ValueError(f"{type(self).__name__}: give either an extractor or source/layers/extractor "
+                             "arguments, not both")
+        if not isinstance(extractor, SSLFeatureExtractor):
+            raise TypeError(f"{type(self).__name__}: extractor must be an SSLFeatureExtractor, "
+                            f"got {type(extractor).__name__}")
+        if dim_reduction not in ("mean", "sum"):
+            raise ValueError(f"dim_reduction must be 'mean' or 'sum', got {dim_reduction!r}")
+        self.extractor = extractor
+        self.dim_reduction = dim_reduction
+        self.last_terms: dict[str, float] = {}
+
+    def _features(self, wav, counts, grad: bool):
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            feats, frames = self.extractor.extract(wav, counts)
+        return (feats if feats.dim() == 4 else feats[None]), frames
+
+    def _reference(self, targets: torch.Tensor, counts: torch.Tensor):
+        """Features ``[L, B, F, D]`` of the clean reference (no gradient) and its valid frames."""
+        return self._features(targets, counts, grad=False)
+
+    def _elementwise(self, diff: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _distance(self, est, est_frames, ref, ref_frames) -> torch.Tensor:
+        """Per-item distance ``[B]`` between one layer's ``[B, F, D]`` features over valid frames."""
+        if est.shape != ref.shape:
+            raise RuntimeError(f"{type(self).__name__}: feature shapes differ: {tuple(est.shape)} vs {tuple(ref.shape)}")
+        mask = torch.arange(est.shape[1], device=est.device)[None, :] < est_frames[:, None]
+        err = self._elementwise(est - ref.detach()) * mask[..., None].to(est.dtype)
+        per_frame = est.shape[2] if self.dim_reduction == "mean" else 1
+        return err.flatten(1).sum(1) / (est_frames.clamp(min=1) * per_frame)
+
+    def forward(self, predictions, targets, length=None, reduction: str = "mean"):
+        predictions, targets = check_waveforms(predictions, targets, type(self).__name__)
+        batch, total = targets.shape
+        counts = relative_to_samples(length, total, batch, targets.device)
+        with torch.no_grad():
+            ref, ref_frames = self._reference(targets, counts)
+        est, est_frames = self._features(predictions, counts, grad=True)
+        layer_names = self._layer_names()
+        per_item = 0
+        self.last_terms = {}
+        for name, e, r in zip(layer_names, est, ref):
+            term = self._distance(e, est_frames, r, ref_frames)
+            if len(layer_names) > 1:
+                self.last_terms[f"{self.name}_{name}"] = float(term.detach().mean())
+            per_item = per_item + term
+        per_item = per_item / len(layer_names)
+        self.last_terms[self.name] = float(per_item.detach().mean())
+        return reduce(per_item, reduction)
+
+    def _layer_names(self) -> list[str]:
+        layers = self.extractor.layers
+        return [f"layer{i}" for i in layers] if isinstance(layers, list) else [str(layers)]
+
+
+class SSLL1Loss(SSLFeatureLoss):
+    """Deep-feature L1 ("ssl_l1"): mean ``|F(clean) - F(enhanced)|`` over valid frames.
+
+    Example
+    -------
+    >>> from sb_mal.models.ssl import SSLFeatureExtractor, build_tiny_wavlm
+    >>> loss = SSLL1Loss(SSLFeatureExtractor(build_tiny_wavlm()))
+    >>> clean = torch.randn(2, 8000)
+    >>> float(loss(clean, clean))
+    0.0
+    >>> bool(loss(clean + 0.5 * torch.randn(2, 8000), clean) > 0)
+    True
+    """
+
+    name = "ssl_l1"
+
+    def _elementwise(self, diff):
+        return diff.abs()
+
+
+class SSLMSELoss(SSLFeatureLoss):
+    """Frame-aligned feature MSE ("ssl_mse") over valid frames.
+
+    Example
+    -------
+    >>> from sb_mal.models.ssl import SSLFeatureExtractor, build_tiny_wavlm
+    >>> loss = SSLMSELoss(SSLFeatureExtractor(build_tiny_wavlm(), layers=[1, 2]))
+    >>> clean = torch.randn(2, 8000)
+    >>> loss(clean + 0.5 * torch.randn(2, 8000), clean, reduction="batch").shape
+    torch.Size([2])
+    >>> sorted(loss.last_terms)
+    ['ssl_mse', 'ssl_mse_layer1', 'ssl_mse_layer2']
+    """
+
+    name = "ssl_mse"
+
+    def _elementwise(self, diff):
+        return diff.pow(2)
+
+
+class SSLMSEPadLoss(SSLMSELoss):
+    """Feature MSE against a zero-padded clean reference ("ssl_mse_pad"), padded frames dropped.
+
+    For each item, ``k = max(min_pad_frames, pad_frames(n, p, hop))`` frames of zeros
+    (``p ~ U[p_range]``, ``n`` valid samples, ``hop`` the SSL frame hop) are added to the clean
+    reference (after input normalisation, so the zeros sit at its mean), at the ``side`` chosen:
+    ``"start"`` (default: every frame shifts by ``k`` positions), ``"end"``, or ``"both"``
+    (``k // 2`` before, the rest after). The clean features of the ``k`` padded frames are then
+    dropped, so frame ``i`` of both sequences covers the same samples, and the MSE is frame-aligned.
+
+    Arguments
+    ---------
+    extractor, source, layers, dim_reduction, extractor_kwargs
+        See :class:`SSLFeatureLoss`.
+    p_range : (float, float)
+        Bounds of the uniform padding fraction (default 0.02 .. 0.05).
+    side : str
+        ``"start"``, ``"end"`` or ``"both"``.
+    min_pad_frames : int
+        Lower bound on ``k`` (default 1, so short utterances are shifted too).
+    seed : int, optional
+        Seed of a private ``torch.Generator`` for the padding draws (reproducible runs).
+    generator : torch.Generator, optional
+        A CPU generator to draw from instead (overrides ``seed``).
+
+    The draws of the last call are in ``last_pad_frames`` (``[B]``, long).
+
+    Example
+    -------
+    >>> from sb_mal.models.ssl import SSLFeatureExtractor, build_tiny_wavlm
+    >>> loss = SSLMSEPadLoss(SSLFeatureExtractor(build_tiny_wavlm()), seed=0)
+    >>> clean = torch.randn(2, 16000)
+    >>> value = loss(clean, clean)
+    >>> loss.last_pad_frames.tolist()  # 2-5 % of 16000 samples = 1 to 2.5 frames of 320, rounded
+    [2, 2]
+    """
+
+    name = "ssl_mse_pad"
+
+    def __init__(self, extractor: SSLFeatureExtractor | None = None, *, p_range: Sequence[float] = (0.02, 0.05),
+                 side: str = "start", min_pad_frames: int = 1, seed: int | None = None,
+                 generator: torch.Generator | None = None, **kwargs):
+        super().__init__(extractor, **kwargs)
+        low, high = (float(v) for v in p_range)
+        if not 0 <= low <= high < 1:
+            raise ValueError(f"p_range must satisfy 0 <= low <= high < 1, got {tuple(p_range)}")
+        if side not in PAD_SIDES:
+            raise ValueError(f"side must be one of {PAD_SIDES}, got {side!r}")
+        if min_pad_frames < 0:
+            raise ValueError(f"min_pad_frames must be >= 0, got {min_pad_frames}")
+        self.p_range, self.side, self.min_pad_frames = (low, high), side, int(min_pad_frames)
+        if generator is None and seed is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+        self.generator = generator
+        self.last_pad_frames = torch.zeros(0, dtype=torch.long)
+
+    def sample_pad_frames(self, sample_counts: torch.Tensor) -> torch.Tensor:
+        """Draw ``k`` (frames of padding, ``[B]`` long, on CPU) for items of ``sample_counts`` samples."""
+        low, high = self.p_range
+        p = low + (high - low) * torch.rand(sample_counts.shape[0], generator=self.generator, dtype=torch.float64)
+        frames = pad_frames(sample_counts.detach().cpu(), p, self.extractor.frame_hop)
+        return frames.clamp(min=self.min_pad_frames)
+
+    def _reference(self, targets, counts):
+        ext, hop = self.extractor, self.extractor.frame_hop
+        k = self.sample_pad_frames(counts)
+        self.last_pad_frames = k
+        k = k.to(targets.device)
+        before = {"start": k, "end": torch.zeros_like(k), "both": k // 2}[self.side]
+        wav = targets.float()
+        if ext.normalize_input:
+            wav = ext.normalize_waveform(wav, counts)
+        # place item b's valid samples at offset before[b] * hop of a zero row of counts[b] + k[b] * hop samples
+        padded_counts = counts + k * hop
+        width = max(int(padded_counts.max()), ext.receptive)
+        src = torch.arange(width, device=wav.device)[None, :] - (before * hop)[:, None]
+        inside = (src >= 0) & (src < counts[:, None])
+        padded = torch.where(inside, wav.gather(1, src.clamp(0, wav.shape[1] - 1)), wav.new_zeros(()))
+        feats, frames = ext.extract(padded, padded_counts, normalize=False)
+        feats = feats if feats.dim() == 4 else feats[None]
+        est_frames = ext.frames(counts)
+        if not torch.equal(frames, est_frames + k):  # holds for conv stacks whose total stride is the hop
+            raise RuntimeError(f"SSLMSEPadLoss: padded reference has {frames.tolist()} frames, expected "
+                               f"{(est_frames + k).tolist()}")
+        # drop the padded frames: aligned[b, i] = feats[b, before[b] + i]
+        aligned_width = int(ext.frames(targets.shape[1]))
+        index = torch.arange(aligned_width, device=wav.device)[None, :] + before[:, None]
+        index = index.clamp(max=feats.shape[2] - 1)
+        index = index[None, :, :, None].expand(feats.shape[0], -1, -1, feats.shape[3])
+        return feats.gather(2, index), est_frames
