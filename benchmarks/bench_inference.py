@@ -23,12 +23,12 @@ DNSMOS (SIG/BAK/OVRL/P.808).
 A trained model can be plugged in two ways:
 
 * ``--run DIR``: a training output folder (``model_config.json`` with class/kwargs/sample_rate and
-  ``save/CKPT+*/model.ckpt``); ``sb_mal.checkpoints.load_run_model`` builds the class that
-  ``model_config.json`` names with its kwargs and loads the checkpoint with the best ``pesq`` in
-  its ``CKPT.yaml`` strictly;
+  ``save/CKPT+*/model.ckpt``), or one of its ``CKPT+*`` folders to pick that checkpoint;
+  ``sb_mal.checkpoints.load_run_model`` builds the class that ``model_config.json`` names with
+  its kwargs and loads the checkpoint with the best ``pesq`` in its ``CKPT.yaml`` strictly;
 * ``--model DIR``: an exported inference folder, loaded with
   ``sb_mal.inference.Enhancer.from_hparams(source=DIR)`` (imported only when the option is used)
-  and run through its ``enhance_batch(wavs, lengths)``.
+  and run through its ``enhance_batch(wavs)``.
 
 Usage: python benchmarks/bench_inference.py [--limit 120] [--repeats 3] [--run DIR | --model DIR]
        [--n-jobs 2] [--wait-load 1.0] [--no-speed] [--no-quality] [--no-write]
@@ -93,7 +93,7 @@ def load_run(run_dir: Path):
 
     try:
         model, ckpt, meta = load_run_model(run_dir, key="pesq", mode="max")
-        rate = int(load_model_config(Path(run_dir)).get("sample_rate", RATE))
+        rate = int(load_model_config(ckpt.parent.parent).get("sample_rate", RATE))  # run = CKPT/../..
     except ExportError as err:
         raise SystemExit(f"--run {run_dir}: {err}") from err
     label = f"ours trained ({type(model).__name__}, {ckpt.name}, valid pesq {float(meta['pesq']):.3f})"

@@ -12,6 +12,15 @@ from sb_mal.models.ssl import SSLFeatureExtractor, SSLModelLoadError, build_tiny
 HOP = 320
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny model gains nothing from intra-op threads; on a busy 2-core machine they cost ~3x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A tiny random WavLM (LayerNorm front end, dropout 0.1) saved with save_pretrained; offline."""

@@ -211,7 +211,8 @@ class SSLMSEPadLoss(SSLMSELoss):
     min_pad_frames : int
         Lower bound on ``k`` (default 1, so short utterances are shifted too).
     seed : int, optional
-        Seed of a private ``torch.Generator`` for the padding draws (reproducible runs).
+        Seed of a private ``torch.Generator`` for the padding draws (default: torch's global RNG,
+        so ``torch.manual_seed``, e.g. SpeechBrain's ``seed`` hparam, makes runs reproducible).
     generator : torch.Generator, optional
         A CPU generator to draw from instead (overrides ``seed``).
 
