@@ -127,7 +127,7 @@ class MALBrain(EnhanceBrain):
         rec = rec_cost(predictions, clean, lens)
         terms = {f"rec_{k}": v for k, v in (getattr(rec_cost, "last_terms", None) or {}).items()}
         terms["rec"] = float(rec.detach())
-        if not self.in_phase2() or not self._loss_ready():
+        if self.lambda_mal == 0 or not self.in_phase2() or not self._loss_ready():
             return rec, terms
         mal = self.mal_loss(predictions, clean, lens)
         terms["mal"] = float(mal.detach())

@@ -2,5 +2,14 @@
 ladder, MetricGAN generator/discriminator)."""
 
 from sb_mal.models.backbone import Encoding, SpectralUNetSE
+from sb_mal.models.ssl import DEFAULT_SSL_SOURCE, SSLFeatureExtractor, SSLModelLoadError, build_tiny_wavlm, load_ssl_model
 
-__all__ = ["Encoding", "SpectralUNetSE"]
+__all__ = [
+    "DEFAULT_SSL_SOURCE",
+    "Encoding",
+    "SSLFeatureExtractor",
+    "SSLModelLoadError",
+    "SpectralUNetSE",
+    "build_tiny_wavlm",
+    "load_ssl_model",
+]
