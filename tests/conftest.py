@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,3 +32,36 @@ def devset_test_pairs(devset) -> list[tuple[str, str, str]]:
     """(id, noisy_path, clean_path) of the 120 devset test pairs, sorted by id."""
     noisy = sorted((devset / "pairs" / "test" / "noisy").glob("*.flac"))
     return [(p.stem, str(p), str(devset / "pairs" / "test" / "clean" / p.name)) for p in noisy]
+
+
+def tiny_unet(seed: int = 0):
+    """A small SpectralUNetSE (fast enough for any test)."""
+    from sb_mal.models import SpectralUNetSE
+
+    torch.manual_seed(seed)
+    return SpectralUNetSE(channels=(8, 16), bottleneck_dim=32, rnn_layers=1)
+
+
+def make_run(folder: Path, model_kwargs=None, sample_rate: int = 16000):
+    """A run folder as EnhanceBrain leaves it: model_config.json and three checkpoints
+    (pesq 1.5 / loss 0.9, pesq 2.5 / loss 1.2, and an intra-epoch one without metrics).
+
+    Returns ``(folder, {checkpoint name: state_dict})``.
+    """
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    model = tiny_unet()
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"class": "sb_mal.models.backbone.SpectralUNetSE", "kwargs": model_kwargs or model.config,
+           "sample_rate": sample_rate}
+    (folder / "model_config.json").write_text(json.dumps(cfg))
+    ckpt = Checkpointer(folder / "save", {"model": model})
+    states = {}
+    for name, meta, end in [("a", {"pesq": 1.5, "loss": 0.9}, True), ("b", {"pesq": 2.5, "loss": 1.2}, True),
+                            ("c", {}, False)]:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        ckpt.save_checkpoint(meta=meta, name=name, end_of_epoch=end)
+        states[name] = {k: v.clone() for k, v in model.state_dict().items()}
+    return folder, states

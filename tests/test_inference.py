@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from speechbrain.utils.checkpoints import Checkpointer
 from torch import nn
 
 from sb_mal.audio import AudioError, read_audio
 from sb_mal.cli import _enhance_jobs, main
 from sb_mal.inference import Enhancer, ExportError, chunk_starts, export_run, find_best_checkpoint
 from sb_mal.models import SpectralUNetSE
+
+from conftest import make_run, tiny_unet  # noqa: E402  (shared test helpers)
 
 SR = 16000
 
@@ -49,11 +50,6 @@ class Fir(nn.Module):
 
     def forward(self, wav, lengths=None):
         return self.conv(wav[:, None])[:, 0]
-
-
-def tiny_unet(seed: int = 0) -> SpectralUNetSE:
-    torch.manual_seed(seed)
-    return SpectralUNetSE(channels=(8, 16), bottleneck_dim=32, rnn_layers=1)
 
 
 def enhancer_for(model, **hparams) -> Enhancer:
@@ -268,25 +264,6 @@ def test_enhance_file_memory_does_not_grow_with_length(tmp_path):
 
 
 # -- export -----------------------------------------------------------------------------------------
-def make_run(folder, model_kwargs=None):
-    """A run folder as EnhanceBrain leaves it: model_config.json and three checkpoints
-    (pesq 1.5 / loss 0.9, pesq 2.5 / loss 1.2, and an intra-epoch one without metrics)."""
-    model = tiny_unet()
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = {"class": "sb_mal.models.backbone.SpectralUNetSE", "kwargs": model_kwargs or model.config, "sample_rate": SR}
-    (folder / "model_config.json").write_text(json.dumps(cfg))
-    ckpt = Checkpointer(folder / "save", {"model": model})
-    states = {}
-    for name, meta, end in [("a", {"pesq": 1.5, "loss": 0.9}, True), ("b", {"pesq": 2.5, "loss": 1.2}, True),
-                            ("c", {}, False)]:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.01 * torch.randn_like(p))
-        ckpt.save_checkpoint(meta=meta, name=name, end_of_epoch=end)
-        states[name] = {k: v.clone() for k, v in model.state_dict().items()}
-    return folder, states
-
-
 def model_with(state) -> SpectralUNetSE:
     model = tiny_unet()
     model.load_state_dict(state)

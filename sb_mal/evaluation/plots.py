@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["save_spectrogram_grid", "spectrogram_db"]
+__all__ = ["save_metric_curves", "save_spectrogram_grid", "spectrogram_db"]
 
 
 def spectrogram_db(wav: np.ndarray, sample_rate: int = 16000, n_fft: int = 512, hop: int = 128) -> np.ndarray:
@@ -51,11 +50,7 @@ def save_spectrogram_grid(
     sample_rate : int
         Rate of the waveforms (sets the axes in seconds and kHz).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     if len(row_labels) != n_rows or len(col_labels) != n_cols:
         raise ValueError(f"need {n_rows} row labels and {n_cols} column labels, got {len(row_labels)} and {len(col_labels)}")
@@ -82,15 +77,54 @@ def save_spectrogram_grid(
         fig.colorbar(image, ax=axes, shrink=0.8, label="dB")
     if title:
         fig.suptitle(title, fontsize=10)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
+    _save(fig, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    """Write ``fig`` as PNG atomically and close it."""
+    from sb_mal.fileio import temporary_path
+
+    plt = _pyplot()
+    tmp = temporary_path(path, ".png")
     try:
         fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        os.replace(tmp, os.fspath(path))
     finally:
         plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def save_metric_curves(path: str | os.PathLike, rows: Sequence[Mapping], metrics: Sequence[str],
+                       x_key: str = "pass", series_key: str = "model", shared_start: str | None = "input") -> None:
+    """Line plots of metrics: one subplot per metric, one line per series.
+
+    ``rows`` are dicts with ``x_key``, ``series_key`` and the metrics. A row whose series is
+    ``shared_start`` (e.g. the unprocessed input at pass 0) starts every line.
+    """
+    plt = _pyplot()
+    start = next((r for r in rows if r[series_key] == shared_start), None) if shared_start else None
+    series = [m for m in dict.fromkeys(r[series_key] for r in rows) if m != shared_start]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.0), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for name in series:
+            pts = [(r[x_key], r[metric]) for r in rows if r[series_key] == name]
+            if start is not None:
+                pts = [(start[x_key], start[metric]), *pts]
+            ax.plot([p for p, _ in pts], [v for _, v in pts], marker="o", label=str(name))
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel(x_key, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
