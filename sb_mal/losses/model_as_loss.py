@@ -13,9 +13,9 @@ Which weights define ``E`` (a design decision the paper leaves open; see ARCHITE
 ``encoder="live"``
     the current weights of the model being trained, re-read at every call.
 
-In both cases the loss never sends gradient into the weights that define it: the snapshot has
-``requires_grad=False``, and the live encoder is evaluated with detached parameters
-(``torch.func.functional_call``), so only the enhanced signal receives gradient. Without that, the
+In both cases the loss never sends gradient into the weights that define it: the loss encoder is a
+separate module with ``requires_grad=False`` (for ``live`` a mirror whose weights are copied from
+the model before every call, a few milliseconds), so only the enhanced signal receives gradient. Without that, the
 encoder could collapse to a constant and make the loss zero. ``E(clean)`` is computed without
 gradient. The loss encoder always runs in eval mode (no dropout; running statistics untouched).
 
@@ -121,11 +121,14 @@ class ModelAsLoss(nn.Module):
             raise ValueError("give at least one encoder tap")
         self.encoder = encoder
         self.taps = list(taps)
-        self._live = [_Taps(model, self.taps)]  # a list: not a registered submodule (no duplicate state)
+        self._live = [_Taps(model, self.taps)]  # lists: not registered submodules (no duplicate state)
+        frozen_copy = _Taps(copy.deepcopy(model), self.taps)
+        frozen_copy.requires_grad_(False).eval()
         if encoder == "snapshot":
-            self.snapshot = _Taps(copy.deepcopy(model), self.taps)
-            self.snapshot.requires_grad_(False).eval()
+            self.snapshot = frozen_copy  # part of state_dict: checkpointed
             self.register_buffer("snapshot_taken", torch.tensor(bool(snapshot_now)))
+        else:
+            self._mirror = [frozen_copy]  # refreshed from the live weights at every call
         self.last_terms: dict[str, float] = {}
 
     @classmethod
@@ -162,25 +165,34 @@ class ModelAsLoss(nn.Module):
         return self
 
     # -- loss ------------------------------------------------------------------------------------
+    def _sync_mirror(self) -> _Taps:
+        """Copy the live model's current weights into the frozen mirror (no autograd link)."""
+        mirror, live = self._mirror[0], self._live[0]
+        with torch.no_grad():
+            for dst, src in zip(mirror.parameters(), live.parameters()):
+                dst.copy_(src)
+            for dst, src in zip(mirror.buffers(), live.buffers()):
+                dst.copy_(src)
+        return mirror
+
     def _features(self, wav, lengths, grad: bool):
-        if self.encoder == "snapshot":
-            with torch.set_grad_enabled(grad):
-                return self.snapshot(wav, lengths)
-        taps_module = self._live[0]
-        was_training = taps_module.model.training
-        taps_module.model.eval()
-        try:
-            params = {name: p.detach() for name, p in taps_module.named_parameters()}
-            params.update({name: b for name, b in taps_module.named_buffers()})
-            with torch.set_grad_enabled(grad):
-                return torch.func.functional_call(taps_module, params, (wav, lengths))
-        finally:
-            taps_module.model.train(was_training)
+        module = self.snapshot if self.encoder == "snapshot" else self._mirror[0]
+        with torch.set_grad_enabled(grad):
+            return module(wav, lengths)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Move the (unregistered) live mirror along with the loss (``.to(device)``)."""
+        super()._apply(fn, *args, **kwargs)
+        if self.encoder == "live":
+            self._mirror[0]._apply(fn, *args, **kwargs)
+        return self
 
     def forward(self, predictions, targets, length=None, reduction: str = "mean"):
         if not self.ready:
             raise RuntimeError("ModelAsLoss: no encoder snapshot yet; call take_snapshot() (MALBrain does at phase 2)")
         predictions, targets = check_waveforms(predictions, targets, "ModelAsLoss")
+        if self.encoder == "live":
+            self._sync_mirror()
         with torch.no_grad():
             ref, _ = self._features(targets, length, grad=False)
         est, mask = self._features(predictions, length, grad=True)
