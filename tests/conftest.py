@@ -34,6 +34,17 @@ def devset_test_pairs(devset) -> list[tuple[str, str, str]]:
     return [(p.stem, str(p), str(devset / "pairs" / "test" / "clean" / p.name)) for p in noisy]
 
 
+@pytest.fixture(scope="session")
+def devset_test_arrays(devset_test_pairs):
+    """The first four devset test pairs loaded as arrays: (ids, noisy, clean)."""
+    from sb_mal.audio import read_audio
+
+    chosen = devset_test_pairs[:4]
+    noisy = [read_audio(n, as_numpy=True)[0] for _, n, _ in chosen]
+    clean = [read_audio(c, as_numpy=True)[0] for _, _, c in chosen]
+    return [u for u, _, _ in chosen], noisy, clean
+
+
 def tiny_unet(seed: int = 0):
     """A small SpectralUNetSE (fast enough for any test)."""
     from sb_mal.models import SpectralUNetSE

@@ -5,7 +5,6 @@ import csv
 import numpy as np
 import pytest
 
-from sb_mal.audio import read_audio
 from sb_mal.cli import main
 from sb_mal.evaluation.iterative import iterate_models
 
@@ -13,11 +12,9 @@ from conftest import make_run  # noqa: E402  (shared test helpers)
 
 
 @pytest.fixture(scope="module")
-def pairs(devset_test_pairs):
-    chosen = devset_test_pairs[:2]
-    noisy = [read_audio(n, as_numpy=True)[0] for _, n, _ in chosen]
-    clean = [read_audio(c, as_numpy=True)[0] for _, _, c in chosen]
-    return [u for u, _, _ in chosen], noisy, clean
+def pairs(devset_test_arrays):
+    ids, noisy, clean = devset_test_arrays
+    return ids[:2], noisy[:2], clean[:2]
 
 
 def test_passes_feed_outputs_back(pairs, tmp_path):
