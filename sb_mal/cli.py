@@ -154,7 +154,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     _quiet_speechbrain(args)
 
     out = export_run(args.run_dir, args.output, key=args.key, mode="min" if args.min else "max",
-                     checkpoint=args.checkpoint, overwrite=args.overwrite)
+                     checkpoint=args.checkpoint, overwrite=args.overwrite, recoverable=args.recoverable)
     info = json.loads((out / "export_info.json").read_text(encoding="utf-8"))
     print(f"exported {info['checkpoint']} ({args.key}={info['meta'].get(args.key)}) -> {out}")
     return 0
@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--min", action="store_true", help="the lowest --key wins (e.g. --key loss --min)")
     ex.add_argument("--checkpoint", help="export this CKPT+... folder instead of the best one")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+    ex.add_argument("--recoverable", default="model",
+                    help="checkpointed module to export (MetricGAN-OKD: generator_<i>; default: model)")
     ex.set_defaults(func=_cmd_export)
 
     en = sub.add_parser("enhance", help="enhance audio files or folders with an exported model")

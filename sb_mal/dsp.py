@@ -14,6 +14,9 @@ import torch
 __all__ = ["StftConfig", "frame_mask", "istft", "length_mask", "relative_to_samples", "stft"]
 
 
+_WINDOWS = {"hann": torch.hann_window, "hamming": torch.hamming_window}
+
+
 class StftConfig:
     """STFT parameters with a cached window.
 
@@ -24,7 +27,9 @@ class StftConfig:
     hop : int
         Hop in samples.
     win_length : int, optional
-        Window length (default ``n_fft``); a periodic Hann window is used.
+        Window length (default ``n_fft``).
+    window : str
+        ``"hann"`` (default) or ``"hamming"`` (periodic).
 
     Example
     -------
@@ -37,7 +42,10 @@ class StftConfig:
     True
     """
 
-    def __init__(self, n_fft: int = 512, hop: int = 128, win_length: int | None = None):
+    def __init__(self, n_fft: int = 512, hop: int = 128, win_length: int | None = None, window: str = "hann"):
+        if window not in _WINDOWS:
+            raise ValueError(f"window must be one of {sorted(_WINDOWS)}, got {window!r}")
+        self.window_name = window
         if n_fft <= 0 or hop <= 0:
             raise ValueError(f"n_fft and hop must be positive, got n_fft={n_fft}, hop={hop}")
         self.n_fft, self.hop = int(n_fft), int(hop)
@@ -54,7 +62,7 @@ class StftConfig:
     def window(self, device, dtype=torch.float32) -> torch.Tensor:
         key = (str(device), dtype)
         if key not in self._windows:
-            self._windows[key] = torch.hann_window(self.win_length, periodic=True, device=device, dtype=dtype)
+            self._windows[key] = _WINDOWS[self.window_name](self.win_length, periodic=True, device=device, dtype=dtype)
         return self._windows[key]
 
     def frames(self, samples: int) -> int:
@@ -62,7 +70,7 @@ class StftConfig:
         return samples // self.hop + 1
 
     def __repr__(self) -> str:
-        return f"StftConfig(n_fft={self.n_fft}, hop={self.hop}, win_length={self.win_length})"
+        return f"StftConfig(n_fft={self.n_fft}, hop={self.hop}, win_length={self.win_length}, window={self.window_name!r})"
 
 
 def stft(wav: torch.Tensor, cfg: StftConfig) -> torch.Tensor:

@@ -2,5 +2,6 @@
 
 from sb_mal.brains.enhance import EnhanceBrain, model_config
 from sb_mal.brains.mal import MAL_VARIANTS, MALBrain
+from sb_mal.brains.metricgan_okd import MetricGANOKDBrain
 
-__all__ = ["MAL_VARIANTS", "EnhanceBrain", "MALBrain", "model_config"]
+__all__ = ["MAL_VARIANTS", "EnhanceBrain", "MALBrain", "MetricGANOKDBrain", "model_config"]

@@ -22,10 +22,9 @@ Feature reduction: ``dim_reduction="mean"`` (default) averages over the feature 
 ``torch.nn.MSELoss`` does; ``"sum"`` gives the paper's ``(1/m) sum_i ||x_i - x'_i||^2``, which is
 ``D`` times larger (D = 768 for base models).
 
-``ssl_softdtw`` (soft-DTW divergence between sequences of different lengths, the noisy input
-speed-perturbed) comes with its own soft-DTW implementation: it will subclass
-:class:`SSLFeatureLoss` and override ``_distance``, which already receives each side's valid frame
-counts.
+``ssl_softdtw`` (:class:`SSLSoftDTWLoss`)
+    soft-DTW divergence (:mod:`sb_mal.losses.soft_dtw`) between the two feature sequences, which
+    may differ in length (the noisy input speed-perturbed), divided by the sum of their lengths.
 
 Use in a stock SpeechBrain recipe::
 
@@ -43,9 +42,10 @@ from torch import nn
 
 from sb_mal.dsp import relative_to_samples
 from sb_mal.losses.reconstruction import check_waveforms, reduce
+from sb_mal.losses.soft_dtw import DISTANCES, soft_dtw_divergence
 from sb_mal.models.ssl import DEFAULT_SSL_SOURCE, SSLFeatureExtractor
 
-__all__ = ["SSLFeatureLoss", "SSLL1Loss", "SSLMSELoss", "SSLMSEPadLoss", "pad_frames"]
+__all__ = ["SSLFeatureLoss", "SSLL1Loss", "SSLMSELoss", "SSLMSEPadLoss", "SSLSoftDTWLoss", "pad_frames"]
 
 PAD_SIDES = ("start", "end", "both")
 
@@ -130,9 +130,13 @@ class SSLFeatureLoss(nn.Module):
         predictions, targets = check_waveforms(predictions, targets, type(self).__name__)
         batch, total = targets.shape
         counts = relative_to_samples(length, total, batch, targets.device)
+        return self._compare(predictions, counts, targets, counts, reduction)
+
+    def _compare(self, predictions, pred_counts, targets, target_counts, reduction: str):
+        """Features of both sides (valid samples given as counts), per-layer ``_distance``, logging."""
         with torch.no_grad():
-            ref, ref_frames = self._reference(targets, counts)
-        est, est_frames = self._features(predictions, counts, grad=True)
+            ref, ref_frames = self._reference(targets, target_counts)
+        est, est_frames = self._features(predictions, pred_counts, grad=True)
         layer_names = self._layer_names()
         per_item = 0
         self.last_terms = {}
@@ -281,3 +285,80 @@ class SSLMSEPadLoss(SSLMSELoss):
         index = index.clamp(max=feats.shape[2] - 1)
         index = index[None, :, :, None].expand(feats.shape[0], -1, -1, feats.shape[3])
         return feats.gather(2, index), est_frames
+
+
+class SSLSoftDTWLoss(SSLFeatureLoss):
+    """Soft-DTW divergence between SSL feature sequences ("ssl_softdtw"); lengths may differ.
+
+    Item ``b``'s value is ``div(F(enhanced)[:n_b], F(clean)[:m_b]) / (n_b + m_b)``, where ``div`` is
+    :func:`~sb_mal.losses.soft_dtw.soft_dtw_divergence` (zero for identical sequences, >= 0) and
+    ``n_b``, ``m_b`` are the valid frame counts of the two sides. Dividing by ``n_b + m_b`` (the
+    longest monotone alignment path has ``n_b + m_b - 1`` cells) turns the divergence, a sum of
+    costs along the soft alignment, into a per-frame quantity, so its scale does not grow with the
+    duration. (An item shorter than one frame's receptive field counts as one zero frame.)
+
+    The enhanced output and the clean reference may have different lengths, e.g. when the trainer
+    speed-perturbs the noisy input: no equal-length check is made. ``length`` holds the relative
+    lengths of the *predictions*, ``target_length`` those of the *targets* (default: ``length``,
+    which is right when both batches are padded alike, as with SpeechBrain's ``SpeedPerturb``,
+    which resamples a whole batch by one factor and so keeps the relative lengths).
+
+    Arguments
+    ---------
+    extractor, source, layers, extractor_kwargs
+        See :class:`SSLFeatureLoss`.
+    gamma : float
+        Soft-min smoothing (default 0.1, as in the prior soft-DTW fine-tuning code), in cost units.
+    distance : str
+        Frame cost: ``"sqeuclidean"`` (default) or ``"cosine"`` (``1 - cos``, in ``[0, 2]``).
+    dim_reduction : str
+        For ``"sqeuclidean"``: ``"mean"`` (default) divides the squared distance by the feature size
+        ``D``, so a frame pair costs what it adds to ``ssl_mse``; ``"sum"`` keeps ``|x - y|^2``.
+        Ignored by ``"cosine"``.
+
+    Example
+    -------
+    >>> from sb_mal.models.ssl import SSLFeatureExtractor, build_tiny_wavlm
+    >>> loss = SSLSoftDTWLoss(SSLFeatureExtractor(build_tiny_wavlm()))
+    >>> clean = torch.randn(2, 8000)
+    >>> float(loss(clean, clean).abs()) < 1e-5
+    True
+    >>> longer = torch.randn(2, 9600)  # 20 % longer than the reference: accepted
+    >>> loss(longer, clean, torch.tensor([1.0, 0.8]), reduction="batch").shape
+    torch.Size([2])
+    """
+
+    name = "ssl_softdtw"
+
+    def __init__(self, extractor: SSLFeatureExtractor | None = None, *, gamma: float = 0.1,
+                 distance: str = "sqeuclidean", **kwargs):
+        super().__init__(extractor, **kwargs)
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+        if not float(gamma) > 0:
+            raise ValueError(f"gamma must be positive, got {gamma}")
+        self.gamma, self.distance = float(gamma), distance
+
+    def forward(self, predictions, targets, length=None, reduction: str = "mean", target_length=None):
+        name = type(self).__name__
+        predictions = predictions.squeeze(-1) if predictions.dim() == 3 and predictions.shape[-1] == 1 else predictions
+        targets = targets.squeeze(-1) if targets.dim() == 3 and targets.shape[-1] == 1 else targets
+        if predictions.dim() != 2 or targets.dim() != 2:
+            raise ValueError(f"{name}: expected waveforms [batch, samples], got predictions "
+                             f"{tuple(predictions.shape)} and targets {tuple(targets.shape)}")
+        if predictions.shape[0] != targets.shape[0]:
+            raise ValueError(f"{name}: batch sizes differ ({predictions.shape[0]} vs {targets.shape[0]})")
+        batch, device = targets.shape[0], targets.device
+        pred_counts = relative_to_samples(length, predictions.shape[1], batch, device)
+        target_counts = relative_to_samples(length if target_length is None else target_length,
+                                            targets.shape[1], batch, device)
+        return self._compare(predictions, pred_counts, targets, target_counts, reduction)
+
+    def _distance(self, est, est_frames, ref, ref_frames):
+        n, m = est_frames.clamp(min=1), ref_frames.clamp(min=1)
+        ref = ref.detach()
+        if self.distance == "sqeuclidean" and self.dim_reduction == "mean":
+            scale = est.shape[-1] ** -0.5
+            est, ref = est * scale, ref * scale
+        div = soft_dtw_divergence(est, ref, n, m, gamma=self.gamma, distance=self.distance)
+        return div / (n + m).to(div.dtype)
