@@ -168,8 +168,7 @@ class MetricGANOKDBrain(sb.Brain):
             self._current.append((uid, x[:k].detach().cpu(), y[:k].detach().cpu()))
         if self.hparams.epoch_counter.current < 2:
             return torch.tensor(0.0)
-        disc = self.modules.discriminator
-        disc.eval()  # D judges with its running statistics during the generator step
+        disc = self.modules.discriminator  # stays in train mode, as it was trained (BatchNorm on batch statistics)
         total = 0.0
         with self.training_ctx:
             ref = self._log1p(clean, lens)
@@ -195,7 +194,6 @@ class MetricGANOKDBrain(sb.Brain):
             total += float(loss.detach())
         self.scaler.update()
         self.optimizer_step += 1
-        disc.train()
         return torch.tensor(total / self.n)
 
     # -- discriminator step ------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Loss modules with SpeechBrain's signature ``loss(predictions, targets, length=None, reduction="mean")``."""
 
+from sb_mal.losses.codec import LAYER_SETS, CodecApproximationLoss, layer_set
 from sb_mal.losses.model_as_loss import ModelAsLoss
-from sb_mal.losses.ssl import SSLFeatureLoss, SSLL1Loss, SSLMSELoss, SSLMSEPadLoss, pad_frames
+from sb_mal.losses.soft_dtw import soft_dtw, soft_dtw_divergence
+from sb_mal.losses.ssl import SSLFeatureLoss, SSLL1Loss, SSLMSELoss, SSLMSEPadLoss, SSLSoftDTWLoss, pad_frames
 from sb_mal.losses.reconstruction import (
     MultiResolutionSTFTLoss,
     SISDRLoss,
@@ -12,6 +14,8 @@ from sb_mal.losses.reconstruction import (
 )
 
 __all__ = [
+    "LAYER_SETS",
+    "CodecApproximationLoss",
     "ModelAsLoss",
     "MultiResolutionSTFTLoss",
     "SISDRLoss",
@@ -19,9 +23,13 @@ __all__ = [
     "SSLL1Loss",
     "SSLMSELoss",
     "SSLMSEPadLoss",
+    "SSLSoftDTWLoss",
     "STFTLoss",
     "WaveformL1",
     "WaveformMSE",
     "WeightedSum",
+    "layer_set",
     "pad_frames",
+    "soft_dtw",
+    "soft_dtw_divergence",
 ]

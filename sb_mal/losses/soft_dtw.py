@@ -38,10 +38,12 @@ Implementation
   (their ``E`` only collects from cells that are also beyond), so padding content does not matter.
 - Memory: ``O(B * N * M)``. Anti-diagonals are stored padded, ``K = N + M + 1`` rows of width
   ``W = min(N, M) + 2`` (the shorter side is put on the diagonal axis; about twice the ``N * M``
-  cells for ``N = M``): the saved weights take ``3 * K * B * W`` elements, the backward adds ``E``
-  (``K * B * W``, plus one re-laid copy) and the ``[B, N, M]`` gradient. For ``N = M`` that is
-  roughly ``11 * B * N * M`` elements at the peak of the backward (88 MB for B=8, N=M=500,
-  float32). Double backward is not supported.
+  cells for ``N = M``): the saved weights take ``3 * K * W * B`` elements, the forward briefly
+  holds the skewed cost (``K * W * B``), the backward ``E`` (``K * W * B``) and the ``[B, N, M]``
+  gradient. For ``N = M`` the saved weights plus ``E`` are about ``8 * B * N * M`` elements
+  (61 MiB for B=8, N=M=500, float32); the measured peak RSS growth of a whole forward + backward,
+  cost matrix and its autograd buffers included, is 115 MiB there (benchmarks/bench_soft_dtw.py).
+  Double backward is not supported.
 - float32 and float64 (half precision costs are computed in float32).
 
 Example
