@@ -125,3 +125,20 @@ def test_recipe_end_to_end_and_a_failing_utterance(devset, tmp_path, monkeypatch
     cfg = json.loads((out / "model_config.json").read_text())
     assert cfg["class"].endswith("MetricGANGenerator") and cfg["recoverables"] == {"pesq": "generator_0", "csig": "generator_1"}
     assert len(list((out / "history").glob("*@1.flac"))) == 4
+
+
+def test_n1_alpha0_is_the_metricgan_plus_configuration(devset):
+    """The MetricGAN+ YAML is the OKD YAML with one generator (PESQ) and alpha = 0: same code, same settings."""
+    from sb_mal.run import load_recipe_hparams
+
+    def load(name, *extra):
+        return load_recipe_hparams([str(REPO / "hparams/folders" / name), f"--data_folder={devset}", *extra])[3]
+
+    plus = load("metricgan_plus.yaml")
+    okd = load("okd_pesq_csig.yaml", "--target_metrics=[pesq]", "--num_generators=1", "--alpha=0.0")
+    assert plus["alpha"] == okd["alpha"] == 0.0 and plus["target_metrics"] == okd["target_metrics"] == ["pesq"]
+    assert sorted(plus["modules"]) == sorted(okd["modules"]) == ["discriminator", "generator_0"]
+    assert plus["modules"]["generator_0"].config == okd["modules"]["generator_0"].config
+    assert plus["modules"]["discriminator"].config == okd["modules"]["discriminator"].config
+    for key in ("samples_per_epoch", "history_portion", "g_lr", "d_lr", "pesq_mapping", "batch_size"):
+        assert plus[key] == okd[key], key
