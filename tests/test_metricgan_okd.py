@@ -142,3 +142,15 @@ def test_n1_alpha0_is_the_metricgan_plus_configuration(devset):
     assert plus["modules"]["discriminator"].config == okd["modules"]["discriminator"].config
     for key in ("samples_per_epoch", "history_portion", "g_lr", "d_lr", "pesq_mapping", "batch_size"):
         assert plus[key] == okd[key], key
+
+
+def test_ddp_two_processes_gloo(devset, tmp_path):
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541"]
+    proc = run_recipe(devset, out, "--number_of_epochs=2", "--distributed_backend=gloo", launcher=launcher)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = (out / "train_log.txt").read_text()
+    assert len(re.findall(r"^epoch: \d+", log, re.M)) == 2
+    # the epoch's 4 draws are split over the 2 ranks and gathered into one shared history
+    assert len(list((out / "history").glob("*@1.flac"))) == 4
+    assert json.loads((out / "test_summary_g0.json").read_text())["counts"]["pesq"] == 2

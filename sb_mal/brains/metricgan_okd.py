@@ -288,6 +288,21 @@ class MetricGANOKDBrain(sb.Brain):
                    "sample_rate": self.rate, "recoverables": {m: name for m, name in zip(self.targets, self.gen_names)}}
             atomic_write_text(os.path.join(folder, "model_config.json"), json.dumps(cfg, indent=2) + "\n")
 
+    def _wrap_distributed(self):
+        """DDP for every trainable module, without SpeechBrain's SyncBatchNorm conversion.
+
+        Every rank trains the discriminator on the same (gathered) data, so per-rank batch
+        statistics are already identical and DDP's buffer broadcast keeps the running statistics
+        in step; SyncBatchNorm would add nothing (and it does not run on CPU/gloo at all).
+        """
+        if not self.distributed_launch:
+            return super()._wrap_distributed()
+        ids = None if self.distributed_backend == "gloo" else [self.device]
+        for name, module in self.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                self.modules[name] = torch.nn.parallel.DistributedDataParallel(
+                    module, device_ids=ids, find_unused_parameters=self.find_unused_parameters)
+
     # -- validation / test -------------------------------------------------------------------
     def evaluate_batch(self, batch, stage):
         """Enhance the batch with every generator and keep the outputs for the metric pool."""

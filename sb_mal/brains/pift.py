@@ -1,0 +1,282 @@
+"""PositionInvariantBrain: fine-tune a pretrained enhancer with a loss on frozen SSL features.
+
+The enhancer ``modules.model`` starts from a pretrained SE model (``init_from``) and is trained so
+that the features of a frozen self-supervised model (WavLM by default) computed on its output
+match those of the clean speech (ARCHITECTURE.md, "Position-invariant SSL fine-tuning"):
+
+``ssl_mse`` (:class:`~sb_mal.losses.SSLMSELoss`)
+    frame-aligned feature MSE, the baseline;
+``ssl_mse_pad`` (:class:`~sb_mal.losses.SSLMSEPadLoss`)
+    the clean reference zero-padded by 2-5 % (whole SSL frames), padded frames dropped;
+``ssl_softdtw`` (:class:`~sb_mal.losses.SSLSoftDTWLoss`)
+    the noisy *input* is speed-perturbed, so the enhanced output and the clean reference differ
+    in length, and the two feature sequences are compared by the soft-DTW divergence.
+
+The SSL model is frozen and lives inside the loss (``hparams.ssl_loss``), never in ``modules``, so
+Brain's ``.train()`` and the optimiser never see it; it stays out of the checkpoints too.
+
+Speed perturbation (implementer's choice where the paper is silent). One factor per training
+batch, drawn uniformly from ``speed_factors`` (default 0.80, 0.85, ..., 1.20, the set of the prior
+soft-DTW code) by a generator seeded with ``(speed_seed, epoch, step)``, so a resumed run draws
+the same factors. A factor ``f`` plays the signal ``f`` times faster: the batch is resampled as
+if recorded at ``f * sample_rate`` (:func:`sb_mal.audio.resample`, windowed sinc), which gives
+``ceil(T / f)`` samples and, like torchaudio's ``SpeedPerturbation``, shifts the pitch by ``f``
+too (tempo and pitch change together; no time stretching). The whole padded batch is resampled
+by one factor, so relative lengths are unchanged and the loss gets ``length`` (relative to the
+enhanced output) and ``target_length`` (relative to the clean reference) equal. Validation and
+test never perturb.
+
+Reconstruction term (optional: ``rec_cost`` with ``lambda_rec > 0``; default off, as in the
+paper, where only the SSL loss fine-tunes). A waveform loss needs frame-aligned signals, which a
+speed-perturbed output is not. Decision: when the batch is perturbed, the reconstruction term is
+computed on a second forward pass of the *unperturbed* noisy input (the SE model is small next to
+the SSL model, so this costs little); the SSL term always uses the perturbed output. Every batch
+thus gets both terms with the same weights.
+
+Logged terms: ``ssl`` (the SSL loss; per-layer parts when it uses several layers), ``rec`` (if
+on), and in validation/test ``ssl_dtw``: the soft-DTW divergence per frame (gamma ``dtw_gamma``)
+between the SSL features of the enhanced and clean signals, a position-insensitive distance
+logged for every loss (for ``ssl_softdtw`` it equals the unperturbed loss). Like the other terms
+it is a mean over batches.
+
+Hparams: everything :class:`~sb_mal.brains.EnhanceBrain` reads except ``compute_cost``, plus
+``ssl_loss`` (required), ``init_from`` (required: a training run folder, a ``CKPT+*`` folder or its
+``model.ckpt``, or a folder written by ``sb-mal export``), ``init_key``/``init_mode`` (which
+checkpoint of a run: ``pesq``/``max``), ``lambda_ssl`` (1.0), ``rec_cost``, ``lambda_rec`` (0.0),
+``speed_perturb`` (default: on iff ``ssl_loss`` accepts ``target_length``), ``speed_factors``,
+``speed_seed`` (default ``seed``), ``dtw_gamma`` (0.1).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import speechbrain as sb
+import torch
+
+from sb_mal.audio import resample
+from sb_mal.brains.enhance import EnhanceBrain
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SPEED_FACTORS", "PositionInvariantBrain", "load_pretrained_state", "speed_perturb"]
+
+#: Speed factors of the prior soft-DTW fine-tuning code: 0.80, 0.85, ..., 1.20.
+SPEED_FACTORS = tuple(round(0.8 + 0.05 * i, 2) for i in range(9))
+
+
+def speed_perturb(wav: torch.Tensor, factor: float, sample_rate: int = 16000) -> torch.Tensor:
+    """Play ``wav`` (``[..., T]``) ``factor`` times faster: ``ceil(T / factor)`` samples, pitch x ``factor``.
+
+    The signal is resampled from ``round(factor * sample_rate)`` to ``sample_rate`` Hz, so the
+    effective factor is ``round(factor * sample_rate) / sample_rate``.
+
+    Example
+    -------
+    >>> x = torch.randn(2, 16000)
+    >>> speed_perturb(x, 0.8).shape, speed_perturb(x, 1.25).shape, speed_perturb(x, 1.0) is x
+    (torch.Size([2, 20000]), torch.Size([2, 12800]), True)
+    """
+    factor = float(factor)
+    if not 0.25 <= factor <= 4.0:
+        raise ValueError(f"speed factor must be in [0.25, 4], got {factor}")
+    source_rate = int(round(factor * sample_rate))
+    if source_rate == sample_rate:
+        return wav
+    return resample(wav, source_rate, int(sample_rate))
+
+
+def _accepts(fn, name: str) -> bool:
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def load_pretrained_state(init_from, key: str = "pesq", mode: str = "max") -> tuple[dict, str]:
+    """State dict of a pretrained enhancer and a description of where it came from.
+
+    ``init_from`` is a training run folder (the best checkpoint by ``key``/``mode``), a
+    ``CKPT+*`` folder, a ``model.ckpt`` file in one, or an exported inference folder
+    (``hyperparams.yaml`` + ``enhance_model.ckpt``). An exported folder is rebuilt from the model
+    configuration in its ``export_info.json``; only when that is missing is it loaded through
+    :class:`sb_mal.inference.Enhancer`, imported lazily so that Brains do not depend on inference.
+
+    Example
+    -------
+    >>> import json, tempfile, pathlib
+    >>> from speechbrain.utils.checkpoints import Checkpointer
+    >>> from sb_mal.models import SpectralUNetSE
+    >>> run = pathlib.Path(tempfile.mkdtemp())
+    >>> model = SpectralUNetSE(channels=(4,), bottleneck_dim=8, rnn_layers=1)
+    >>> _ = (run / "model_config.json").write_text(json.dumps({"class": "sb_mal.models.SpectralUNetSE",
+    ...                                                        "kwargs": model.config, "sample_rate": 16000}))
+    >>> _ = Checkpointer(run / "save", {"model": model}).save_checkpoint(meta={"pesq": 2.0})
+    >>> state, where = load_pretrained_state(run)
+    >>> all(torch.equal(state[k], v) for k, v in model.state_dict().items()), where.startswith("checkpoint")
+    (True, True)
+    """
+    from sb_mal.checkpoints import build_model, load_run_model, load_verified
+
+    path = Path(init_from).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"init_from={str(init_from)!r}: no such file or folder (expected a pretrained run "
+                                "folder, a CKPT+* folder, its model.ckpt, or an exported model folder)")
+    if path.is_dir() and (path / "hyperparams.yaml").is_file() and (path / "enhance_model.ckpt").is_file():
+        info_file = path / "export_info.json"
+        cfg = None
+        if info_file.is_file():
+            try:
+                cfg = json.loads(info_file.read_text(encoding="utf-8")).get("model_config")
+            except (ValueError, AttributeError):
+                cfg = None
+        if isinstance(cfg, dict) and isinstance(cfg.get("class"), str) and isinstance(cfg.get("kwargs"), dict):
+            model = build_model(cfg, info_file)
+            load_verified(model, path / "enhance_model.ckpt")
+        else:
+            from sb_mal.inference import Enhancer  # lazy: only for exported folders without export_info.json
+
+            model = Enhancer.from_hparams(source=str(path), savedir=None, run_opts={"device": "cpu"}).mods.enhance_model
+        return model.state_dict(), f"exported model {path}"
+    model, ckpt, _ = load_run_model(path, key=key, mode=mode)
+    return model.state_dict(), f"checkpoint {ckpt}"
+
+
+def _unwrap(module):
+    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+
+
+class PositionInvariantBrain(EnhanceBrain):
+    """Fine-tuning of a pretrained enhancer with a frozen-SSL feature loss (see the module docstring).
+
+    Example
+    -------
+    >>> from speechbrain.utils.epoch_loop import EpochCounter
+    >>> from sb_mal.losses import SSLSoftDTWLoss
+    >>> from sb_mal.models import SpectralUNetSE, SSLFeatureExtractor, build_tiny_wavlm
+    >>> model = SpectralUNetSE(channels=(4,), bottleneck_dim=8, rnn_layers=1)
+    >>> brain = PositionInvariantBrain(
+    ...     modules={"model": model}, opt_class=lambda p: torch.optim.Adam(p, 1e-4),
+    ...     hparams={"ssl_loss": SSLSoftDTWLoss(SSLFeatureExtractor(build_tiny_wavlm())),
+    ...              "init_from": "unused-here", "epoch_counter": EpochCounter(1)},
+    ...     run_opts={"device": "cpu"})
+    >>> brain.speed_perturb, brain.speed_factor(1, 1) in SPEED_FACTORS
+    (True, True)
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        h = self.hparams
+        self.ssl_loss = getattr(h, "ssl_loss", None)
+        if not callable(self.ssl_loss):
+            raise ValueError("PositionInvariantBrain needs an `ssl_loss` in the hparams (e.g. "
+                             "!new:sb_mal.losses.SSLSoftDTWLoss), got "
+                             f"{type(self.ssl_loss).__name__ if self.ssl_loss is not None else 'none'}")
+        if not getattr(h, "init_from", None):
+            raise ValueError("PositionInvariantBrain fine-tunes a pretrained enhancer: set `init_from` to a training "
+                             "run folder (e.g. one written by recipes/baseline/train.py), a CKPT+* folder, its "
+                             "model.ckpt, or an exported model folder")
+        self.lambda_ssl = float(getattr(h, "lambda_ssl", 1.0))
+        self.lambda_rec = float(getattr(h, "lambda_rec", 0.0) or 0.0)
+        self.rec_cost = getattr(h, "rec_cost", None)
+        if self.lambda_rec > 0 and not callable(self.rec_cost):
+            raise ValueError(f"lambda_rec={self.lambda_rec} needs a `rec_cost` (a waveform loss) in the hparams")
+        self.takes_target_length = _accepts(self.ssl_loss, "target_length")
+        requested = getattr(h, "speed_perturb", None)
+        self.speed_perturb = self.takes_target_length if requested is None else bool(requested)
+        if self.speed_perturb and not self.takes_target_length:
+            raise ValueError(f"speed_perturb: True changes the length of the enhanced output, but the ssl_loss "
+                             f"{type(self.ssl_loss).__name__} compares frame-aligned sequences (its forward has no "
+                             "`target_length`); use sb_mal.losses.SSLSoftDTWLoss or set speed_perturb: False")
+        factors = getattr(h, "speed_factors", None)
+        self.speed_factors = tuple(float(f) for f in (SPEED_FACTORS if factors is None else factors))
+        if not self.speed_factors or not all(0.5 <= f <= 2.0 for f in self.speed_factors):
+            raise ValueError(f"speed_factors must be a non-empty list of factors in [0.5, 2], got {factors!r}")
+        seed = getattr(h, "speed_seed", None)
+        self.speed_seed = int(getattr(h, "seed", 0) or 0) if seed is None else int(seed)
+        self.dtw_metric = self._dtw_metric(float(getattr(h, "dtw_gamma", 0.1)))
+        self.last_speed_factor = 1.0
+        self._unperturbed = None
+
+    def _dtw_metric(self, gamma: float):
+        from sb_mal.losses.ssl import SSLSoftDTWLoss
+        from sb_mal.models.ssl import SSLFeatureExtractor
+
+        extractor = getattr(self.ssl_loss, "extractor", None)
+        if not isinstance(extractor, SSLFeatureExtractor):
+            logger.info("ssl_loss has no SSLFeatureExtractor: the ssl_dtw metric is not logged")
+            return None
+        return SSLSoftDTWLoss(extractor, gamma=gamma)  # shares the frozen model: no second copy
+
+    # -- speed perturbation ----------------------------------------------------------------------
+    def speed_factor(self, epoch: int, step: int) -> float:
+        """The factor of training batch ``step`` of ``epoch`` (a function of ``speed_seed`` and both)."""
+        rng = np.random.default_rng([self.speed_seed, int(epoch), int(step)])
+        return self.speed_factors[int(rng.integers(len(self.speed_factors)))]
+
+    # -- start -----------------------------------------------------------------------------------
+    def on_fit_start(self):
+        """Recover a checkpoint if there is one; else load the pretrained weights from ``init_from``."""
+        super().on_fit_start()
+        for loss in (self.ssl_loss, self.rec_cost):
+            if isinstance(loss, torch.nn.Module):
+                loss.to(self.device)
+        if self.hparams.epoch_counter.current == 0:
+            self.load_pretrained()
+
+    def load_pretrained(self) -> None:
+        """Load ``init_from`` into ``modules.model`` (strictly)."""
+        h = self.hparams
+        state, where = load_pretrained_state(h.init_from, getattr(h, "init_key", "pesq"), getattr(h, "init_mode", "max"))
+        model = _unwrap(self.modules.model)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"init_from={h.init_from!r}: the pretrained weights ({where}) do not fit the model of "
+                             "this recipe; give the recipe the same model sizes as the pretrained run (e.g. "
+                             f"--channels, --bottleneck_dim, --rnn_layers): {err}") from err
+        logger.info("PIFT: model initialised from %s", where)
+
+    # -- forward / loss --------------------------------------------------------------------------
+    def compute_forward(self, batch, stage):
+        """Enhance the noisy batch; in training, speed-perturb it first (if on)."""
+        batch = batch.to(self.device)
+        noisy, lens = batch.noisy_sig
+        self._unperturbed = (noisy, lens)
+        self.last_speed_factor = 1.0
+        if stage == sb.Stage.TRAIN and self.speed_perturb:
+            self.last_speed_factor = self.speed_factor(self.hparams.epoch_counter.current, self.step)
+            with torch.no_grad():
+                noisy = speed_perturb(noisy, self.last_speed_factor, self._rate)
+        return self.modules.model(noisy, lens)
+
+    def compute_loss(self, predictions, clean, lens, stage):
+        """``lambda_ssl * ssl_loss + lambda_rec * rec_cost`` and the logged terms."""
+        kwargs = {"target_length": lens} if self.takes_target_length else {}
+        ssl = self.ssl_loss(predictions, clean, lens, **kwargs)
+        name = getattr(self.ssl_loss, "name", None)
+        terms = {k: v for k, v in (getattr(self.ssl_loss, "last_terms", None) or {}).items() if k != name}
+        terms["ssl"] = float(ssl.detach())
+        loss = self.lambda_ssl * ssl
+        if self.lambda_rec > 0:
+            rec_pred = predictions
+            if predictions.shape[1] != clean.shape[1]:  # speed-perturbed: reconstruct the unperturbed input
+                rec_pred = self.modules.model(*self._unperturbed)
+            rec = self.rec_cost(rec_pred, clean, lens)
+            terms.update({f"rec_{k}": v for k, v in (getattr(self.rec_cost, "last_terms", None) or {}).items()})
+            terms["rec"] = float(rec.detach())
+            loss = loss + self.lambda_rec * rec
+        if stage != sb.Stage.TRAIN and self.dtw_metric is not None:
+            with torch.no_grad():
+                value = float(self.dtw_metric(predictions.detach(), clean, lens))
+            if math.isfinite(value):
+                terms["ssl_dtw"] = value
+        return loss, terms
+
