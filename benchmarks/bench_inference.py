@@ -311,10 +311,19 @@ def main():
         if not trained_label:
             parts.append("\nNo trained model given (`--run DIR` or `--model DIR`), so only the noisy input and "
                          "DeepFilterNet3 are scored.\n")
+    # speed and quality are separate sections, so either can be re-run alone (e.g. --no-speed --run DIR)
+    head, speed_part, quality_part = parts[0] + parts[1], [], []
+    for part in parts[2:]:
+        (quality_part if "- quality:" in part or "No trained model" in part else speed_part).append(part)
     body = "".join(parts)
     print(body)
     if not args.no_write:
-        update_section("bench_inference", body)
+        if speed_part:
+            update_section("bench_inference", head + "".join(speed_part))
+        if quality_part:
+            update_section("bench_inference_quality", head.replace("Inference speed (1 CPU thread) and quality vs "
+                                                                    "DeepFilterNet3", "Enhancement quality vs DeepFilterNet3")
+                           + "".join(quality_part))
 
 
 if __name__ == "__main__":
