@@ -179,6 +179,12 @@ def test_resume_in_phase2_keeps_the_snapshot(devset, tmp_path):
     snap2 = torch.load(ckpts[-1])
     assert snap1.keys() == snap2.keys() and all(torch.equal(snap1[k], snap2[k]) for k in snap1)
     assert bool(snap2["snapshot_taken"])
+    # a MAL run exports and loads like any other model
+    from sb_mal.inference import Enhancer, export_run
+
+    exported = export_run(out, tmp_path / "exported")
+    enhancer = Enhancer.from_hparams(source=str(exported), savedir=str(tmp_path / "cache"))
+    assert enhancer.enhance_batch(torch.randn(1, 8000)).shape == (1, 8000)
 
 
 def test_recipe_debug_run_all_variants_loss_goes_down(devset, tmp_path):

@@ -76,6 +76,12 @@ def imitation_l1(codec_net: torch.nn.Module, original: torch.Tensor, coded: torc
     >>> float(imitation_l1(net, x, x)[1].max())  # the identity map is perfect when nothing is coded
     0.0
     """
+    net_l1, identity, _ = _imitation(codec_net, original, coded, lengths, forward)
+    return net_l1, identity
+
+
+def _imitation(codec_net, original, coded, lengths=None, forward=None):
+    """``(network L1, identity L1, network output waveform-maker)`` from one forward pass."""
     _check_net(codec_net)
     if original.shape != coded.shape or original.dim() != 2:
         raise ValueError(f"original and coded must be [batch, samples] of the same shape, got {tuple(original.shape)} "
@@ -83,7 +89,11 @@ def imitation_l1(codec_net: torch.nn.Module, original: torch.Tensor, coded: torc
     x, scale, valid = codec_net.prepare(original, lengths)
     target = codec_net.prepare(coded, lengths, scale=scale)[0].clamp(codec_net.out_min, 1.0)
     out = (forward or codec_net)(x, valid)
-    return masked_l1(out, target, valid), masked_l1(x, target, valid)
+
+    def waveform():  # what imitate() returns, without a second pass
+        return codec_net.to_waveform(out, scale, original) if hasattr(codec_net, "to_waveform") else out
+
+    return masked_l1(out, target, valid), masked_l1(x, target, valid), waveform
 
 
 def imitate(codec_net: torch.nn.Module, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -210,11 +220,12 @@ def imitation_report(codec_net: torch.nn.Module, source, *, sample_rate: int = 1
             x = torch.from_numpy(np.ascontiguousarray(original))[None].to(device)
             y = torch.from_numpy(np.ascontiguousarray(coded))[None].to(device)
             with torch.no_grad():
-                net_l1, identity = (float(v[0]) for v in imitation_l1(codec_net, x, y))
+                net_l1, identity, waveform = _imitation(codec_net, x, y)
+                net_l1, identity = float(net_l1[0]), float(identity[0])
                 row = {"id": uid, "seconds": len(original) / sample_rate, "net_l1": net_l1, "identity_l1": identity,
                        "ratio": net_l1 / identity if identity > 0 else math.nan}
                 if lsd:
-                    out = imitate(codec_net, x)[0].float().cpu().numpy()
+                    out = waveform()[0].float().cpu().numpy()
                     row["net_lsd_db"] = log_spectral_distance(out, coded)
                     row["identity_lsd_db"] = log_spectral_distance(original, coded)
             items.append(row)
