@@ -65,14 +65,16 @@ def main():
                      "identity LSD dB": f"{m['identity_lsd_db']:.2f}"})
     table = format_table(rows, COLUMNS)
     cfg = net.config
-    valid = ", ".join(f"{k} {meta[k]:.4f}" for k in ("loss", "identity_l1", "ratio") if isinstance(meta.get(k), float))
+    valid = ", ".join(f"{k} {meta[k]:.4f}" for k in ("loss", "identity_l1", "ratio")
+                      if isinstance(meta.get(k), float))
+    cut = f", first {args.max_seconds:g} s of each" if args.max_seconds else ""
     body = (header("Codec imitation (bench_codec_imitation.py)")
             + (f"- note: {args.note}\n" if args.note else "")
             + f"- run: `{os.path.relpath(run)}`, checkpoint `{ckpt.name}` (lowest validation loss; {valid})\n"
             + f"- network: {type(net).__name__} {json.dumps(cfg)}, "
             + f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters\n"
-            + f"- held-out devset files MP3-coded whole (16 kbps, LAME q2){', first %g s of each' % args.max_seconds if args.max_seconds else ''}; "
-            + f"L1 in the network's training domain; ratio = net L1 / identity L1 (< 1: better than the identity map); "
+            + f"- held-out devset files MP3-coded whole (16 kbps, LAME q2){cut}; L1 in the network's training "
+            + "domain; ratio = net L1 / identity L1 (< 1: better than the identity map); "
             + "LSD on |STFT| 1024/512 in dB, floor -80 dB\n\n" + table + "\n")
     if not args.no_write:
         FIGURE.parent.mkdir(exist_ok=True)

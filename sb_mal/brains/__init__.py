@@ -1,7 +1,8 @@
 """SpeechBrain Brains: EnhanceBrain (base) and one Brain per training paradigm."""
 
+from sb_mal.brains.codec import CodecNetBrain, prepare_mp3_cache
 from sb_mal.brains.enhance import EnhanceBrain, model_config
 from sb_mal.brains.mal import MAL_VARIANTS, MALBrain
 from sb_mal.brains.metricgan_okd import MetricGANOKDBrain
 
-__all__ = ["MAL_VARIANTS", "EnhanceBrain", "MALBrain", "MetricGANOKDBrain", "model_config"]
+__all__ = ["MAL_VARIANTS", "CodecNetBrain", "EnhanceBrain", "MALBrain", "MetricGANOKDBrain", "model_config", "prepare_mp3_cache"]

@@ -19,7 +19,8 @@ per-item mean network L1, which is what ``loss`` is there too) and ``ratio`` = l
 written at the start of training (EnhanceBrain), so ``from_pretrained(<output_folder>)`` works. The
 test stage writes ``test_scores.csv`` (per item: ``l1``, ``identity_l1``) and ``test_summary.json``.
 No PESQ/STOI: this is not speech enhancement. BatchNorm and dropout follow the Brain's modes (train
-mode for training, eval mode for validation and test).
+mode for training, eval mode for validation and test); under DDP they become SyncBatchNorm as in
+any SpeechBrain recipe, except with the gloo backend (CPU), where SyncBatchNorm cannot run.
 
 Hparams: those of :class:`~sb_mal.brains.enhance.EnhanceBrain` except ``compute_cost`` and the
 metric lists (unused); ``ckpt_key`` must be ``loss`` (the default here; a recipe YAML should
@@ -38,6 +39,7 @@ from types import SimpleNamespace
 import speechbrain as sb
 import torch
 
+from sb_mal.brains.ddp import unwrap
 from sb_mal.brains.enhance import EnhanceBrain
 from sb_mal.data.mp3 import Mp3PairDataset
 from sb_mal.evaluation.codec_imitation import imitation_l1
@@ -46,10 +48,6 @@ from sb_mal.metrics.results import EvalResult
 logger = logging.getLogger(__name__)
 
 __all__ = ["CodecNetBrain", "prepare_mp3_cache"]
-
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return module.module if hasattr(module, "module") and not hasattr(module, "fit_loss") else module
 
 
 def prepare_mp3_cache(folders: str | os.PathLike | Sequence[str | os.PathLike], cache_dir: str | os.PathLike,
@@ -112,14 +110,14 @@ class CodecNetBrain(EnhanceBrain):
             raise ValueError(f"CodecNetBrain keeps checkpoints by the lowest validation loss: ckpt_key must be "
                              f"'loss', got {key!r}")
         model = getattr(self.modules, "model", None)
-        if model is None or not all(hasattr(_unwrap(model), a) for a in ("prepare", "fit_loss", "out_min")):
-            found = "nothing" if model is None else type(_unwrap(model)).__name__
+        if model is None or not all(hasattr(unwrap(model), a) for a in ("prepare", "fit_loss", "out_min")):
+            found = "nothing" if model is None else type(unwrap(model)).__name__
             raise TypeError(f"CodecNetBrain needs modules.model = SpectralCodecNet or TimeCodecNet, found {found}")
 
     @property
     def codec_net(self) -> torch.nn.Module:
         """The codec network (without a DDP wrapper)."""
-        return _unwrap(self.modules.model)
+        return unwrap(self.modules.model)
 
     # -- forward / loss ----------------------------------------------------------------------
     def compute_forward(self, batch, stage):

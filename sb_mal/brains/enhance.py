@@ -35,6 +35,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 
 from sb_mal.audio import write_audio
+from sb_mal.brains.ddp import GlooFriendlyDDP, unwrap
 from sb_mal.metrics import evaluate as evaluate_metrics
 from sb_mal.fileio import atomic_write_text
 from sb_mal.metrics.results import EvalResult
@@ -63,7 +64,7 @@ def _gather_rows(rows: list) -> list:
     return [r for part in parts for r in part]
 
 
-class EnhanceBrain(sb.Brain):
+class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
     """Brain for waveform-to-waveform speech enhancement (see the module docstring)."""
 
     # -- data --------------------------------------------------------------------------------
@@ -127,7 +128,7 @@ class EnhanceBrain(sb.Brain):
             cost.to(self.device)
         folder = getattr(self.hparams, "output_folder", None)
         if folder and sb.utils.distributed.if_main_process():
-            model = self.modules.model.module if hasattr(self.modules.model, "module") else self.modules.model
+            model = unwrap(self.modules.model)
             try:
                 cfg = model_config(model)
             except TypeError as err:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 
+from sb_mal.brains.ddp import unwrap
 from sb_mal.brains.enhance import EnhanceBrain
 from sb_mal.losses.model_as_loss import ModelAsLoss
 
@@ -43,10 +44,6 @@ __all__ = ["MAL_VARIANTS", "MALBrain"]
 
 #: variant -> (loss_encoder, train_encoder)
 MAL_VARIANTS = {"frozen": ("snapshot", True), "frozen_fe": ("snapshot", False), "dynamic": ("live", True)}
-
-
-def _unwrap(module):
-    return module.module if hasattr(module, "module") and not hasattr(module, "encode") else module
 
 
 class MALBrain(EnhanceBrain):
@@ -96,14 +93,14 @@ class MALBrain(EnhanceBrain):
             from sb_mal.checkpoints import load_run_model
 
             loaded, ckpt, meta = load_run_model(init_from)
-            _unwrap(self.modules.model).load_state_dict(loaded.state_dict())
+            unwrap(self.modules.model).load_state_dict(loaded.state_dict())
             logger.info("MAL: model initialised from %s (%s)", ckpt,
                         ", ".join(f"{k}={v:.3f}" for k, v in meta.items() if isinstance(v, float)))
         if not self.train_encoder and self.distributed_launch and not getattr(self, "find_unused_parameters", False):
             raise ValueError("MAL variant frozen_fe (train_encoder: False) under DDP needs --find_unused_parameters=True")
 
     def _enter_phase2(self):
-        model = _unwrap(self.modules.model)
+        model = unwrap(self.modules.model)
         if self.loss_encoder == "snapshot" and not self._loss_ready():
             self.mal_loss.take_snapshot(model)
         if not self.train_encoder:

@@ -43,6 +43,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.sampler import ReproducibleWeightedRandomSampler
 
+from sb_mal.brains.ddp import GlooFriendlyDDP, unwrap
 from sb_mal.brains.metric_history import MetricHistory
 from sb_mal.dsp import stft
 from sb_mal.fileio import atomic_write_text
@@ -70,11 +71,7 @@ def _all_gather(obj) -> list:
     return parts
 
 
-def _unwrap(module):
-    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
-
-
-class MetricGANOKDBrain(sb.Brain):
+class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
     """MetricGAN+ / MetricGAN-OKD training (see the module docstring).
 
     Hparams: ``target_metrics`` (one per generator), ``alpha`` (5.0), ``pesq_mapping`` ("sigmoid"),
@@ -141,7 +138,7 @@ class MetricGANOKDBrain(sb.Brain):
 
     # -- features ----------------------------------------------------------------------------
     def _log1p(self, wav: torch.Tensor, lengths=None) -> torch.Tensor:
-        gen = _unwrap(self.modules[self.gen_names[0]])
+        gen = unwrap(self.modules[self.gen_names[0]])
         feats, _, valid = gen.features(wav, lengths)
         return feats * valid[:, :, None].to(feats.dtype)
 
@@ -189,7 +186,7 @@ class MetricGANOKDBrain(sb.Brain):
                 loss = adv + self.alpha * kd
             self._step(loss, name)
             with torch.no_grad():
-                _unwrap(self.modules[name]).sigmoid.slope.clamp_(max=3.5)  # as MetricGAN+: keep the slope bounded
+                unwrap(self.modules[name]).sigmoid.slope.clamp_(max=3.5)  # as MetricGAN+: keep the slope bounded
             self._g_losses[name].append(float(loss.detach()))
             total += float(loss.detach())
         self.scaler.update()
@@ -220,7 +217,7 @@ class MetricGANOKDBrain(sb.Brain):
             deg = torch.as_tensor(np.asarray(deg_wav[:n]), dtype=torch.float32, device=self.device)[None]
             with self.training_ctx:
                 r, d = self._log1p(ref), self._log1p(deg)
-                if r.shape[1] < getattr(_unwrap(disc), "min_frames", 1):
+                if r.shape[1] < getattr(unwrap(disc), "min_frames", 1):
                     continue
                 pred = disc(r, d)
                 loss = torch.mean((pred.float() - torch.tensor([target], device=self.device)) ** 2)
@@ -235,7 +232,7 @@ class MetricGANOKDBrain(sb.Brain):
         chooser = int(rng.integers(self.n))
         mine = self._current
         # enhance this rank's share with the chosen generator
-        gen = _unwrap(self.modules[self.gen_names[chooser]])
+        gen = unwrap(self.modules[self.gen_names[chooser]])
         gen.eval()
         enhanced = []
         with torch.no_grad():
@@ -283,25 +280,10 @@ class MetricGANOKDBrain(sb.Brain):
         super().on_fit_start()
         folder = getattr(self.hparams, "output_folder", None)
         if folder and sb.utils.distributed.if_main_process():
-            gen = _unwrap(self.modules[self.gen_names[0]])
+            gen = unwrap(self.modules[self.gen_names[0]])
             cfg = {"class": f"{type(gen).__module__}.{type(gen).__qualname__}", "kwargs": gen.config,
                    "sample_rate": self.rate, "recoverables": {m: name for m, name in zip(self.targets, self.gen_names)}}
             atomic_write_text(os.path.join(folder, "model_config.json"), json.dumps(cfg, indent=2) + "\n")
-
-    def _wrap_distributed(self):
-        """DDP for every trainable module, without SpeechBrain's SyncBatchNorm conversion.
-
-        Every rank trains the discriminator on the same (gathered) data, so per-rank batch
-        statistics are already identical and DDP's buffer broadcast keeps the running statistics
-        in step; SyncBatchNorm would add nothing (and it does not run on CPU/gloo at all).
-        """
-        if not self.distributed_launch:
-            return super()._wrap_distributed()
-        ids = None if self.distributed_backend == "gloo" else [self.device]
-        for name, module in self.modules.items():
-            if any(p.requires_grad for p in module.parameters()):
-                self.modules[name] = torch.nn.parallel.DistributedDataParallel(
-                    module, device_ids=ids, find_unused_parameters=self.find_unused_parameters)
 
     # -- validation / test -------------------------------------------------------------------
     def evaluate_batch(self, batch, stage):

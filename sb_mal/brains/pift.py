@@ -150,7 +150,8 @@ def load_pretrained_state(init_from, key: str = "pesq", mode: str = "max") -> tu
 
 
 def _unwrap(module):
-    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return module.module if isinstance(module, wrappers) else module
 
 
 class PositionInvariantBrain(EnhanceBrain):
@@ -234,7 +235,8 @@ class PositionInvariantBrain(EnhanceBrain):
     def load_pretrained(self) -> None:
         """Load ``init_from`` into ``modules.model`` (strictly)."""
         h = self.hparams
-        state, where = load_pretrained_state(h.init_from, getattr(h, "init_key", "pesq"), getattr(h, "init_mode", "max"))
+        key, mode = getattr(h, "init_key", "pesq"), getattr(h, "init_mode", "max")
+        state, where = load_pretrained_state(h.init_from, key, mode)
         model = _unwrap(self.modules.model)
         try:
             model.load_state_dict(state, strict=True)
@@ -268,7 +270,9 @@ class PositionInvariantBrain(EnhanceBrain):
         if self.lambda_rec > 0:
             rec_pred = predictions
             if predictions.shape[1] != clean.shape[1]:  # speed-perturbed: reconstruct the unperturbed input
-                rec_pred = self.modules.model(*self._unperturbed)
+                # through the unwrapped module: a second forward of a DDP wrapper in one step is not allowed;
+                # the gradients still reach the shared parameters (and DDP's reducer) in the same backward
+                rec_pred = _unwrap(self.modules.model)(*self._unperturbed)
             rec = self.rec_cost(rec_pred, clean, lens)
             terms.update({f"rec_{k}": v for k, v in (getattr(self.rec_cost, "last_terms", None) or {}).items()})
             terms["rec"] = float(rec.detach())
