@@ -185,6 +185,13 @@ def load_asr(source: str | os.PathLike, interface: str | type = "auto", *, saved
         ``"cpu"``, ``"cuda:0"``...
     kwargs
         Passed to ``from_hparams``.
+
+    Example
+    -------
+    >>> load_asr("/no/such/asr/folder")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: ASR source '/no/such/asr/folder': no such folder (expected a folder with hyperparams.yaml or a hub id like speechbrain/asr-crdnn-rnnlm-librispeech)
     """
     from speechbrain.utils.fetching import FetchConfig
 
@@ -222,6 +229,14 @@ def transcribe(asr, wavs: Sequence, batch_size: int = 8, enhance: Callable | Non
 
     ``enhance`` (optional) maps a padded batch ``[B, T]`` and relative lengths to enhanced
     ``[B, T]`` before transcription. Token lists returned by the model are joined with spaces.
+
+    Example
+    -------
+    >>> class Counter:  # stands in for a SpeechBrain ASR model
+    ...     def transcribe_batch(self, wavs, wav_lens):
+    ...         return [f"{int(round(float(r) * wavs.shape[1]))} SAMPLES" for r in wav_lens], None
+    >>> transcribe(Counter(), [np.zeros(300), np.zeros(100), np.zeros(200)], batch_size=2)
+    ['300 SAMPLES', '100 SAMPLES', '200 SAMPLES']
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -265,6 +280,18 @@ def evaluate_asr(asr, manifest: str | os.PathLike | Mapping, *, data_root: str |
         Only the first ``limit`` utterances (by id).
     output_folder : path, optional
         Write ``<name>_wer.json`` (summary and transcripts) and ``<name>_wer.csv`` there.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from sb_mal.audio import write_audio
+    >>> class Parrot:  # stands in for a SpeechBrain ASR model
+    ...     def transcribe_batch(self, wavs, wav_lens):
+    ...         return ["hello world"] * len(wavs), None
+    >>> path = os.path.join(tempfile.mkdtemp(), "u.wav")
+    >>> write_audio(path, np.zeros(1600), 16000)
+    >>> evaluate_asr(Parrot(), {"u": {"noisy_wav": path, "words": "HELLO THERE WORLD"}}).wer  # 1 deletion / 3
+    33.33333333333333
     """
     from sb_mal.audio import read_audio
     from sb_mal.data.manifest import load_manifest

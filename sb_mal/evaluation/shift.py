@@ -201,7 +201,14 @@ class DTWFeatureDistance(nn.Module):
 
 
 def default_shift_losses(extractor, seed: int = 0) -> dict[str, Callable]:
-    """The three SSL losses and :class:`DTWFeatureDistance`, all on one (frozen) extractor."""
+    """The three SSL losses and :class:`DTWFeatureDistance`, all on one (frozen) extractor.
+
+    Example
+    -------
+    >>> from sb_mal.models import SSLFeatureExtractor, build_tiny_wavlm
+    >>> sorted(default_shift_losses(SSLFeatureExtractor(build_tiny_wavlm(num_layers=1))))
+    ['ssl_dtw', 'ssl_mse', 'ssl_mse_pad', 'ssl_softdtw']
+    """
     from sb_mal.losses.ssl import SSLMSELoss, SSLMSEPadLoss, SSLSoftDTWLoss
 
     return {"ssl_mse": SSLMSELoss(extractor), "ssl_mse_pad": SSLMSEPadLoss(extractor, seed=seed),
@@ -289,6 +296,14 @@ def evaluate_shift_robustness(pairs: Sequence, losses: Mapping[str, Callable] | 
     Each utterance (1-D array or tensor) is evaluated alone (no padding); ``losses`` defaults to
     :func:`default_shift_losses` of ``extractor``. Returns one row per (mode, loss, shift) with
     the means of ``value`` and ``relative`` over utterances and their count ``n``.
+
+    Example
+    -------
+    >>> l1 = lambda pred, ref, length=None: (pred - ref).abs().mean()  # any loss with the signature
+    >>> clean = np.sin(np.arange(1600) / 10.0)
+    >>> rows = evaluate_shift_robustness([(clean, clean, clean + 0.5)], {"l1": l1}, shifts_ms=[0, 5], modes=["delay"])
+    >>> [(r["shift_ms"], round(r["relative"], 2)) for r in rows]
+    [(0.0, 0.0), (5.0, 1.27)]
     """
     if losses is None:
         if extractor is None:
@@ -320,7 +335,16 @@ def evaluate_shift_robustness(pairs: Sequence, losses: Mapping[str, Callable] | 
 
 
 def write_shift_csv(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
-    """Write shift-curve rows as CSV (atomically)."""
+    """Write shift-curve rows as CSV (atomically).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "shift.csv")
+    >>> write_shift_csv(path, [{"mode": "delay", "loss": "ssl_mse", "shift_ms": 20.0, "relative": 1.4}])
+    >>> open(path).read().splitlines()
+    ['mode,loss,shift_ms,relative', 'delay,ssl_mse,20.0,1.4']
+    """
     if not rows:
         raise ValueError("no rows to write")
     fields = list(dict.fromkeys(k for row in rows for k in row))
