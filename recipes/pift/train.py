@@ -20,7 +20,7 @@ on the same data and the same model sizes, e.g.::
 soft-DTW). ``ssl_source`` is any Hugging Face id or a local folder written by ``save_pretrained``.
 """
 
-from sb_mal.brains.pift import PositionInvariantBrain
+from sb_mal.brains import PositionInvariantBrain
 from sb_mal.run import run_recipe
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ import speechbrain as sb
 import torch
 
 from sb_mal.audio import resample
+from sb_mal.brains.ddp import unwrap
 from sb_mal.brains.enhance import EnhanceBrain
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def load_pretrained_state(init_from, key: str = "pesq", mode: str = "max") -> tu
     return model.state_dict(), f"checkpoint {ckpt}"
 
 
-def _unwrap(module):
+def unwrap(module):
     wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
     return module.module if isinstance(module, wrappers) else module
 
@@ -237,7 +238,7 @@ class PositionInvariantBrain(EnhanceBrain):
         h = self.hparams
         key, mode = getattr(h, "init_key", "pesq"), getattr(h, "init_mode", "max")
         state, where = load_pretrained_state(h.init_from, key, mode)
-        model = _unwrap(self.modules.model)
+        model = unwrap(self.modules.model)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
@@ -272,7 +273,7 @@ class PositionInvariantBrain(EnhanceBrain):
             if predictions.shape[1] != clean.shape[1]:  # speed-perturbed: reconstruct the unperturbed input
                 # through the unwrapped module: a second forward of a DDP wrapper in one step is not allowed;
                 # the gradients still reach the shared parameters (and DDP's reducer) in the same backward
-                rec_pred = _unwrap(self.modules.model)(*self._unperturbed)
+                rec_pred = unwrap(self.modules.model)(*self._unperturbed)
             rec = self.rec_cost(rec_pred, clean, lens)
             terms.update({f"rec_{k}": v for k, v in (getattr(self.rec_cost, "last_terms", None) or {}).items()})
             terms["rec"] = float(rec.detach())

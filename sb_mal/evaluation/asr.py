@@ -191,7 +191,7 @@ def load_asr(source: str | os.PathLike, interface: str | type = "auto", *, saved
     >>> load_asr("/no/such/asr/folder")
     Traceback (most recent call last):
     ...
-    FileNotFoundError: ASR source '/no/such/asr/folder': no such folder (expected a folder with hyperparams.yaml or a hub id like speechbrain/asr-crdnn-rnnlm-librispeech)
+    FileNotFoundError: ASR source '/no/such/asr/folder': no such folder (expected a folder with ...)
     """
     from speechbrain.utils.fetching import FetchConfig
 
@@ -290,8 +290,9 @@ def evaluate_asr(asr, manifest: str | os.PathLike | Mapping, *, data_root: str |
     ...         return ["hello world"] * len(wavs), None
     >>> path = os.path.join(tempfile.mkdtemp(), "u.wav")
     >>> write_audio(path, np.zeros(1600), 16000)
-    >>> evaluate_asr(Parrot(), {"u": {"noisy_wav": path, "words": "HELLO THERE WORLD"}}).wer  # 1 deletion / 3
-    33.33333333333333
+    >>> result = evaluate_asr(Parrot(), {"u": {"noisy_wav": path, "words": "HELLO THERE WORLD"}})
+    >>> round(result.wer, 2), result.deletions  # 1 deletion / 3 words
+    (33.33, 1)
     """
     from sb_mal.audio import read_audio
     from sb_mal.data.manifest import load_manifest
