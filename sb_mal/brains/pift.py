@@ -150,11 +150,6 @@ def load_pretrained_state(init_from, key: str = "pesq", mode: str = "max") -> tu
     return model.state_dict(), f"checkpoint {ckpt}"
 
 
-def unwrap(module):
-    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
-    return module.module if isinstance(module, wrappers) else module
-
-
 class PositionInvariantBrain(EnhanceBrain):
     """Fine-tuning of a pretrained enhancer with a frozen-SSL feature loss (see the module docstring).
 
