@@ -45,6 +45,29 @@ def devset_test_arrays(devset_test_pairs):
     return [u for u, _, _ in chosen], noisy, clean
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Pin torch to one thread for a module (tiny models gain nothing from more; a busy 2-core
+    machine makes extra threads ~3x slower), restoring the previous setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_wavlm_dir(tmp_path_factory):
+    """A tiny random WavLM (2 layers, hidden 64, seed 0) saved with save_pretrained; loaded offline."""
+    from sb_mal.models import build_tiny_wavlm
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        folder = tmp_path_factory.mktemp("tiny_wavlm")
+        build_tiny_wavlm(folder, seed=0)
+        yield folder
+
+
 def tiny_unet(seed: int = 0):
     """A small SpectralUNetSE (fast enough for any test)."""
     from sb_mal.models import SpectralUNetSE

@@ -21,26 +21,19 @@ from conftest import make_run, tiny_unet  # noqa: E402  (shared test helpers)
 from sb_mal.audio import read_audio, write_audio
 from sb_mal.brains.pift import SPEED_FACTORS, PositionInvariantBrain, load_pretrained_state, speed_perturb
 from sb_mal.losses import SSLMSELoss, SSLMSEPadLoss, SSLSoftDTWLoss, WaveformL1
-from sb_mal.models import SSLFeatureExtractor, build_tiny_wavlm
+from sb_mal.models import SSLFeatureExtractor
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--channels=[8,16]", "--bottleneck_dim=32", "--rnn_layers=1"]
 LOSSES = {"mse": SSLMSELoss, "pad": SSLMSEPadLoss, "softdtw": SSLSoftDTWLoss}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def wavlm_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_wavlm_pift")
-    build_tiny_wavlm(folder, seed=0)
-    return folder
+def wavlm_dir(tiny_wavlm_dir):
+    return tiny_wavlm_dir
 
 
 @pytest.fixture(scope="module")

@@ -233,15 +233,13 @@ HOP = 320
 
 
 @pytest.fixture(scope="module")
-def ssl_ext(tmp_path_factory):
-    """The tiny random WavLM (LayerNorm front end), saved with save_pretrained and loaded offline."""
-    from sb_mal.models.ssl import SSLFeatureExtractor, build_tiny_wavlm
+def ssl_ext(tiny_wavlm_dir):
+    """The shared tiny random WavLM (LayerNorm front end), loaded offline."""
+    from sb_mal.models.ssl import SSLFeatureExtractor
 
-    folder = tmp_path_factory.mktemp("tiny_wavlm_sdtw")
-    build_tiny_wavlm(folder, seed=0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        yield SSLFeatureExtractor(str(folder))
+        yield SSLFeatureExtractor(str(tiny_wavlm_dir))
 
 
 @pytest.fixture(scope="module")

@@ -12,24 +12,13 @@ from sb_mal.models.ssl import SSLFeatureExtractor, SSLModelLoadError, build_tiny
 HOP = 320
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny model gains nothing from intra-op threads; on a busy 2-core machine they cost ~3x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    """A tiny random WavLM (LayerNorm front end, dropout 0.1) saved with save_pretrained; offline."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        folder = tmp_path_factory.mktemp("tiny_wavlm")
-        build_tiny_wavlm(folder, seed=0)
-        yield folder
+def tiny_dir(tiny_wavlm_dir):
+    """The shared tiny random WavLM (LayerNorm front end, dropout 0.1; seed 0)."""
+    return tiny_wavlm_dir
 
 
 @pytest.fixture(scope="session")
