@@ -70,6 +70,30 @@ def run_recipe(brain_class, script: str | None = None, argv: list[str] | None = 
     argv = sys.argv[1:] if argv is None else argv
     hparams_file, run_opts, overrides, hparams = load_recipe_hparams(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
+    ok = False
+    try:
+        brain = _run(brain_class, script, hparams_file, run_opts, overrides, hparams)
+        ok = True
+        return brain
+    finally:
+        _shutdown_process_group(wait_for_peers=ok)
+
+
+def _shutdown_process_group(wait_for_peers: bool) -> None:
+    """Tear the process group down explicitly: leaving it to interpreter exit lets gloo's
+    worker threads be destroyed while still joinable, which aborts the process (SIGABRT).
+    After a failure we do not wait at a barrier (the peers may never arrive)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            if wait_for_peers:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def _run(brain_class, script, hparams_file, run_opts, overrides, hparams):
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )
