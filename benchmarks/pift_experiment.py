@@ -117,8 +117,10 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--extra", nargs="*", default=[], help="more --key=value overrides for every run")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()  # anything else: --key=value overrides for every run
+    bad = [a for a in extra if not (a.startswith("--") and "=" in a)]
+    if bad:
+        parser.error(f"unrecognized arguments {bad} (recipe overrides are written --key=value)")
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     init = (REPO / args.init).resolve()
@@ -138,7 +140,7 @@ def main():
         wavlm_label = f"WavLM from {wavlm}, last layer"
     common = [f"--data_folder={DEVSET}", f"--init_from={init}", f"--ssl_source={wavlm}",
               f"--examples_per_epoch={args.examples}", f"--number_of_epochs={args.epochs}",
-              f"--valid_limit={args.valid_limit}", f"--seed={args.seed}", "--n_jobs=1", *args.extra]
+              f"--valid_limit={args.valid_limit}", f"--seed={args.seed}", "--n_jobs=1", *extra]
 
     def finetune(name: str) -> tuple[str, float]:
         folder = out / name

@@ -119,7 +119,11 @@ def test_recipe_end_to_end_and_a_failing_utterance(devset, tmp_path, monkeypatch
     proc = run_recipe(devset, out, "--number_of_epochs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (out / "train_log.txt").read_text()
-    assert "train generator_0_loss" in [line for line in log.splitlines() if line.startswith("epoch: 2")][0]
+    epoch2 = [line for line in log.splitlines() if line.startswith("epoch: 2")][0]
+    assert "train generator_0_loss" in epoch2
+    epoch_s, metric_s = (float(re.search(rf"train {key}: ([0-9.e+-]+)", epoch2).group(1))
+                         for key in ("epoch_seconds", "metric_seconds"))
+    assert 0 < metric_s < epoch_s  # the metric share of the epoch's wall time is logged
     for i in (0, 1):
         assert json.loads((out / f"test_summary_g{i}.json").read_text())["counts"]["pesq"] == 2
     cfg = json.loads((out / "model_config.json").read_text())

@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import time
 
 import numpy as np
 import speechbrain as sb
@@ -151,8 +152,10 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         self._current = []  # (id, noisy, clean) of this epoch's training utterances
         self._valid_outputs = {i: [] for i in range(self.n)}
         self._g_losses = {name: [] for name in self.gen_names}
-        if stage == sb.Stage.TRAIN and epoch is not None and getattr(self, "_sampler", None) is not None:
-            self._sampler.set_epoch(epoch)
+        if stage == sb.Stage.TRAIN:
+            self._epoch_clock = (time.monotonic(), self.metric_seconds)
+            if epoch is not None and getattr(self, "_sampler", None) is not None:
+                self._sampler.set_epoch(epoch)
 
     def fit_batch(self, batch):
         """Remember the batch for the D step; from epoch 2, update every generator (OKD loss)."""
@@ -196,8 +199,6 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
     # -- discriminator step ------------------------------------------------------------------
     def _score(self, enhanced: list, clean: list, ids: list) -> list[list[float]]:
         """Normalised targets [utt][metric] (NaN where a metric failed)."""
-        import time
-
         t0 = time.monotonic()
         result = evaluate_metrics(enhanced, clean, self.rate, metrics=self.targets,
                                   n_jobs=int(getattr(self.hparams, "n_jobs", 2)), ids=ids,
@@ -313,6 +314,10 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         if stage == sb.Stage.TRAIN:
             self.train_stats = {f"{n}_loss": float(np.mean(v)) for n, v in self._g_losses.items() if v}
             self.train_stats.update(self._train_discriminator(epoch))
+            started, metric_before = self._epoch_clock
+            # wall time of the training stage (generator steps + metric targets + D step) and its metric share
+            self.train_stats["epoch_seconds"] = time.monotonic() - started
+            self.train_stats["metric_seconds"] = self.metric_seconds - metric_before
             self.train_stats["metric_seconds_total"] = self.metric_seconds
             return
         if stage == sb.Stage.VALID:

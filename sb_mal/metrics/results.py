@@ -15,6 +15,8 @@ __all__ = ["EvalResult", "format_table"]
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return ""
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.3f}"
     return str(value)
