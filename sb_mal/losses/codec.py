@@ -187,6 +187,9 @@ class CodecApproximationLoss(nn.Module):
         """
         from sb_mal.checkpoints import ExportError, load_run_model
 
+        if source is None:
+            raise ValueError("CodecApproximationLoss.from_pretrained: no codec-net run given (set `codec_run` to a "
+                             "run of recipes/codec/train_codec_net.py)")
         net, ckpt, _ = load_run_model(source, key=key, mode=mode, checkpoint=checkpoint, recoverable=recoverable)
         if not hasattr(net, "forward_features"):
             raise ExportError(f"{source}: the run's model is a {type(net).__name__}, not a codec net "
