@@ -10,8 +10,8 @@ name   depth  base width  parameters
 P1     1      4           see ``LADDER``
 P2     2      4
 P3     2      8
-P4     3      16
-P5     4      32
+P4     3      8
+P5     4      16
 =====  =====  ==========  ================
 
 (:func:`ladder_table` prints the parameter counts; the README lists them.)
@@ -43,7 +43,7 @@ from sb_mal.dsp import StftConfig, frame_mask, istft, stft
 __all__ = ["LADDER", "SeparationUNet", "ladder_table"]
 
 #: capacity name -> (depth, base width)
-LADDER: dict[str, tuple[int, int]] = {"P1": (1, 4), "P2": (2, 4), "P3": (2, 8), "P4": (3, 16), "P5": (4, 32)}
+LADDER: dict[str, tuple[int, int]] = {"P1": (1, 4), "P2": (2, 4), "P3": (2, 8), "P4": (3, 8), "P5": (4, 16)}
 
 
 def _block(cin: int, cout: int, down: bool) -> nn.Sequential:
