@@ -60,3 +60,38 @@ def timed(fn, repeats: int = 3) -> tuple[float, list[float]]:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times
+
+
+def experiment_parser(doc: str, out: str):
+    """An argument parser with the options every experiment driver shares: ``--out`` (default
+    ``out``), ``--threads`` (torch threads per run), ``--parallel`` (runs at a time), ``--seed``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1234)
+    return parser
+
+
+def parse_with_overrides(parser):
+    """``(args, overrides)``: any argument the parser does not know must be a ``--key=value`` recipe
+    override, passed on to every run."""
+    args, extra = parser.parse_known_args()
+    bad = [a for a in extra if not (a.startswith("--") and "=" in a)]
+    if bad:
+        parser.error(f"unrecognized arguments {bad} (recipe overrides are written --key=value)")
+    return args, extra
+
+
+def devset_batch(n: int = 8, seconds: float = 3.0, seed: int = 3):
+    """``(noisy, clean)``: a fixed batch of ``n`` devset training mixtures, for step-cost benchmarks."""
+    import torch
+
+    from sb_mal.data.mixing import OnTheFlyMixer
+
+    mixer = OnTheFlyMixer(DEVSET / "speech/train", DEVSET / "noise/train", segment_seconds=seconds, num_items=n,
+                          seed=seed)
+    items = [mixer[i] for i in range(n)]
+    return torch.stack([it["noisy_sig"] for it in items]), torch.stack([it["clean_sig"] for it in items])

@@ -18,8 +18,7 @@ import time
 
 import torch
 
-from _results import DEVSET, header, update_section
-from sb_mal.data.mixing import OnTheFlyMixer
+from _results import devset_batch, header, update_section
 from sb_mal.losses import CodecApproximationLoss, WaveformL1
 from sb_mal.metrics import format_table
 from sb_mal.models import SeparationUNet, SpectralCodecNet, ladder_table
@@ -48,9 +47,7 @@ def main():
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    mixer = OnTheFlyMixer(DEVSET / "speech/train", DEVSET / "noise/train", segment_seconds=3.0, num_items=8, seed=3)
-    items = [mixer[i] for i in range(8)]
-    batch = (torch.stack([it["noisy_sig"] for it in items]), torch.stack([it["clean_sig"] for it in items]))
+    batch = devset_batch()
     torch.manual_seed(0)
     codec = SpectralCodecNet()  # the paper's size
     losses = {"L1": WaveformL1(), "codec F": CodecApproximationLoss(codec, layers="F"),

@@ -17,9 +17,8 @@ import time
 
 import torch
 
-from _results import DEVSET, header, update_section
+from _results import devset_batch, header, update_section
 from sb_mal.brains.mal import MAL_VARIANTS
-from sb_mal.data.mixing import OnTheFlyMixer
 from sb_mal.losses import ModelAsLoss, MultiResolutionSTFTLoss, WaveformL1, WeightedSum
 from sb_mal.metrics import format_table
 from sb_mal.models import SpectralUNetSE
@@ -58,9 +57,7 @@ def main():
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    mixer = OnTheFlyMixer(DEVSET / "speech/train", DEVSET / "noise/train", segment_seconds=3.0, num_items=8, seed=3)
-    items = [mixer[i] for i in range(8)]
-    batch = (torch.stack([it["noisy_sig"] for it in items]), torch.stack([it["clean_sig"] for it in items]))
+    batch = devset_batch()
     systems = {"reconstruction only": (None,), "MAL frozen": ("frozen",), "MAL frozen_fe": ("frozen_fe",),
                "MAL dynamic": ("dynamic",), "MAL dynamic, tap enc4 (no GRU)": ("dynamic", ("enc4",))}
     steps = {name: make_step(*v[:1], batch, *v[1:]) for name, v in systems.items()}

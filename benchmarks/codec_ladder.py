@@ -19,14 +19,13 @@ Usage: python benchmarks/codec_ladder.py --codec-run results/codec_experiment/co
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _results import DEVSET, header, update_section
+from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
 from mal_experiment import run
 from sb_mal.metrics import format_table
 
@@ -58,22 +57,15 @@ def gain_plot(path: Path, rows: list[dict]) -> None:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = experiment_parser(__doc__, "results/codec_experiment")
     parser.add_argument("--codec-run", required=True, help="a trained codec-net run folder")
-    parser.add_argument("--out", default="results/codec_experiment")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--capacities", nargs="+", default=["P1", "P2", "P3", "P4", "P5"])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--examples", type=int, default=200, help="training mixtures per epoch (batch 8)")
     parser.add_argument("--valid-size", type=int, default=30)
     parser.add_argument("--test-size", type=int, default=60)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=1234)
-    args, extra = parser.parse_known_args()  # anything else: --key=value overrides for every run
-    bad = [a for a in extra if not (a.startswith("--") and "=" in a)]
-    if bad:
-        parser.error(f"unrecognized arguments {bad} (recipe overrides are written --key=value)")
+    args, extra = parse_with_overrides(parser)
     from sb_mal.models.separation import LADDER, ladder_table
 
     unknown = [c for c in args.capacities if c not in LADDER]

@@ -17,7 +17,6 @@ Usage: python benchmarks/mal_experiment.py [--out results/mal_experiment] [--epo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -26,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _results import DEVSET, header, update_section
+from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
 from sb_mal.metrics import format_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,18 +59,11 @@ def noisy_scores(out: Path) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="results/mal_experiment")
+    parser = experiment_parser(__doc__, "results/mal_experiment")
     parser.add_argument("--epochs1", type=int, default=10)
     parser.add_argument("--epochs2", type=int, default=10)
     parser.add_argument("--examples", type=int, default=400, help="training mixtures per epoch")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=1234)
-    args, extra = parser.parse_known_args()  # anything else: --key=value overrides for every run
-    bad = [a for a in extra if not (a.startswith("--") and "=" in a)]
-    if bad:
-        parser.error(f"unrecognized arguments {bad} (recipe overrides are written --key=value)")
+    args, extra = parse_with_overrides(parser)
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     common = [f"--data_folder={DEVSET}", f"--examples_per_epoch={args.examples}", f"--seed={args.seed}",

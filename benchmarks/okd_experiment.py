@@ -19,7 +19,6 @@ Usage: python benchmarks/okd_experiment.py [--out results/okd_experiment] [--epo
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -27,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _results import DEVSET, header, update_section
+from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
 from mal_experiment import run
 from sb_mal.metrics import format_table
 
@@ -54,20 +53,13 @@ def noisy_scores(out: Path, ids: list[str]) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="results/okd_experiment")
+    parser = experiment_parser(__doc__, "results/okd_experiment")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--samples", type=int, default=24, help="utterances drawn per epoch")
     parser.add_argument("--valid-every", type=int, default=3)
     parser.add_argument("--valid-limit", type=int, default=20)
     parser.add_argument("--test-limit", type=int, default=60)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=1234)
-    args, extra = parser.parse_known_args()  # anything else: --key=value overrides for every run
-    bad = [a for a in extra if not (a.startswith("--") and "=" in a)]
-    if bad:
-        parser.error(f"unrecognized arguments {bad} (recipe overrides are written --key=value)")
+    args, extra = parse_with_overrides(parser)
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     common = [f"--data_folder={DEVSET}", f"--number_of_epochs={args.epochs}", f"--samples_per_epoch={args.samples}",

@@ -22,7 +22,6 @@ Usage: python benchmarks/pift_experiment.py [--out results/pift_experiment] [--e
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -30,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _results import DEVSET, header, update_section
+from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
 from mal_experiment import COLUMNS, noisy_scores, run
 from sb_mal.metrics import format_table
 
@@ -104,8 +103,7 @@ def shift_study(start_run: Path, wavlm: str, limit: int) -> list[dict]:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="results/pift_experiment")
+    parser = experiment_parser(__doc__, "results/pift_experiment")
     parser.add_argument("--init", default="results/mal_experiment/baseline", help="the starting run (or exported model)")
     parser.add_argument("--wavlm", default=None, help="a local WavLM folder (default: a random one built in --out)")
     parser.add_argument("--wavlm-layers", type=int, default=4)
@@ -114,13 +112,7 @@ def main():
     parser.add_argument("--examples", type=int, default=96, help="training mixtures per epoch (batch 8)")
     parser.add_argument("--valid-limit", type=int, default=30)
     parser.add_argument("--shift-limit", type=int, default=20, help="test utterances of the shift study")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=1234)
-    args, extra = parser.parse_known_args()  # anything else: --key=value overrides for every run
-    bad = [a for a in extra if not (a.startswith("--") and "=" in a)]
-    if bad:
-        parser.error(f"unrecognized arguments {bad} (recipe overrides are written --key=value)")
+    args, extra = parse_with_overrides(parser)
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     init = (REPO / args.init).resolve()
