@@ -25,12 +25,16 @@ FIGURES = Path(__file__).resolve().parent / "figures"
 SYSTEMS = {"baseline": "baseline", "MAL frozen": "frozen", "MAL frozen_fe": "frozen_fe", "MAL dynamic": "dynamic"}
 
 
-def small_png(src: Path, dst: Path, colors: int = 64) -> None:
-    """Copy a figure as a palette PNG (a few hundred kB at most in the repository)."""
+def small_png(src: Path, dst: Path, colors: int = 32, max_side: int = 1100) -> None:
+    """Copy a figure as a palette PNG, at most ``max_side`` pixels wide/high (a few hundred kB at most)."""
     from PIL import Image
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    Image.open(src).convert("RGB").quantize(colors=colors).save(dst, optimize=True)
+    image = Image.open(src).convert("RGB")
+    scale = max_side / max(image.size)
+    if scale < 1:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+    image.quantize(colors=colors).save(dst, optimize=True)
 
 
 def main():
