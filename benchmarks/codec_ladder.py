@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
-from mal_experiment import run
+from mal_experiment import run_once
 from sb_mal.metrics import format_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,18 +81,13 @@ def main():
     def job(spec: tuple[str, str, str]) -> tuple[tuple[str, str, str], float]:
         task, capacity, loss = spec
         folder = out / task / f"{capacity}_{loss}"
-        if (folder / "test_summary.json").exists() and (folder / "seconds").exists():
-            return spec, float((folder / "seconds").read_text())
         sizes = ([f"--valid_limit={args.valid_size}", f"--test_limit={args.test_size}"] if task == "speech"
                  else [f"--valid_items={args.valid_size}", f"--test_items={args.test_size}"])
         cmd = [sys.executable, "recipes/codec/train_separation.py", TASKS[task][1], f"--data_folder={DEVSET}",
                f"--output_folder={folder}", f"--capacity={capacity}", f"--loss={loss}", f"--codec_run={codec_run}",
                f"--number_of_epochs={args.epochs}", f"--examples_per_epoch={args.examples}", f"--seed={args.seed}",
                "--n_jobs=1", "--test_metrics=[pesq,stoi,si_sdr,dnsmos]", *sizes, *extra]
-        (out / task).mkdir(exist_ok=True)
-        seconds = run(cmd, out / task / f"{capacity}_{loss}.log", args.threads)
-        (folder / "seconds").write_text(f"{seconds:.1f}")
-        return spec, seconds
+        return spec, run_once(cmd, folder, out / task / f"{capacity}_{loss}.log", args.threads)
 
     # the largest (slowest) networks first, so the pool's two slots stay busy to the end
     specs = [(t, c, l) for c in sorted(args.capacities, reverse=True) for t in args.tasks for l in LOSSES]

@@ -43,6 +43,19 @@ def run(cmd: list[str], log: Path, threads: int) -> float:
     return time.monotonic() - t0
 
 
+def run_once(cmd: list[str], folder: Path, log: Path, threads: int,
+             outputs: tuple[str, ...] = ("test_summary.json",)) -> float:
+    """Wall seconds of the recipe run ``cmd`` writing to ``folder``; a run whose ``outputs`` and
+    recorded ``seconds`` are already there is not repeated (drivers resume after an interruption)."""
+    done = folder / "seconds"
+    if done.exists() and all((folder / name).exists() for name in outputs):
+        return float(done.read_text())
+    log.parent.mkdir(parents=True, exist_ok=True)
+    seconds = run(cmd, log, threads)
+    done.write_text(f"{seconds:.1f}")
+    return seconds
+
+
 def noisy_scores(out: Path) -> dict:
     """Means of the metrics on the noisy test inputs (cached in ``out/noisy_scores.json``)."""
     cache = out / "noisy_scores.json"
@@ -81,16 +94,12 @@ def main():
 
     def phase2(name: str) -> tuple[str, float]:
         folder = out / name
-        if (folder / "test_summary.json").exists() and (folder / "seconds").exists():
-            return name, float((folder / "seconds").read_text())
         variant = "frozen" if name == "baseline" else name
         cmd = [sys.executable, "recipes/mal/train.py", f"hparams/folders/mal_{variant}.yaml", f"--output_folder={folder}",
                f"--init_from={last}", "--phase1_epochs=0", f"--number_of_epochs={args.epochs2}", *common]
         if name == "baseline":
             cmd.append("--lambda_mal=0")
-        seconds = run(cmd, out / f"{name}.log", args.threads)
-        (folder / "seconds").write_text(f"{seconds:.1f}")
-        return name, seconds
+        return name, run_once(cmd, folder, out / f"{name}.log", args.threads)
 
     with ThreadPoolExecutor(args.parallel) as pool:
         times.update(dict(pool.map(phase2, SYSTEMS)))

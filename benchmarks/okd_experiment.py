@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
-from mal_experiment import run
+from mal_experiment import run_once
 from sb_mal.metrics import format_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,14 +68,10 @@ def main():
 
     def train(name: str) -> tuple[str, float]:
         folder = out / name
-        n = len(SYSTEMS[name][1])
-        if all((folder / f"test_summary_g{i}.json").exists() for i in range(n)) and (folder / "seconds").exists():
-            return name, float((folder / "seconds").read_text())
         cmd = [sys.executable, "recipes/metricgan_okd/train.py", f"hparams/folders/{name}.yaml",
                f"--output_folder={folder}", *common]
-        seconds = run(cmd, out / f"{name}.log", args.threads)
-        (folder / "seconds").write_text(f"{seconds:.1f}")
-        return name, seconds
+        outputs = tuple(f"test_summary_g{i}.json" for i in range(len(SYSTEMS[name][1])))
+        return name, run_once(cmd, folder, out / f"{name}.log", args.threads, outputs)
 
     t0 = time.monotonic()
     with ThreadPoolExecutor(args.parallel) as pool:  # the 4-generator run first: it is the longest

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
-from mal_experiment import COLUMNS, noisy_scores, run
+from mal_experiment import COLUMNS, noisy_scores, run_once
 from sb_mal.metrics import format_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,13 +136,9 @@ def main():
 
     def finetune(name: str) -> tuple[str, float]:
         folder = out / name
-        if (folder / "test_summary.json").exists() and (folder / "seconds").exists():
-            return name, float((folder / "seconds").read_text())
         cmd = [sys.executable, "recipes/pift/train.py", f"hparams/folders/pift_{name}.yaml",
                f"--output_folder={folder}", *common]
-        seconds = run(cmd, out / f"{name}.log", args.threads)
-        (folder / "seconds").write_text(f"{seconds:.1f}")
-        return name, seconds
+        return name, run_once(cmd, folder, out / f"{name}.log", args.threads)
 
     t0 = time.monotonic()
     with ThreadPoolExecutor(args.parallel) as pool:
