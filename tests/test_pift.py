@@ -20,6 +20,7 @@ from speechbrain.utils.epoch_loop import EpochCounter
 from conftest import make_run, tiny_unet  # noqa: E402  (shared test helpers)
 from sb_mal.audio import read_audio, write_audio
 from sb_mal.brains.pift import SPEED_FACTORS, PositionInvariantBrain, load_pretrained_state, speed_perturb
+from sb_mal.losses.reconstruction import terms_to_floats
 from sb_mal.losses import SSLMSELoss, SSLMSEPadLoss, SSLSoftDTWLoss, WaveformL1
 from sb_mal.models import SSLFeatureExtractor
 
@@ -127,12 +128,14 @@ def test_reconstruction_term_is_computed_on_the_unperturbed_input(ext, batch):
     clean, lens = batch.clean_sig
     assert out.shape[1] == 20000
     loss, terms = brain.compute_loss(out, clean, lens, sb.Stage.TRAIN)
+    terms = terms_to_floats(terms)  # the Brain keeps them as device tensors (no host sync per step)
     noisy, _ = batch.noisy_sig
     with torch.no_grad():
         rec = float(WaveformL1()(brain.modules.model(noisy, lens), clean, lens))
     assert terms["rec"] == pytest.approx(rec, rel=1e-5)
     assert float(loss.detach()) == pytest.approx(terms["ssl"] + 0.5 * rec, rel=1e-5)
     _, valid_terms = brain.compute_loss(brain.compute_forward(batch, sb.Stage.VALID), clean, lens, sb.Stage.VALID)
+    valid_terms = terms_to_floats(valid_terms)
     assert valid_terms["ssl_dtw"] == pytest.approx(valid_terms["ssl"], rel=1e-4)  # same divergence, unperturbed
 
 

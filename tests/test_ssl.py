@@ -97,8 +97,13 @@ def test_float32_under_autocast_and_after_dtype_casts(ext):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         auto, _ = ext(x)
     assert auto.dtype == torch.float32 and torch.allclose(auto, plain, atol=1e-6)
-    ext.double()
-    assert all(p.dtype == torch.float32 for p in ext.model.parameters())
+    ext.double()  # the owner's casts reach the model; the next input decides its compute dtype again
+    assert all(p.dtype == torch.float64 for p in ext.model.parameters())
+    again, _ = ext(x)
+    assert again.dtype == torch.float32 and all(p.dtype == torch.float32 for p in ext.model.parameters())
+    assert torch.allclose(again, plain, atol=1e-6)
+    half, _ = ext(x.to(torch.bfloat16))  # half-precision input: computed in float32
+    assert half.dtype == torch.float32 and all(p.dtype == torch.float32 for p in ext.model.parameters())
 
 
 # -- lengths, layers, normalisation -------------------------------------------------------------------

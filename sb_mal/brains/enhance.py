@@ -38,11 +38,12 @@ from sb_mal.audio import write_audio
 from sb_mal.brains.ddp import GlooFriendlyDDP, unwrap
 from sb_mal.metrics import evaluate as evaluate_metrics
 from sb_mal.fileio import atomic_write_text
+from sb_mal.losses.reconstruction import terms_to_floats
 from sb_mal.metrics.results import EvalResult
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EnhanceBrain", "model_config"]
+__all__ = ["EnhanceBrain", "loss_terms", "model_config"]
 
 
 def model_config(model: torch.nn.Module) -> dict:
@@ -53,6 +54,14 @@ def model_config(model: torch.nn.Module) -> dict:
             f"{type(model).__name__} has no `config` dict of constructor arguments; sb_mal models record theirs"
         )
     return {"class": f"{type(model).__module__}.{type(model).__qualname__}", "kwargs": cfg}
+
+
+def loss_terms(loss, prefix: str = "") -> dict:
+    """The named terms of ``loss``'s last call (detached tensors, no host sync), keys prefixed."""
+    terms = getattr(loss, "last_term_tensors", None)
+    if terms is None:
+        terms = getattr(loss, "last_terms", None) or {}
+    return {f"{prefix}{k}": v for k, v in terms.items()}
 
 
 def _gather_rows(rows: list) -> list:
@@ -89,6 +98,7 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
         loss, terms = self.compute_loss(predictions, clean, lens, stage)
         if terms:
             for name, value in terms.items():
+                value = value.detach() if isinstance(value, torch.Tensor) else value
                 self._term_sums[name] = self._term_sums.get(name, 0.0) + value
             self._term_count += 1
         if stage != sb.Stage.TRAIN:
@@ -98,11 +108,13 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
     def compute_loss(self, predictions, clean, lens, stage):
         """``(loss, terms)``: the training objective and named parts of it for the logs.
 
+        ``terms`` are detached scalar tensors (or floats); they are summed on the device and turned
+        into numbers once per stage, so logging costs no host-device synchronisation per step.
         Subclasses change the objective here (e.g. MALBrain's phase 2).
         """
         cost = self.hparams.compute_cost
         loss = cost(predictions, clean, lens)
-        return loss, dict(getattr(cost, "last_terms", None) or {})
+        return loss, loss_terms(cost)
 
     def _collect(self, batch, predictions, clean, lens, stage):
         n = predictions.shape[1]
@@ -171,7 +183,7 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
         """Log, checkpoint by the validation key, write test results."""
         stats = {"loss": stage_loss}
         if self._term_count:
-            stats.update({k: v / self._term_count for k, v in self._term_sums.items()})
+            stats.update({k: v / self._term_count for k, v in terms_to_floats(self._term_sums).items()})
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
             return

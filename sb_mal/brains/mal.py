@@ -27,7 +27,9 @@ phase 2 adds ``lambda_mal * feature_loss`` instead of the model's own encoder.
 Hparams: everything EnhanceBrain reads, plus ``rec_cost``, ``variant`` (or ``loss_encoder`` +
 ``train_encoder``), ``mal_taps`` (["bottleneck"]), ``lambda_mal`` (1.0), ``lambda_rec`` (1.0),
 ``phase1_epochs`` (0), ``init_from`` (optional run folder / CKPT folder / model.ckpt),
-``feature_loss`` (with ``variant: ssl_l1``).
+``feature_loss`` (with ``variant: ssl_l1``). For a model without the encode protocol (any
+``nn.Module``): ``mal_taps`` are module paths, ``mal_input_fn`` maps waveforms to its input and
+``encoder_prefixes`` names its encoder (needed by frozen_fe); see :class:`sb_mal.losses.ModelAsLoss`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from __future__ import annotations
 import logging
 
 from sb_mal.brains.ddp import unwrap
-from sb_mal.brains.enhance import EnhanceBrain
+from sb_mal.brains.enhance import EnhanceBrain, loss_terms
 from sb_mal.losses.model_as_loss import ModelAsLoss
 
 logger = logging.getLogger(__name__)
@@ -71,8 +73,12 @@ class MALBrain(EnhanceBrain):
             self.loss_encoder = "external"
             self.mal_loss = feature_loss.to(self.device)
         else:
-            self.mal_loss = ModelAsLoss(self.modules.model, taps=list(getattr(h, "mal_taps", ["bottleneck"])),
-                                        encoder=self.loss_encoder, snapshot_now=False).to(self.device)
+            taps = getattr(h, "mal_taps", None)
+            self.mal_loss = ModelAsLoss(self.modules.model, taps=None if taps is None else list(taps),
+                                        encoder=self.loss_encoder, input_fn=getattr(h, "mal_input_fn", None),
+                                        train_encoder=self.train_encoder,
+                                        encoder_prefixes=getattr(h, "encoder_prefixes", None),
+                                        snapshot_now=False).to(self.device)
             if self.checkpointer is not None:
                 self.checkpointer.add_recoverable("mal_loss", self.mal_loss)
         self._phase2_ready = False
@@ -103,9 +109,8 @@ class MALBrain(EnhanceBrain):
         model = unwrap(self.modules.model)
         if self.loss_encoder == "snapshot" and not self._loss_ready():
             self.mal_loss.take_snapshot(model)
-        if not self.train_encoder:
-            for module in model.encoder_modules():
-                module.requires_grad_(False)
+        if not self.train_encoder:  # also after a resume, when the snapshot came from the checkpoint
+            self.mal_loss.freeze_encoder(model)
         self._phase2_ready = True
 
     def on_stage_start(self, stage, epoch=None):
@@ -122,10 +127,11 @@ class MALBrain(EnhanceBrain):
         """Reconstruction in phase 1; ``lambda_rec * rec + lambda_mal * L_mal`` in phase 2."""
         rec_cost = self.hparams.rec_cost
         rec = rec_cost(predictions, clean, lens)
-        terms = {f"rec_{k}": v for k, v in (getattr(rec_cost, "last_terms", None) or {}).items()}
-        terms["rec"] = float(rec.detach())
+        terms = loss_terms(rec_cost, "rec_")
+        terms["rec"] = rec.detach()
         if self.lambda_mal == 0 or not self.in_phase2() or not self._loss_ready():
             return rec, terms
         mal = self.mal_loss(predictions, clean, lens)
-        terms["mal"] = float(mal.detach())
+        terms.update(loss_terms(self.mal_loss))
+        terms["mal"] = mal.detach()
         return self.lambda_rec * rec + self.lambda_mal * mal, terms

@@ -61,7 +61,7 @@ import torch
 
 from sb_mal.audio import resample
 from sb_mal.brains.ddp import unwrap
-from sb_mal.brains.enhance import EnhanceBrain
+from sb_mal.brains.enhance import EnhanceBrain, loss_terms
 
 logger = logging.getLogger(__name__)
 
@@ -260,8 +260,8 @@ class PositionInvariantBrain(EnhanceBrain):
         kwargs = {"target_length": lens} if self.takes_target_length else {}
         ssl = self.ssl_loss(predictions, clean, lens, **kwargs)
         name = getattr(self.ssl_loss, "name", None)
-        terms = {k: v for k, v in (getattr(self.ssl_loss, "last_terms", None) or {}).items() if k != name}
-        terms["ssl"] = float(ssl.detach())
+        terms = {k: v for k, v in loss_terms(self.ssl_loss).items() if k != name}
+        terms["ssl"] = ssl.detach()
         loss = self.lambda_ssl * ssl
         if self.lambda_rec > 0:
             rec_pred = predictions
@@ -270,8 +270,8 @@ class PositionInvariantBrain(EnhanceBrain):
                 # the gradients still reach the shared parameters (and DDP's reducer) in the same backward
                 rec_pred = unwrap(self.modules.model)(*self._unperturbed)
             rec = self.rec_cost(rec_pred, clean, lens)
-            terms.update({f"rec_{k}": v for k, v in (getattr(self.rec_cost, "last_terms", None) or {}).items()})
-            terms["rec"] = float(rec.detach())
+            terms.update(loss_terms(self.rec_cost, "rec_"))
+            terms["rec"] = rec.detach()
             loss = loss + self.lambda_rec * rec
         if stage != sb.Stage.TRAIN and self.dtw_metric is not None:
             with torch.no_grad():

@@ -41,7 +41,8 @@ three encoder layers run when ``lb == 0``).
 
 The codec net is frozen *in place* (``requires_grad=False``) and always runs in eval mode
 (BatchNorm running statistics and dropout never change, whatever ``.train()`` the Brain calls);
-gradient reaches the prediction only. It follows the predictions to their device.
+gradient reaches the prediction only. It follows the predictions to their device and computes in
+float32 (:class:`sb_mal.models.frozen.FrozenNetworks`).
 
 Stock SpeechBrain recipe::
 
@@ -60,8 +61,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from sb_mal.losses.reconstruction import WaveformL1, check_waveforms, reduce
+from sb_mal.losses.reconstruction import LossTerms, WaveformL1, check_waveforms, reduce
 from sb_mal.models.codec_net import masked_l1, valid_at_level
+from sb_mal.models.frozen import FrozenNetworks
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ def layer_set(name: str, levels: int = 5) -> list[str]:
 LAYER_SETS: dict[str, tuple[str, ...]] = {name: tuple(layer_set(name, 5)) for name in _SET_NAMES}
 
 
-class CodecApproximationLoss(nn.Module):
+class CodecApproximationLoss(LossTerms, FrozenNetworks):
     """Waveform L1 + codec-imitation L1 + codec-net feature L1 (see the module docstring).
 
     Arguments
@@ -109,7 +111,7 @@ class CodecApproximationLoss(nn.Module):
     layer_weights : float, sequence or mapping, optional
         ``lm`` per selected layer (default 1.0 each).
 
-    ``last_terms`` holds the last call's term values (detached batch means) for logging.
+    ``last_terms`` / ``last_term_tensors`` hold the last call's term values (batch means) for logging.
 
     Example
     -------
@@ -134,15 +136,13 @@ class CodecApproximationLoss(nn.Module):
         for name, w in (("la", la), ("lb", lb), ("lc", lc)):
             if not float(w) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {w}")
-        self.codec_net = codec_net
-        self.codec_net.requires_grad_(False).eval()
+        self.freeze("codec_net", codec_net)
         self.layers = self._resolve_layers(layers)
         self.layer_weights = self._resolve_weights(layer_weights)
         self.la, self.lb, self.lc = float(la), float(lb), float(lc)
         if self.la == 0 and self.lb == 0 and (self.lc == 0 or not self.layers):
             raise ValueError("all terms of CodecApproximationLoss have zero weight (la, lb, lc or no layers)")
         self.wave_l1 = WaveformL1()
-        self.last_terms: dict[str, float] = {}
 
     def _resolve_layers(self, layers) -> list[str]:
         names = self.codec_net.layer_names
@@ -197,12 +197,6 @@ class CodecApproximationLoss(nn.Module):
         logger.info("CodecApproximationLoss: codec net %s from %s", type(net).__name__, ckpt)
         return cls(net, **kwargs)
 
-    def train(self, mode: bool = True):
-        """The codec net stays in eval mode whatever the Brain asks."""
-        super().train(mode)
-        self.codec_net.eval()
-        return self
-
     def _upto(self) -> str | None:
         """Deepest layer the forward pass must reach (None: the whole net, for the prediction term)."""
         if self.lb > 0 or self.lc == 0:
@@ -212,23 +206,22 @@ class CodecApproximationLoss(nn.Module):
 
     def forward(self, predictions, targets, length=None, reduction: str = "mean"):
         predictions, targets = check_waveforms(predictions, targets, "CodecApproximationLoss")
+        predictions = self.follow(predictions)
+        targets = targets.to(predictions)
         net = self.codec_net
         if net.training:  # someone switched it on directly
             net.eval()
-        param = next(net.parameters(), None)
-        if param is not None and param.device != predictions.device:
-            net.to(predictions.device)
         terms: dict[str, torch.Tensor] = {}
-        total = torch.zeros(predictions.shape[0], device=predictions.device)
+        total = predictions.new_zeros(predictions.shape[0])
         if self.la > 0:
             terms["wave_l1"] = self.wave_l1(predictions, targets, length, reduction="batch")
             total = total + self.la * terms["wave_l1"]
         if self.lb > 0 or (self.lc > 0 and self.layers):
             upto = self._upto()
             with torch.no_grad():
-                ref_in, scale, valid = net.prepare(targets.float(), length)
+                ref_in, scale, valid = net.prepare(targets, length)
                 ref_feats, ref_out = net.forward_features(ref_in, valid, upto)
-            est_in = net.prepare(predictions.float(), length, scale=scale)[0]
+            est_in = net.prepare(predictions, length, scale=scale)[0]
             est_feats, est_out = net.forward_features(est_in, valid, upto)
             if self.lb > 0:
                 terms["codec_l1"] = masked_l1(est_out, ref_out, valid)
@@ -243,5 +236,7 @@ class CodecApproximationLoss(nn.Module):
                     feat = feat + w * term
                 terms["features"] = feat
                 total = total + self.lc * feat
-        self.last_terms = {k: float(v.detach().mean()) for k, v in terms.items()}
+        self._start_terms()
+        for name, value in terms.items():
+            self._term(name, value)
         return reduce(total, reduction)

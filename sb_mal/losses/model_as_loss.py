@@ -1,94 +1,208 @@
-"""Model as Loss (MAL): the encoder of the enhancement model itself is the loss.
+"""Model as Loss (MAL): the encoder of the enhancement model itself is the loss, for any model.
 
-``L_mal = sum over taps t of mean |E_t(clean) - E_t(enhanced)|`` where ``E`` is the encoder of an
-encoder-decoder model (anything with ``encode(wav, lengths) -> Encoding``, see
-:class:`sb_mal.models.SpectralUNetSE`). Each tap's term is the mean over its valid (unpadded)
-frames and feature elements, so taps of different sizes weigh alike.
+``L_mal = sum over taps t of mean |E_t(clean) - E_t(enhanced)|`` where ``E_t`` is an activation of
+the model ("tap") computed on the loss's waveforms. Each tap's term is the mean over its valid
+(unpadded) frames and all feature elements, so taps of different sizes weigh alike.
 
-Which weights define ``E`` (a design decision the paper leaves open; see ARCHITECTURE.md):
+Taps
+    Module paths from ``model.named_modules()`` (``conv2``, ``blstm``, ``masknet.dual_mdl.0``...),
+    captured with forward hooks; the forward pass is abandoned as soon as every tap has fired, so
+    no decoder compute is spent on the loss. A tap whose output is a tuple or list (RNNs return
+    ``(output, hidden)``) gives its first element; a ``PackedSequence`` is unpacked. Models with the
+    encode protocol (:class:`sb_mal.models.SpectralUNetSE`: ``encode(wav, lengths)`` with named
+    ``taps``) also accept their tap names (``bottleneck``, ``enc1`` ..), computed by ``encode``
+    (the fast path; default tap ``bottleneck``).
+Inputs
+    The loss receives waveforms ``[B, T]``; ``input_fn`` turns them into the model's input:
+    ``torch.unsqueeze(dim=-1)`` for SpeechBrain's FCN (``[B, T, 1]``), :class:`Log1pMagnitude` for
+    spectral-mask models (log1p magnitude ``[B, frames, F]``, as SpeechBrain's spectral-mask
+    recipes compute it). The model is called as ``model(x, lengths)`` when its ``forward`` has a
+    ``lengths`` argument (as SpeechBrain's ``SpectralMaskEnhancement`` decides), else ``model(x)``;
+    ``pass_lengths`` overrides the choice.
+Padding
+    Frames beyond each item's relative length are left out. Tap outputs are taken as batch-first
+    with time on ``time_axis`` (1 by default: SpeechBrain's ``[B, T, ...]`` convention; give -1 for
+    PyTorch's channels-first ``[B, C, T]``); item ``b`` has ``round(length_b * frames)`` valid frames.
+    A ``[B, D]`` tap has no time axis and is compared whole.
+
+Which weights define ``E`` (a decision the paper leaves open; ``docs/design.md``):
 
 ``encoder="snapshot"``
-    a frozen copy of the model, taken by :meth:`ModelAsLoss.take_snapshot` (MALBrain does this at
-    the end of phase 1). The copy is part of the loss's ``state_dict``, so it is checkpointed.
+    a frozen copy of the model, taken at construction (``snapshot_now=True``) or by
+    :meth:`ModelAsLoss.take_snapshot` (MALBrain does it when phase 2 starts). The copy is part of
+    the loss's ``state_dict``, so it is checkpointed.
 ``encoder="live"``
-    the current weights of the model being trained, re-read at every call.
+    the current weights of the model being trained. They are read in place through detached views
+    (``torch.func.functional_call``), so nothing is copied, the loss always sees the weights of the
+    moment, and it can be called any number of times before ``backward()`` (SpeechBrain's templates
+    compute the cost twice per step: for the loss and for ``MetricStats``).
 
-In both cases the loss never sends gradient into the weights that define it: the loss encoder is a
-separate module with ``requires_grad=False`` (for ``live`` a mirror whose weights are copied from
-the model before every call, a few milliseconds), so only the enhanced signal receives gradient. Without that, the
-encoder could collapse to a constant and make the loss zero. ``E(clean)`` is computed without
-gradient. The loss encoder always runs in eval mode (no dropout; running statistics untouched).
+In both cases no gradient reaches the weights that define the loss (the snapshot is frozen; the
+live weights enter detached), so the encoder cannot collapse to a constant to make the loss vanish;
+only the enhanced signal receives gradient. ``E(clean)`` is computed without gradient. The loss
+encoder runs in eval mode (no dropout; BatchNorm running statistics used and left untouched).
 
-Use in a stock SpeechBrain recipe (waveform-domain ``compute_cost``), with the live encoder of a
-model that follows the encode protocol::
+``train_encoder=False`` (the paper's frozen_fe variant) freezes the encoder part of the live model,
+named by ``encoder_prefixes`` (module paths; the backbone's ``encoder_modules()`` by default for
+models with the encode protocol), when the snapshot is taken, so only the rest learns.
 
-    compute_cost: !new:sb_mal.losses.ModelAsLoss
-        model: !ref <model>
-        encoder: live
+Device and dtype follow the inputs (:class:`sb_mal.models.frozen.FrozenNetworks`), whether or not
+the recipe lists the loss in ``modules``.
 
-or with the frozen encoder of a model trained and exported earlier::
-
-    compute_cost: !apply:sb_mal.losses.ModelAsLoss.from_pretrained [my_exported_model]
+Use in a stock SpeechBrain recipe: see the README section "Model as Loss in SpeechBrain's recipes".
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from sb_mal.losses.reconstruction import check_waveforms, reduce
+from sb_mal.losses.reconstruction import LossTerms, check_waveforms, reduce
+from sb_mal.models.frozen import FrozenNetworks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelAsLoss"]
+__all__ = ["Log1pMagnitude", "ModelAsLoss", "ModelAsLossError"]
 
 
-class _Taps(nn.Module):
-    """Wraps a model so that ``forward`` returns the requested encoder taps and the frame mask."""
+class ModelAsLossError(RuntimeError):
+    """The model cannot serve as a loss with the given taps / input function (names the model and tap)."""
 
-    def __init__(self, model: nn.Module, taps: Sequence[str]):
+
+class _TapsReady(BaseException):
+    """Raised from a forward hook once every tap has fired: the rest of the forward pass is skipped.
+
+    A BaseException so that a model's own ``except Exception`` cannot swallow it.
+    """
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
+
+
+def _accepts_lengths(model: nn.Module) -> bool:
+    try:
+        return "lengths" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class Log1pMagnitude(nn.Module):
+    """``log1p(|STFT(wav)|)`` ``[B, frames, F]``: the input of SpeechBrain's spectral-mask models.
+
+    Arguments
+    ---------
+    compute_stft : callable, optional
+        A SpeechBrain ``STFT`` (e.g. the recipe's ``compute_STFT``, through ``!ref``). Default:
+        ``STFT(sample_rate, win_length=32, hop_length=16, n_fft=512, window_fn=hamming)``, the
+        Voicebank recipes' settings.
+    power : float
+        Passed to ``spectral_magnitude`` (0.5 = magnitude, as in those recipes).
+
+    Example
+    -------
+    >>> Log1pMagnitude()(torch.randn(2, 16000)).shape
+    torch.Size([2, 63, 257])
+    """
+
+    def __init__(self, compute_stft: Callable | None = None, power: float = 0.5, sample_rate: int = 16000):
+        super().__init__()
+        if compute_stft is None:
+            from speechbrain.processing.features import STFT
+
+            compute_stft = STFT(sample_rate=sample_rate, win_length=32, hop_length=16, n_fft=512,
+                                window_fn=torch.hamming_window)
+        self.compute_stft, self.power = compute_stft, float(power)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        from speechbrain.processing.features import spectral_magnitude
+
+        return torch.log1p(spectral_magnitude(self.compute_stft(wav), power=self.power))
+
+
+class _Encoder(nn.Module):
+    """Runs ``model`` up to the taps: ``encode`` (protocol) or ``forward`` with hooks."""
+
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.taps = list(taps)
 
-    def forward(self, wav, lengths):
-        enc = self.model.encode(wav, lengths)
-        missing = [t for t in self.taps if t not in enc.taps]
+    def forward(self, x, lengths, owner: ModelAsLoss):
+        model = self.model
+        if owner.protocol:
+            enc = model.encode(x, lengths)
+            missing = [t for t in owner.taps if t not in enc.taps]
+            if missing:
+                raise ModelAsLossError(f"ModelAsLoss: encoder taps {missing} not available; "
+                                       f"{type(model).__name__}.encode offers {sorted(enc.taps)}")
+            return [enc.taps[t] for t in owner.taps], enc.frame_mask
+        captured: dict[str, object] = {}
+
+        def hook_for(name):
+            def hook(module, args, output):
+                if name not in captured:
+                    captured[name] = output
+                    if len(captured) == len(owner.taps):
+                        raise _TapsReady
+            return hook
+
+        handles = [model.get_submodule(t).register_forward_hook(hook_for(t)) for t in owner.taps]
+        try:
+            if owner.pass_lengths:
+                model(x, lengths)
+            else:
+                model(x)
+        except _TapsReady:
+            pass
+        except Exception as err:
+            raise ModelAsLossError(f"ModelAsLoss: {type(model).__name__} failed on the input given by input_fn "
+                                   f"({_describe(x)}): {type(err).__name__}: {err}") from err
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [t for t in owner.taps if t not in captured]
         if missing:
-            raise KeyError(f"encoder taps {missing} not available; the model offers {sorted(enc.taps)}")
-        return [enc.taps[t] for t in self.taps], enc.frame_mask
+            raise ModelAsLossError(f"ModelAsLoss: taps {missing} of {type(model).__name__} were never called "
+                                   "during its forward pass")
+        return [owner._tap_tensor(t, captured[t]) for t in owner.taps], None
 
 
-def _tap_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-item mean |a - b| over valid frames; ``a``/``b`` are [B, T, D] or [B, C, T, F]."""
-    diff = (a - b).abs()
-    if diff.dim() == 3:  # [B, T, D]
-        m = mask[:, :, None].to(diff.dtype)
-        per_frame = diff.shape[2]
-    elif diff.dim() == 4:  # [B, C, T, F]
-        m = mask[:, None, :, None].to(diff.dtype)
-        per_frame = diff.shape[1] * diff.shape[3]
-    else:
-        raise ValueError(f"encoder taps must be [B, T, D] or [B, C, T, F], got {tuple(diff.shape)}")
-    return (diff * m).flatten(1).sum(1) / (mask.sum(1).clamp(min=1) * per_frame)
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"tensor of shape {tuple(x.shape)}"
+    return f"a {type(x).__name__}"
 
 
-class ModelAsLoss(nn.Module):
-    """L1 distance between encoder features of clean and enhanced audio (see module docstring).
+class ModelAsLoss(LossTerms, FrozenNetworks):
+    """L1 distance between a model's activations on clean and enhanced audio (module docstring).
 
     Arguments
     ---------
     model : nn.Module
-        The enhancement model (encode/decode protocol).
-    taps : sequence of str
-        Encoder activations to compare (default: the bottleneck; the backbone also offers
-        ``enc1`` .. ``encN``).
+        The enhancement model (any ``nn.Module``; a DDP wrapper is looked through).
+    taps : str or sequence of str, optional
+        Module paths (``model.named_modules()``) or, for encode-protocol models, their tap names.
+        Default: ``["bottleneck"]`` for encode-protocol models; required otherwise.
     encoder : str
         ``"snapshot"`` (frozen copy) or ``"live"`` (the model's current weights).
+    input_fn : callable, optional
+        Maps the loss's waveforms ``[B, T]`` to the model's input (default: identity).
+    pass_lengths : bool, optional
+        Call ``model(x, lengths)`` (True) or ``model(x)`` (False); default: whether ``forward``
+        has a ``lengths`` argument. Encode-protocol models always get the lengths.
+    time_axis : int or mapping of tap -> int
+        Time axis of the tap outputs (default 1, batch first).
+    train_encoder : bool
+        False freezes ``encoder_prefixes`` of the live model when the snapshot is taken (frozen_fe).
+    encoder_prefixes : sequence of str, optional
+        Module paths that make up the encoder (for ``train_encoder=False``).
     snapshot_now : bool
         With ``encoder="snapshot"``: take the snapshot at construction (True, e.g. for a
         pretrained model) or leave it to :meth:`take_snapshot` (False; MALBrain's phase 2).
@@ -105,42 +219,113 @@ class ModelAsLoss(nn.Module):
     >>> mal(enhanced, clean).backward()
     >>> enhanced.grad.abs().sum() > 0, all(p.grad is None for p in model.parameters())
     (tensor(True), True)
+
+    Any model, through forward hooks on module paths (here a waveform-in, waveform-out conv net
+    that takes ``[B, T, 1]``):
+
+    >>> from speechbrain.nnet.containers import Sequential
+    >>> from speechbrain.nnet.CNN import Conv1d
+    >>> fcn = Sequential(input_shape=[None, None, 1])
+    >>> fcn.append(Conv1d, out_channels=8, kernel_size=9, layer_name="conv1")
+    >>> fcn.append(torch.nn.LeakyReLU(0.3), layer_name="act1")
+    >>> fcn.append(Conv1d, out_channels=1, kernel_size=9, layer_name="conv_out")
+    >>> mal = ModelAsLoss(fcn, taps=["act1"], encoder="live", input_fn=lambda w: w.unsqueeze(-1))
+    >>> mal(enhanced, clean, torch.tensor([1.0, 0.5]), reduction="batch").shape
+    torch.Size([2])
     """
 
-    def __init__(self, model: nn.Module, taps: Sequence[str] = ("bottleneck",), encoder: str = "snapshot",
-                 snapshot_now: bool = True):
+    def __init__(self, model: nn.Module, taps: str | Sequence[str] | None = None, encoder: str = "snapshot",
+                 input_fn: Callable | None = None, *, pass_lengths: bool | None = None,
+                 time_axis: int | Mapping[str, int] = 1, train_encoder: bool = True,
+                 encoder_prefixes: Sequence[str] | None = None, snapshot_now: bool = True):
         super().__init__()
         if encoder not in ("snapshot", "live"):
             raise ValueError(f"encoder must be 'snapshot' or 'live', got {encoder!r}")
-        if not hasattr(model, "encode"):
-            raise TypeError(f"{type(model).__name__} has no encode(wav, lengths) method; ModelAsLoss needs the "
-                            "encoder-decoder protocol (see sb_mal.models.SpectralUNetSE)")
-        if isinstance(taps, str):
-            taps = [taps]
-        if not taps:
-            raise ValueError("give at least one encoder tap")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"ModelAsLoss: model must be a torch.nn.Module, got {type(model).__name__}")
+        if input_fn is not None and not callable(input_fn):
+            raise TypeError(f"ModelAsLoss: input_fn must be callable, got {type(input_fn).__name__}")
+        model = _unwrap(model)
+        self.model_name = type(model).__name__
         self.encoder = encoder
-        self.taps = list(taps)
-        self._live = [_Taps(model, self.taps)]  # lists: not registered submodules (no duplicate state)
-        frozen_copy = _Taps(copy.deepcopy(model), self.taps)
-        frozen_copy.requires_grad_(False).eval()
+        self.taps, self.protocol = self._resolve_taps(model, taps)
+        self.time_axis = time_axis
+        self.input_fn = input_fn  # an nn.Module input_fn is registered (moves with .to())
+        self.pass_lengths = True if self.protocol else (_accepts_lengths(model) if pass_lengths is None
+                                                        else bool(pass_lengths))
+        self.train_encoder = bool(train_encoder)
+        self.encoder_prefixes = self._resolve_prefixes(model, encoder_prefixes)
+        self._live = [_Encoder(model)]  # a list: not a registered submodule (no duplicate state)
         if encoder == "snapshot":
-            self.snapshot = frozen_copy  # part of state_dict: checkpointed
-            self.register_buffer("snapshot_taken", torch.tensor(bool(snapshot_now)))
-        else:
-            self._mirror = [frozen_copy]  # refreshed from the live weights at every call
-        self.last_terms: dict[str, float] = {}
+            self.freeze("snapshot", _Encoder(copy.deepcopy(model)))  # in state_dict: checkpointed
+            self.register_buffer("snapshot_taken", torch.tensor(False))
+            if snapshot_now:
+                self.take_snapshot()
 
+    # -- configuration ---------------------------------------------------------------------------
+    @staticmethod
+    def _resolve_taps(model: nn.Module, taps) -> tuple[list[str], bool]:
+        name = type(model).__name__
+        protocol = callable(getattr(model, "encode", None))
+        protocol_taps = list(getattr(model, "tap_names", []) or [])
+        modules = [n for n, _ in model.named_modules() if n]
+        if taps is None:
+            if protocol:
+                return ["bottleneck"], True
+            raise ValueError(f"ModelAsLoss: {name} has no encode() method, so give `taps`: module paths of its "
+                             f"encoder from model.named_modules(), e.g. {_listing(modules)}")
+        taps = [taps] if isinstance(taps, str) else list(taps)
+        if not taps or not all(isinstance(t, str) for t in taps):
+            raise ValueError(f"ModelAsLoss: taps must be a non-empty list of names, got {taps!r}")
+        if len(set(taps)) != len(taps):
+            raise ValueError(f"ModelAsLoss: taps listed twice in {taps}")
+        if protocol and (not protocol_taps or all(t in protocol_taps for t in taps)):
+            return taps, True
+        unknown = [t for t in taps if t not in modules]
+        if unknown:
+            offered = f"encoder taps {protocol_taps} or module paths " if protocol_taps else "module paths "
+            raise ValueError(f"ModelAsLoss: tap(s) {unknown} not found in {name}; it offers {offered}"
+                             f"{_listing(modules)}")
+        return taps, False
+
+    def _resolve_prefixes(self, model: nn.Module, prefixes) -> list[str]:
+        modules = [n for n, _ in model.named_modules() if n]
+        if prefixes is None:
+            if self.protocol and hasattr(model, "encoder_modules"):
+                ids = {id(m) for m in model.encoder_modules()}
+                return [n for n, m in model.named_modules() if id(m) in ids]
+            if not self.train_encoder:
+                raise ValueError(f"ModelAsLoss: train_encoder=False (frozen_fe) on {self.model_name} needs "
+                                 f"encoder_prefixes, the module paths of its encoder, e.g. {_listing(modules)}")
+            return []
+        prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
+        unknown = [p for p in prefixes if p not in modules]
+        if unknown:
+            raise ValueError(f"ModelAsLoss: encoder_prefixes {unknown} are not modules of {self.model_name}; "
+                             f"it has {_listing(modules)}")
+        return prefixes
+
+    def extra_repr(self) -> str:
+        return (f"model={self.model_name}, taps={self.taps}, encoder={self.encoder!r}, "
+                f"path={'encode' if self.protocol else 'hooks'}")
+
+    # -- snapshot and frozen encoder ---------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, source: str, taps: Sequence[str] = ("bottleneck",), savedir: str | None = None,
-                        run_opts: dict | None = None) -> ModelAsLoss:
-        """A frozen MAL loss from an exported model folder or hub id (``sb-mal export`` output)."""
+    def from_pretrained(cls, source: str, taps: Sequence[str] | None = None, savedir: str | None = None,
+                        run_opts: dict | None = None, **kwargs) -> ModelAsLoss:
+        """A frozen MAL loss from an exported model folder or hub id.
+
+        Both sb_mal's exported folders and SpeechBrain's own enhancement layouts load (see
+        :class:`sb_mal.inference.Enhancer`); for a spectral-mask folder, ``input_fn`` defaults to
+        the folder's own feature computation.
+        """
         from sb_mal.inference import Enhancer
 
         enhancer = Enhancer.from_hparams(source=source, savedir=savedir, run_opts=run_opts or {})
-        return cls(enhancer.mods.enhance_model, taps=taps, encoder="snapshot", snapshot_now=True)
+        if enhancer.layout == "spectral_mask":
+            kwargs.setdefault("input_fn", enhancer.compute_features)
+        return cls(enhancer.mods.enhance_model, taps=taps, encoder="snapshot", snapshot_now=True, **kwargs)
 
-    # -- snapshot management ---------------------------------------------------------------------
     @property
     def ready(self) -> bool:
         """Whether the loss encoder is defined (always for live; after a snapshot otherwise)."""
@@ -150,56 +335,117 @@ class ModelAsLoss(nn.Module):
         """Freeze a copy of ``model``'s current weights (default: the model given at construction)."""
         if self.encoder != "snapshot":
             raise RuntimeError("take_snapshot() only applies to encoder='snapshot'")
-        source = model if model is not None else self._live[0].model
-        source = source.module if hasattr(source, "module") and not hasattr(source, "encode") else source
+        source = _unwrap(model if model is not None else self._live[0].model)
         self.snapshot.model.load_state_dict(source.state_dict())
         self.snapshot.requires_grad_(False).eval()
         self.snapshot_taken.fill_(True)
-        logger.info("ModelAsLoss: encoder snapshot taken")
+        if not self.train_encoder:
+            self.freeze_encoder(source)
+        logger.info("ModelAsLoss: encoder snapshot taken (%s)", self.model_name)
 
-    def train(self, mode: bool = True):
-        """The loss encoder stays in eval mode whatever the Brain asks."""
-        super().train(mode)
+    def freeze_encoder(self, model: nn.Module | None = None) -> int:
+        """Stop training the encoder part (``encoder_prefixes``) of the live model; returns the tensors frozen."""
+        model = _unwrap(model if model is not None else self._live[0].model)
+        frozen = 0
+        for prefix in self.encoder_prefixes:
+            for p in model.get_submodule(prefix).parameters():
+                if p.requires_grad:
+                    p.requires_grad_(False)
+                    frozen += 1
+        return frozen
+
+    # -- loss --------------------------------------------------------------------------------------
+    def _tap_tensor(self, tap: str, output) -> torch.Tensor:
+        if isinstance(output, (tuple, list)) and output:
+            output = output[0]
+        if isinstance(output, PackedSequence):
+            output = pad_packed_sequence(output, batch_first=True)[0]
+        if not isinstance(output, torch.Tensor):
+            raise ModelAsLossError(f"ModelAsLoss: tap {tap!r} of {self.model_name} produced a "
+                                   f"{type(output).__name__}, not a tensor; choose a module that outputs a tensor")
+        return output
+
+    def _axis(self, tap: str) -> int:
+        if isinstance(self.time_axis, Mapping):
+            return int(self.time_axis.get(tap, 1))
+        return int(self.time_axis)
+
+    def _model_input(self, wav: torch.Tensor) -> torch.Tensor:
+        if self.input_fn is None:
+            return wav
+        x = self.input_fn(wav)
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[0] != wav.shape[0]:
+            raise ModelAsLossError(f"ModelAsLoss: input_fn returned {_describe(x)} for waveforms of shape "
+                                   f"{tuple(wav.shape)}; it must return {self.model_name}'s input with the batch "
+                                   "first")
+        return x
+
+    def _features(self, wav, lengths):
+        x = self._model_input(wav)
         if self.encoder == "snapshot":
-            self.snapshot.eval()
-        return self
+            return self.snapshot(x, lengths, self)
+        live = self._live[0]
+        params = {f"model.{name}": p.detach() for name, p in live.model.named_parameters()}
+        modes = [(m, m.training) for m in live.model.modules()]
+        live.model.eval()
+        try:
+            return torch.func.functional_call(live, params, (x, lengths, self), strict=False)
+        finally:
+            for module, mode in modes:
+                module.training = mode
 
-    # -- loss ------------------------------------------------------------------------------------
-    def _sync_mirror(self) -> _Taps:
-        """Copy the live model's current weights into the frozen mirror (no autograd link)."""
-        mirror, live = self._mirror[0], self._live[0]
-        with torch.no_grad():
-            for dst, src in zip(mirror.parameters(), live.parameters()):
-                dst.copy_(src)
-            for dst, src in zip(mirror.buffers(), live.buffers()):
-                dst.copy_(src)
-        return mirror
-
-    def _features(self, wav, lengths, grad: bool):
-        module = self.snapshot if self.encoder == "snapshot" else self._mirror[0]
-        with torch.set_grad_enabled(grad):
-            return module(wav, lengths)
-
-    def _apply(self, fn, *args, **kwargs):
-        """Move the (unregistered) live mirror along with the loss (``.to(device)``)."""
-        super()._apply(fn, *args, **kwargs)
-        if self.encoder == "live":
-            self._mirror[0]._apply(fn, *args, **kwargs)
-        return self
+    def _flatten(self, tap: str, feats: torch.Tensor, lengths, protocol_mask):
+        """``(feats as [B, frames, D], valid frames [B, frames] or None)``."""
+        if self.protocol:
+            axis, mask = (2 if feats.dim() == 4 else 1), protocol_mask
+        else:
+            if feats.dim() < 3:
+                return feats.reshape(feats.shape[0], 1, -1), None
+            axis = self._axis(tap) % feats.dim()
+            if axis == 0:
+                raise ModelAsLossError(f"ModelAsLoss: time_axis of tap {tap!r} cannot be the batch axis")
+            mask = None
+            if lengths is not None:
+                frames = feats.shape[axis]
+                valid = torch.round(lengths.to(feats.device).float() * frames).clamp(1, frames)
+                mask = torch.arange(frames, device=feats.device)[None, :] < valid[:, None]
+        feats = feats.movedim(axis, 1)
+        return feats.reshape(feats.shape[0], feats.shape[1], -1), mask
 
     def forward(self, predictions, targets, length=None, reduction: str = "mean"):
         if not self.ready:
             raise RuntimeError("ModelAsLoss: no encoder snapshot yet; call take_snapshot() (MALBrain does at phase 2)")
         predictions, targets = check_waveforms(predictions, targets, "ModelAsLoss")
-        if self.encoder == "live":
-            self._sync_mirror()
+        if self.encoder == "snapshot":
+            predictions = self.follow(predictions)
+        else:
+            first = next(self._live[0].model.parameters(), None)
+            if first is not None:
+                predictions = predictions.to(first.dtype if first.is_floating_point() else predictions.dtype)
+        targets = targets.to(predictions)
         with torch.no_grad():
-            ref, _ = self._features(targets, length, grad=False)
-        est, mask = self._features(predictions, length, grad=True)
+            ref, _ = self._features(targets, length)
+        est, protocol_mask = self._features(predictions, length)
+        self._start_terms()
         per_item = 0
-        self.last_terms = {}
+        batch = predictions.shape[0]
         for name, a, b in zip(self.taps, est, ref):
-            term = _tap_l1(a, b.detach(), mask)
-            self.last_terms[f"mal_{name}"] = float(term.detach().mean())
-            per_item = per_item + term
+            if a.shape != b.shape or a.dim() == 0 or a.shape[0] != batch:
+                raise ModelAsLossError(f"ModelAsLoss: tap {name!r} of {self.model_name} gave shapes {tuple(a.shape)} "
+                                       f"and {tuple(b.shape)} for the enhanced and clean batches of {batch}; "
+                                       "expected equal shapes with the batch first")
+            a, mask = self._flatten(name, a, length, protocol_mask)
+            b, _ = self._flatten(name, b.detach(), length, protocol_mask)
+            diff = (a - b).abs()
+            if mask is None:
+                term = diff.flatten(1).mean(1)
+            else:
+                m = mask[:, :, None].to(diff.dtype)
+                term = (diff * m).flatten(1).sum(1) / (mask.sum(1).clamp(min=1) * diff.shape[2])
+            per_item = per_item + self._term(f"mal_{name}", term)
         return reduce(per_item, reduction)
+
+
+def _listing(names: Sequence[str], limit: int = 30) -> str:
+    shown = ", ".join(names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} in all)"

@@ -20,6 +20,7 @@ from torch import nn
 from sb_mal.dsp import StftConfig, frame_mask, length_mask, stft
 
 __all__ = [
+    "LossTerms",
     "MultiResolutionSTFTLoss",
     "SISDRLoss",
     "STFTLoss",
@@ -28,7 +29,54 @@ __all__ = [
     "WeightedSum",
     "check_waveforms",
     "reduce",
+    "terms_to_floats",
 ]
+
+
+def terms_to_floats(terms: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
+    """Named scalar tensors (any device) as floats, with a single host-device synchronisation.
+
+    Example
+    -------
+    >>> terms_to_floats({"l1": torch.tensor(0.5), "mse": 0.25})
+    {'l1': 0.5, 'mse': 0.25}
+    """
+    names = list(terms)
+    tensors = [v for v in terms.values() if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return {k: float(v) for k, v in terms.items()}
+    device = tensors[0].device
+    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32).to(device).reshape(()) for v in terms.values()])
+    return dict(zip(names, stacked.tolist()))
+
+
+class LossTerms:
+    """Mixin for losses that expose their named terms for logging.
+
+    A loss records each term of a call with ``self._term(name, value)`` (a detached batch mean,
+    kept on the device: no host-device synchronisation per term). ``last_term_tensors`` gives
+    them as tensors (what the Brains accumulate); ``last_terms`` as floats, with one
+    synchronisation for all of them.
+    """
+
+    def _start_terms(self) -> None:
+        self._terms: dict[str, torch.Tensor] = {}
+
+    def _term(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "_terms"):
+            self._start_terms()
+        self._terms[name] = value.detach().float().mean()
+        return value
+
+    @property
+    def last_term_tensors(self) -> dict[str, torch.Tensor]:
+        """The terms of the last call: detached scalar tensors on the loss's device."""
+        return dict(getattr(self, "_terms", {}))
+
+    @property
+    def last_terms(self) -> dict[str, float]:
+        """The terms of the last call as floats (one host-device synchronisation)."""
+        return terms_to_floats(self.last_term_tensors)
 
 
 def check_waveforms(predictions: torch.Tensor, targets: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +257,7 @@ class MultiResolutionSTFTLoss(nn.Module):
         return reduce(per_item, reduction)
 
 
-class WeightedSum(nn.Module):
+class WeightedSum(LossTerms, nn.Module):
     """A weighted sum of losses that is itself a SpeechBrain-style loss.
 
     Arguments
@@ -219,8 +267,8 @@ class WeightedSum(nn.Module):
     weights : mapping of name -> float, optional
         Default 1.0 for every term; a weight of 0 skips the term entirely.
 
-    The value of each term from the last call is kept in ``last_terms`` (detached means) for
-    logging.
+    The value of each term from the last call is kept for logging: ``last_terms`` (floats) and
+    ``last_term_tensors`` (detached device tensors, no host synchronisation).
 
     Example
     -------
@@ -241,17 +289,15 @@ class WeightedSum(nn.Module):
             raise ValueError(f"weights given for unknown loss terms {sorted(unknown)}; terms are {sorted(terms)}")
         self.terms = nn.ModuleDict(terms)
         self.weights = {name: float(weights.get(name, 1.0)) for name in terms}
-        self.last_terms: dict[str, float] = {}
 
     def forward(self, predictions, targets, length=None, reduction: str = "mean"):
         total = None
-        self.last_terms = {}
+        self._start_terms()
         for name, term in self.terms.items():
             w = self.weights[name]
             if w == 0:
                 continue
-            value = term(predictions, targets, length, reduction="batch")
-            self.last_terms[name] = float(value.detach().mean())
+            value = self._term(name, term(predictions, targets, length, reduction="batch"))
             total = w * value if total is None else total + w * value
         if total is None:
             raise ValueError("all loss weights are zero")

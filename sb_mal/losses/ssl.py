@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from sb_mal.dsp import relative_to_samples
-from sb_mal.losses.reconstruction import check_waveforms, reduce
+from sb_mal.losses.reconstruction import LossTerms, check_waveforms, reduce
 from sb_mal.losses.soft_dtw import DISTANCES, soft_dtw_divergence
 from sb_mal.models.ssl import DEFAULT_SSL_SOURCE, SSLFeatureExtractor
 
@@ -70,7 +70,7 @@ def pad_frames(length_samples: int | torch.Tensor, p: float | torch.Tensor, hop:
     return int((float(p) * float(length_samples) / hop) + 0.5)
 
 
-class SSLFeatureLoss(nn.Module):
+class SSLFeatureLoss(LossTerms, nn.Module):
     """Base of the SSL feature losses: features, masks, reduction, logging.
 
     Arguments
@@ -103,7 +103,6 @@ class SSLFeatureLoss(nn.Module):
             raise ValueError(f"dim_reduction must be 'mean' or 'sum', got {dim_reduction!r}")
         self.extractor = extractor
         self.dim_reduction = dim_reduction
-        self.last_terms: dict[str, float] = {}
 
     def _features(self, wav, counts, grad: bool):
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
@@ -139,14 +138,13 @@ class SSLFeatureLoss(nn.Module):
         est, est_frames = self._features(predictions, pred_counts, grad=True)
         layer_names = self._layer_names()
         per_item = 0
-        self.last_terms = {}
+        self._start_terms()
         for name, e, r in zip(layer_names, est, ref):
             term = self._distance(e, est_frames, r, ref_frames)
             if len(layer_names) > 1:
-                self.last_terms[f"{self.name}_{name}"] = float(term.detach().mean())
+                self._term(f"{self.name}_{name}", term)
             per_item = per_item + term
-        per_item = per_item / len(layer_names)
-        self.last_terms[self.name] = float(per_item.detach().mean())
+        per_item = self._term(self.name, per_item / len(layer_names))
         return reduce(per_item, reduction)
 
     def _layer_names(self) -> list[str]:

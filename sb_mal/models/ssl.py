@@ -26,7 +26,8 @@ Note it makes the features, and so any loss on them, invariant to the input gain
 The weights are kept out of ``parameters()`` and ``state_dict()``: they come from ``source`` and
 are never trained, so optimisers ignore them and checkpoints do not carry hundreds of MB of
 copies. ``.to(device)`` still moves them, and :meth:`extract` moves them to the input's device if
-needed (so a loss holding an extractor works as ``compute_cost`` outside ``modules``).
+needed (so a loss holding an extractor works as ``compute_cost`` outside ``modules``): the shared
+mechanism of :class:`sb_mal.models.frozen.FrozenNetworks`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch
 from torch import nn
 
 from sb_mal.dsp import relative_to_samples
+from sb_mal.models.frozen import FrozenNetworks
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +141,7 @@ def build_tiny_wavlm(folder: str | Path | None = None, *, num_layers: int = 2, h
     return model
 
 
-class SSLFeatureExtractor(nn.Module):
+class SSLFeatureExtractor(FrozenNetworks):
     """Frozen SSL speech model: ``[B, T]`` 16 kHz waveforms -> frame features (see module docstring).
 
     Arguments
@@ -194,10 +196,8 @@ class SSLFeatureExtractor(nn.Module):
         if getattr(config, "add_adapter", False):
             raise ValueError(f"SSL model from {_name(source)} has an adapter (config.add_adapter=True), which "
                              "changes the frame rate; use the plain pretrained encoder")
-        model.eval().requires_grad_(False)
-        model.float()
         # Kept outside nn.Module's registry: no parameters()/state_dict() entries (see module docstring).
-        object.__setattr__(self, "_ssl", model)
+        self.freeze("_ssl", model.float(), in_state_dict=False)
         self.source = _name(source)
         self.num_layers = int(config.num_hidden_layers)
         self.layers = self._parse_layers(layers)
@@ -249,20 +249,6 @@ class SSLFeatureExtractor(nn.Module):
         return (f"source={self.source!r}, layers={self.layers!r}, normalize_input={self.normalize_input}, "
                 f"attention_mask={self.uses_attention_mask}, per_item={self.per_item}")
 
-    # -- frozen, float32, device-following ------------------------------------------------------------
-    def train(self, mode: bool = True):
-        """Sets the wrapper's flag only: the SSL model itself always stays in eval mode."""
-        super().train(mode)
-        self._ssl.eval()
-        return self
-
-    def _apply(self, fn, recurse: bool = True):
-        super()._apply(fn, recurse)
-        self._ssl._apply(fn)
-        if any(p.is_floating_point() and p.dtype != torch.float32 for p in self._ssl.parameters()):
-            self._ssl.float()  # computed in float32 whatever the surrounding precision
-        return self
-
     # -- features -------------------------------------------------------------------------------------
     def normalize_waveform(self, wav: torch.Tensor, sample_counts: torch.Tensor) -> torch.Tensor:
         """Zero mean, unit variance per row over its first ``sample_counts`` samples; padding set to 0."""
@@ -293,11 +279,10 @@ class SSLFeatureExtractor(nn.Module):
         padded = sample_counts is not None and bool((sample_counts < total).any())
         counts = (torch.full((batch,), total, dtype=torch.long, device=wav.device) if sample_counts is None
                   else sample_counts.to(wav.device).long().clamp(1, total))
-        self._follow_device(wav.device)
+        wav = self.follow(wav)
         if self._ssl.training:
             self._ssl.eval()
         with torch.autocast(device_type=wav.device.type, enabled=False):
-            wav = wav.float()
             normalize = self.normalize_input if normalize is None else normalize
             if normalize:
                 wav = self.normalize_waveform(wav, counts)
@@ -334,12 +319,6 @@ class SSLFeatureExtractor(nn.Module):
         if isinstance(self.layers, int):
             return hidden[self.layers][None]
         return torch.stack([hidden[i] for i in self.layers])
-
-    def _follow_device(self, device: torch.device) -> None:
-        first = next(self._ssl.parameters(), None)
-        if first is not None and first.device != device:
-            logger.info("SSLFeatureExtractor: moving %s to %s", self.source, device)
-            self._ssl.to(device)
 
 
 def _as_batch(wav: torch.Tensor) -> torch.Tensor:
