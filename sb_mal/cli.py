@@ -80,6 +80,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             systems.append(("noisy", ids, [manifest[u]["noisy_wav"] for u in ids], clean))
         for folder in args.enhanced or []:
             systems.append((Path(folder).name or folder, *_enhanced_for_manifest(manifest, folder)))
+        if args.source and not all("noisy_wav" in e for e in manifest.values()):
+            raise SystemExit(f"error: --source needs noisy inputs, and {args.manifest} has entries without noisy_wav")
+        noisy_input = (ids, [manifest[u].get("noisy_wav") for u in ids], clean)
     else:
         if not args.clean:
             raise SystemExit("error: give --clean DIR (with --noisy and/or --enhanced) or --manifest JSON")
@@ -87,10 +90,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             systems.append(("noisy", *_pairs_from_folders(args.clean, args.noisy, args.match)))
         for folder in args.enhanced or []:
             systems.append((Path(folder).name or folder, *_pairs_from_folders(args.clean, folder, args.match)))
-    if not systems:
-        raise SystemExit("error: nothing to evaluate: give --noisy and/or --enhanced")
+        if args.source and not args.noisy:
+            raise SystemExit("error: --source needs --noisy DIR (the inputs the model enhances)")
+        noisy_input = _pairs_from_folders(args.clean, args.noisy, args.match) if args.source else None
+    if not systems and not args.source:
+        raise SystemExit("error: nothing to evaluate: give --noisy, --enhanced and/or --source")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    for spec in args.source or []:
+        systems.append(_enhance_for_evaluation(spec, noisy_input, out, args))
     rows, summary = [], {}
     for name, ids, files, clean in systems:
         result = evaluate(files, clean, metrics=metrics, n_jobs=args.jobs, ids=ids, timeout=args.timeout, progress=True)
@@ -106,6 +114,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"\n{failed} metric failure(s) left out of the means; see {out / 'summary.json'}")
     print(f"\nper-utterance scores and summary written to {out}/")
     return 0
+
+
+def _enhance_for_evaluation(spec: str, noisy_input, out: Path, args: argparse.Namespace):
+    """Enhance the noisy inputs with the model ``[NAME=]SOURCE`` into ``out/enhanced_<NAME>/``."""
+    from tqdm import tqdm
+
+    from sb_mal.inference import Enhancer
+
+    name, sep, source = spec.partition("=")
+    if not sep:
+        name, source = Path(spec.rstrip("/")).name or spec, spec
+    ids, noisy_files, clean = noisy_input
+    folder = out / f"enhanced_{name}"
+    run_opts = {"device": args.device} if args.device else {}
+    enhancer = Enhancer.from_hparams(source=source, run_opts=run_opts)
+    files = []
+    for uid, noisy in tqdm(list(zip(ids, noisy_files)), desc=f"enhance ({name})", unit="file"):
+        target = folder / f"{uid}.wav"
+        enhancer.enhance_file(noisy, target, return_waveform=False)
+        files.append(str(target))
+    return name, ids, files, clean
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--clean", help="folder of clean references")
     ev.add_argument("--noisy", help="folder of noisy inputs (same file names as --clean)")
     ev.add_argument("--enhanced", action="append", help="folder of enhanced outputs (repeatable)")
+    ev.add_argument("--source", action="append",
+                    help="[NAME=]SOURCE: enhance the noisy inputs with this model (sb_mal export, SpeechBrain "
+                         "enhancement folder or hub id) and score it as one more system (repeatable)")
+    ev.add_argument("--device", help="device for --source models, e.g. cuda:0 (default: cuda if available)")
     ev.add_argument("--manifest", help="SpeechBrain JSON manifest with noisy_wav/clean_wav instead of folders")
     ev.add_argument("--data-root", help="value for {data_root} in the manifest (default: its folder)")
     ev.add_argument("--no-noisy", action="store_true", help="with --manifest: do not score the noisy inputs")

@@ -297,12 +297,12 @@ print(f"{same} {(got - ref['output']).abs().max().item()}")
 def test_export_round_trip_in_a_fresh_process(tmp_path):
     run, states = make_run(tmp_path / "run")
     out = export_run(run, tmp_path / "model")
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "enhance_model.ckpt", "export_info.json",
-                                                     "hyperparams.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "custom.py", "enhance_model.ckpt",
+                                                     "export_info.json", "hyperparams.yaml"]
     hp = (out / "hyperparams.yaml").read_text()
     assert not re.search(r"^\s*paths:", hp, re.M) and "!new:sb_mal.models.backbone.SpectralUNetSE" in hp
     card = (out / "README.md").read_text()
-    assert "CKPT+b" in card and "| pesq | 2.5 |" in card and "huggingface-cli upload" in card
+    assert "CKPT+b" in card and "| pesq | 2.5 |" in card and "hf upload" in card and "foreign_class" in card
     info = json.loads((out / "export_info.json").read_text())
     assert info["checkpoint"] == "CKPT+b" and info["meta"]["pesq"] == 2.5
     x = noise(1.5, seed=3, batch=2)

@@ -1,7 +1,21 @@
-"""``Enhancer``: a SpeechBrain ``Pretrained`` interface for sb_mal's waveform-to-waveform enhancers.
+"""``Enhancer``: a SpeechBrain ``Pretrained`` interface for sb_mal's enhancers and SpeechBrain's own.
 
-The model (``modules.enhance_model``) maps noisy ``[B, T]`` waveforms and relative lengths to
-enhanced ``[B, T]`` waveforms: ``enhance_model(wav, lengths)``.
+Three folder layouts are recognised from the hyperparameters, and each model is run the way its
+own interface runs it:
+
+``waveform`` (sb_mal's exported folders, SpeechBrain's ``WaveformEnhancement`` folders)
+    ``modules.enhance_model`` maps noisy ``[B, T]`` waveforms to enhanced ``[B, T]`` waveforms:
+    ``enhance_model(wav, lengths)`` when its ``forward`` takes ``lengths``, else
+    ``enhance_model(wav)``; a tuple output (SpeechBrain's ``EnhanceResnet`` returns
+    ``(wav, features)``) gives its first element.
+``spectral_mask`` (SpeechBrain's ``SpectralMaskEnhancement`` folders, e.g. MetricGAN+ from the hub:
+    hparams ``compute_stft``, ``spectral_magnitude``, ``resynth``)
+    features ``log1p(spectral_magnitude(compute_stft(wav)))``, mask ``enhance_model(features,
+    lengths=lengths)`` (or without lengths when the model takes none), enhanced waveform
+    ``resynth(expm1(mask * features), wav)``, as ``SpectralMaskEnhancement.enhance_batch`` does.
+
+The sample rate is the hparam ``sample_rate``; for a spectral-mask folder without it,
+``compute_stft.sample_rate``; for a folder that defines an ``audio_normalizer``, its rate.
 
 Long signals are enhanced in overlapping chunks (``chunk_seconds``, default 10 s, overlapping by
 ``overlap_seconds``, default 0.5 s). Each chunk is weighted by a window that is 1 in its middle and
@@ -32,6 +46,7 @@ import soundfile as sf
 import torch
 from speechbrain.dataio.preprocess import AudioNormalizer
 from speechbrain.inference.interfaces import Pretrained
+from speechbrain.utils.callchains import lengths_arg_exists
 from speechbrain.utils.checkpoints import torch_patched_state_dict_load
 from speechbrain.utils.fetching import FetchConfig, LocalStrategy
 
@@ -152,10 +167,10 @@ class _FileReader:
 
 
 class Enhancer(Pretrained):
-    """Speech enhancement with an sb_mal model (any waveform-to-waveform ``enhance_model``).
+    """Speech enhancement with an sb_mal model or a SpeechBrain enhancement folder (module docstring).
 
-    Hparams: ``sample_rate`` (required), ``chunk_seconds`` (default 10), ``overlap_seconds``
-    (default 0.5). Load an exported folder or hub repository with :meth:`from_hparams`; pass
+    Hparams: ``sample_rate`` (required unless the layout gives it), ``chunk_seconds`` (default 10),
+    ``overlap_seconds`` (default 0.5). Load an exported folder or hub repository with :meth:`from_hparams`; pass
     ``run_opts={"device": "cuda:0", "precision": "bf16"}`` for device and autocast precision.
 
     Example
@@ -171,8 +186,9 @@ class Enhancer(Pretrained):
     torch.Size([1, 40000])
     """
 
-    HPARAMS_NEEDED = ["sample_rate"]
+    HPARAMS_NEEDED: list[str] = []  # checked in __init__, where the layout decides what is needed
     MODULES_NEEDED = ["enhance_model"]
+    SPECTRAL_MASK_HPARAMS = ("compute_stft", "spectral_magnitude", "resynth")
 
     def __init__(self, modules=None, hparams=None, run_opts=None, freeze_params=True, hparams_source=None):
         where = hparams_source or "the hparams given to Enhancer"
@@ -183,13 +199,24 @@ class Enhancer(Pretrained):
             raise ValueError(
                 f"{where}: `modules` must define {missing} (a torch.nn.Module), found {sorted(modules) or 'none'}"
             )
-        for hp in self.HPARAMS_NEEDED:
-            if hp not in hparams:
-                raise ValueError(f"{where}: hyperparameter {hp!r} is required but not defined")
+        present = [k for k in self.SPECTRAL_MASK_HPARAMS if k in hparams]
+        if present and len(present) < len(self.SPECTRAL_MASK_HPARAMS):
+            missing = [k for k in self.SPECTRAL_MASK_HPARAMS if k not in hparams]
+            raise ValueError(f"{where}: a spectral-mask model folder needs {list(self.SPECTRAL_MASK_HPARAMS)}; "
+                             f"{missing} not defined")
+        self.layout = "spectral_mask" if present else "waveform"
+        rate = hparams.get("sample_rate")
+        if rate is None and self.layout == "spectral_mask":
+            rate = getattr(hparams["compute_stft"], "sample_rate", None)
+        if rate is None and "audio_normalizer" in hparams:
+            rate = getattr(hparams["audio_normalizer"], "sample_rate", None)
+        if rate is None:
+            raise ValueError(f"{where}: hyperparameter 'sample_rate' is required but not defined")
         super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, freeze_params=freeze_params)
-        self.sample_rate = int(hparams["sample_rate"])
+        self.sample_rate = int(rate)
         if self.sample_rate <= 0:
-            raise ValueError(f"{where}: sample_rate must be positive, got {hparams['sample_rate']}")
+            raise ValueError(f"{where}: sample_rate must be positive, got {rate}")
+        self._model_takes_lengths = lengths_arg_exists(self.mods.enhance_model.forward)
         self.chunk_seconds = float(hparams.get("chunk_seconds", DEFAULT_CHUNK_SECONDS))
         self.overlap_seconds = float(hparams.get("overlap_seconds", DEFAULT_OVERLAP_SECONDS))
         self._chunk_params(None, None)  # validate
@@ -231,11 +258,32 @@ class Enhancer(Pretrained):
             )
         return chunk, overlap
 
+    def compute_features(self, wavs: torch.Tensor) -> torch.Tensor:
+        """``log1p(spectral_magnitude(compute_stft(wavs)))``: the input of a spectral-mask model."""
+        if self.layout != "spectral_mask":
+            raise RuntimeError("compute_features() applies to spectral-mask model folders (compute_stft, "
+                               "spectral_magnitude, resynth)")
+        return torch.log1p(self.hparams.spectral_magnitude(self.hparams.compute_stft(wavs)))
+
     def _run_model(self, wav: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        model = self.mods.enhance_model
         with torch.no_grad(), self.inference_ctx:
-            out = self.mods.enhance_model(wav, lengths)
+            if self.layout == "spectral_mask":
+                feats = self.compute_features(wav)
+                if self._model_takes_lengths:
+                    rel = lengths if lengths is not None else torch.ones(wav.shape[0], device=wav.device)
+                    mask = model(feats, lengths=rel)
+                else:
+                    mask = model(feats)
+                out = self.hparams.resynth(torch.expm1(mask * feats), wav)
+            else:
+                out = model(wav, lengths) if self._model_takes_lengths else model(wav)
         if isinstance(out, (tuple, list)):
             out = out[0]
+        if out.dim() == 3 and out.shape[-1] == 1:
+            out = out.squeeze(-1)
+        if out.dim() == 2 and out.shape[0] == wav.shape[0] and 0 < abs(wav.shape[1] - out.shape[1]) < 1024:
+            out = torch.nn.functional.pad(out, (0, wav.shape[1] - out.shape[1]))  # STFT framing: pad or crop
         if out.shape != wav.shape:
             raise RuntimeError(f"enhance_model returned shape {tuple(out.shape)} for input {tuple(wav.shape)}")
         return out.float()

@@ -11,6 +11,8 @@ the best checkpoint by a metric, checks that its weights load *strictly* into th
       enhance_model.ckpt    the plain state_dict
       README.md             model card: model, run, validation metrics, how to load and publish
       export_info.json      provenance: run, checkpoint, its metadata, versions, SHA-256 of the weights
+      custom.py             SpeechBrain's custom-interface convention: ``CustomInterface`` is sb_mal's
+                            Enhancer, so ``foreign_class(source=out_dir)`` loads the folder too
       train_hyperparams.yaml  the training YAML of the run (if present; not used for loading)
 
 The pretrainer has no ``paths:`` (files come from the folder or repo given as ``source``, so a local
@@ -124,6 +126,8 @@ enhancer = Enhancer.from_hparams(source="<user>/<repo>", savedir="pretrained_mod
 ```
 
 or from the command line: `sb-mal enhance noisy_folder/ -o enhanced_folder/ --source <folder or user/repo>`.
+SpeechBrain's generic loader works too (`custom.py` names sb_mal's `Enhancer`):
+`foreign_class(source="<folder or user/repo>", pymodule_file="custom.py", classname="CustomInterface")`.
 
 On Windows, pass `local_strategy=LocalStrategy.COPY` (from `speechbrain.utils.fetching`) with a
 `savedir` to copy files instead of symlinking them (sb_mal does this by default on Windows).
@@ -131,7 +135,7 @@ On Windows, pass `local_strategy=LocalStrategy.COPY` (from `speechbrain.utils.fe
 ## Publish it
 
 ```bash
-huggingface-cli upload <user>/<repo> path/to/this/folder .
+hf upload <user>/<repo> path/to/this/folder .    # the `hf` CLI of huggingface_hub
 ```
 
 or `huggingface_hub.HfApi().upload_folder(folder_path="path/to/this/folder", repo_id="<user>/<repo>")`.
@@ -141,7 +145,23 @@ or `huggingface_hub.HfApi().upload_folder(folder_path="path/to/this/folder", rep
 - `hyperparams.yaml`: inference hyperparameters (model class and arguments, chunking)
 - `enhance_model.ckpt`: the model weights (a plain PyTorch `state_dict`)
 - `export_info.json`: where the weights come from; `train_hyperparams.yaml`: the training recipe's YAML
+- `custom.py`: the interface class for SpeechBrain's `foreign_class` (an import of sb_mal's `Enhancer`)
 """
+
+
+_CUSTOM_INTERFACE = '''"""The interface of this model folder for SpeechBrain's ``foreign_class``.
+
+    from speechbrain.inference.interfaces import foreign_class
+    enhancer = foreign_class(source="<this folder or hub id>", pymodule_file="custom.py",
+                             classname="CustomInterface")
+
+It only names sb_mal's installed Enhancer (pip install sb_mal); no model code lives here.
+"""
+
+from sb_mal.inference import Enhancer as CustomInterface
+
+__all__ = ["CustomInterface"]
+'''
 
 
 def _sha256(path: Path) -> str:
@@ -194,7 +214,7 @@ def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkp
     >>> _ = Checkpointer(run / "save", {"model": model}).save_checkpoint(meta={"pesq": 2.0})
     >>> out = export_run(run, run / "exported")
     >>> sorted(p.name for p in out.iterdir())
-    ['README.md', 'enhance_model.ckpt', 'export_info.json', 'hyperparams.yaml']
+    ['README.md', 'custom.py', 'enhance_model.ckpt', 'export_info.json', 'hyperparams.yaml']
     """
     from sb_mal.fileio import public_mode
     from sb_mal.inference.enhancer import Enhancer
@@ -226,6 +246,7 @@ def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkp
         origin = f"run folder {run_dir.name!r}, checkpoint {ckpt_dir.name}"
         (tmp / "hyperparams.yaml").write_text(_render_hparams(cfg, sample_rate, chunk_seconds, overlap_seconds,
                                                               origin), encoding="utf-8")
+        (tmp / "custom.py").write_text(_CUSTOM_INTERFACE, encoding="utf-8")
         n_params = sum(p.numel() for p in model.parameters())
         (tmp / "README.md").write_text(_render_card(cfg, sample_rate, run_dir.name, ckpt_dir.name, meta, key, mode,
                                                     n_params), encoding="utf-8")

@@ -55,11 +55,11 @@ Use in a stock SpeechBrain recipe: see the README section "Model as Loss in Spee
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
+from speechbrain.utils.callchains import lengths_arg_exists
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
@@ -85,13 +85,6 @@ class _TapsReady(BaseException):
 def _unwrap(model: nn.Module) -> nn.Module:
     wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
     return model.module if isinstance(model, wrappers) else model
-
-
-def _accepts_lengths(model: nn.Module) -> bool:
-    try:
-        return "lengths" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 class Log1pMagnitude(nn.Module):
@@ -251,7 +244,7 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
         self.taps, self.protocol = self._resolve_taps(model, taps)
         self.time_axis = time_axis
         self.input_fn = input_fn  # an nn.Module input_fn is registered (moves with .to())
-        self.pass_lengths = True if self.protocol else (_accepts_lengths(model) if pass_lengths is None
+        self.pass_lengths = True if self.protocol else (lengths_arg_exists(model.forward) if pass_lengths is None
                                                         else bool(pass_lengths))
         self.train_encoder = bool(train_encoder)
         self.encoder_prefixes = self._resolve_prefixes(model, encoder_prefixes)
