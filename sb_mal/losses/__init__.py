@@ -1,7 +1,7 @@
 """Loss modules with SpeechBrain's signature ``loss(predictions, targets, length=None, reduction="mean")``."""
 
 from sb_mal.losses.codec import LAYER_SETS, CodecApproximationLoss, layer_set
-from sb_mal.losses.model_as_loss import ModelAsLoss
+from sb_mal.losses.model_as_loss import Log1pMagnitude, ModelAsLoss, ModelAsLossError
 from sb_mal.losses.soft_dtw import soft_dtw, soft_dtw_divergence
 from sb_mal.losses.ssl import SSLFeatureLoss, SSLL1Loss, SSLMSELoss, SSLMSEPadLoss, SSLSoftDTWLoss, pad_frames
 from sb_mal.losses.reconstruction import (
@@ -16,7 +16,9 @@ from sb_mal.losses.reconstruction import (
 __all__ = [
     "LAYER_SETS",
     "CodecApproximationLoss",
+    "Log1pMagnitude",
     "ModelAsLoss",
+    "ModelAsLossError",
     "MultiResolutionSTFTLoss",
     "SISDRLoss",
     "SSLFeatureLoss",

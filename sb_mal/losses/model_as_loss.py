@@ -196,9 +196,11 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
         False freezes ``encoder_prefixes`` of the live model when the snapshot is taken (frozen_fe).
     encoder_prefixes : sequence of str, optional
         Module paths that make up the encoder (for ``train_encoder=False``).
-    snapshot_now : bool
+    snapshot_now : bool or "first_call"
         With ``encoder="snapshot"``: take the snapshot at construction (True, e.g. for a
-        pretrained model) or leave it to :meth:`take_snapshot` (False; MALBrain's phase 2).
+        pretrained model), at the first call (``"first_call"``: in a stock recipe, after the
+        recipe has loaded or recovered the model's weights) or leave it to :meth:`take_snapshot`
+        (False; MALBrain's phase 2).
 
     Example
     -------
@@ -230,10 +232,12 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
     def __init__(self, model: nn.Module, taps: str | Sequence[str] | None = None, encoder: str = "snapshot",
                  input_fn: Callable | None = None, *, pass_lengths: bool | None = None,
                  time_axis: int | Mapping[str, int] = 1, train_encoder: bool = True,
-                 encoder_prefixes: Sequence[str] | None = None, snapshot_now: bool = True):
+                 encoder_prefixes: Sequence[str] | None = None, snapshot_now: bool | str = True):
         super().__init__()
         if encoder not in ("snapshot", "live"):
             raise ValueError(f"encoder must be 'snapshot' or 'live', got {encoder!r}")
+        if snapshot_now not in (True, False, "first_call"):
+            raise ValueError(f"snapshot_now must be True, False or 'first_call', got {snapshot_now!r}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"ModelAsLoss: model must be a torch.nn.Module, got {type(model).__name__}")
         if input_fn is not None and not callable(input_fn):
@@ -252,8 +256,9 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
         if encoder == "snapshot":
             self.freeze("snapshot", _Encoder(copy.deepcopy(model)))  # in state_dict: checkpointed
             self.register_buffer("snapshot_taken", torch.tensor(False))
-            if snapshot_now:
+            if snapshot_now is True:
                 self.take_snapshot()
+        self.snapshot_on_first_call = encoder == "snapshot" and snapshot_now == "first_call"
 
     # -- configuration ---------------------------------------------------------------------------
     @staticmethod
@@ -406,8 +411,11 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
         return feats.reshape(feats.shape[0], feats.shape[1], -1), mask
 
     def forward(self, predictions, targets, length=None, reduction: str = "mean"):
+        if not self.ready and self.snapshot_on_first_call:
+            self.take_snapshot()
         if not self.ready:
-            raise RuntimeError("ModelAsLoss: no encoder snapshot yet; call take_snapshot() (MALBrain does at phase 2)")
+            raise RuntimeError("ModelAsLoss: no encoder snapshot yet; call take_snapshot() (MALBrain does at phase 2) "
+                               "or construct with snapshot_now='first_call'")
         predictions, targets = check_waveforms(predictions, targets, "ModelAsLoss")
         if self.encoder == "snapshot":
             predictions = self.follow(predictions)
