@@ -105,11 +105,11 @@ def test_history_survives_a_checkpoint_round_trip(tmp_path):
     assert [e["id"] for e in again.entries] == ["u2"]
 
 
-def run_recipe(devset, out, *extra, yaml="okd_pesq_csig.yaml", env=None, launcher=None):
+def run_recipe(devset, out, *extra, yaml="okd_pesq_csig.yaml", env=None, launcher=None, sizes=SMALL):
     cmd = [*(launcher or [sys.executable]), str(REPO / "recipes/metricgan_okd/train.py"), str(REPO / "hparams/folders" / yaml),
            f"--data_folder={devset}", f"--output_folder={out}", "--samples_per_epoch=4", "--valid_limit=2",
            "--test_limit=2", "--test_metrics=[pesq,stoi]", "--n_jobs=0", "--valid_every=1", "--segment_seconds=2.0",
-           *SMALL, *extra]
+           *sizes, *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=out.parent,
                           env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
 
@@ -158,3 +158,53 @@ def test_ddp_two_processes_gloo(devset, tmp_path):
     # the epoch's 4 draws are split over the 2 ranks and gathered into one shared history
     assert len(list((out / "history").glob("*@1.flac"))) == 4
     assert json.loads((out / "test_summary_g0.json").read_text())["counts"]["pesq"] == 2
+
+
+SB_MODULES = ["--generator_class=!name:speechbrain.lobes.models.MetricGAN.EnhancementGenerator",
+              "--discriminator_class=!name:speechbrain.lobes.models.MetricGAN.MetricDiscriminator"]
+
+
+def test_speechbrain_metricgan_modules_are_selectable_in_the_yaml():
+    """SpeechBrain's EnhancementGenerator / MetricDiscriminator, built from the YAML's class keys."""
+    from speechbrain.lobes.models.MetricGAN import EnhancementGenerator, MetricDiscriminator as SBDiscriminator
+
+    from sb_mal.models import SpeechBrainDiscriminator, SpeechBrainGenerator
+    from sb_mal.run import load_recipe_hparams
+
+    hp = load_recipe_hparams([str(REPO / "hparams/mini/okd_pesq_csig.yaml"), *SB_MODULES])[3]
+    gens = [hp["modules"][f"generator_{i}"] for i in range(2)]
+    disc = hp["modules"]["discriminator"]
+    assert all(isinstance(g, SpeechBrainGenerator) and isinstance(g.net, EnhancementGenerator) for g in gens)
+    assert isinstance(disc, SpeechBrainDiscriminator) and all(isinstance(d, SBDiscriminator) for d in disc.discriminators)
+    assert len(disc.discriminators) == 2  # one per target metric: SpeechBrain's D has a single output
+    # the adapter computes SpeechBrain's mask on SpeechBrain's features (log1p of the Hamming STFT magnitude)
+    from speechbrain.processing.features import STFT, spectral_magnitude
+
+    wav = 0.1 * torch.randn(1, 16000)
+    feats, _, valid = gens[0].features(wav)
+    sb_feats = torch.log1p(spectral_magnitude(STFT(16000, win_length=32, hop_length=16, n_fft=512,
+                                                   window_fn=torch.hamming_window)(wav), power=0.5))
+    assert feats.shape == sb_feats.shape and torch.allclose(feats, sb_feats, atol=1e-4)
+    with torch.no_grad():
+        expected = gens[0].net(feats, torch.ones(1)).clamp(min=0.05)
+        assert torch.allclose(gens[0].mask(feats, valid), expected)
+    with pytest.raises(ValueError, match="fixes its linear layers to 400-300-257"):
+        load_recipe_hparams([str(REPO / "hparams/mini/okd_pesq_csig.yaml"), *SB_MODULES, "--hidden_size=16"])
+
+
+@pytest.mark.recipe
+def test_okd_recipe_with_speechbrain_modules_trains_and_exports(devset, tmp_path):
+    from sb_mal.inference import Enhancer, export_run
+
+    out = tmp_path / "okd_sb"
+    sizes = ["--num_layers=1", "--d_channels=[4,4,4,4]"]
+    proc = run_recipe(devset, out, "--number_of_epochs=2", *SB_MODULES, sizes=sizes)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "train_log.txt").read_text()
+    assert "train generator_1_loss" in [line for line in log.splitlines() if line.startswith("epoch: 2")][0]
+    cfg = json.loads((out / "model_config.json").read_text())
+    assert cfg["class"] == "sb_mal.models.speechbrain_metricgan.SpeechBrainGenerator"
+    folder = export_run(out, tmp_path / "exported", key="g1_csig", recoverable="generator_1")
+    enhancer = Enhancer.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+    assert type(enhancer.mods.enhance_model.net).__name__ == "EnhancementGenerator"
+    assert enhancer.enhance_batch(torch.randn(1, 8000)).shape == (1, 8000)

@@ -4,6 +4,7 @@ generator/discriminator and the frozen SSL feature extractor."""
 from sb_mal.models.backbone import Encoding, SpectralUNetSE
 from sb_mal.models.codec_net import SpectralCodecNet, TimeCodecNet
 from sb_mal.models.metricgan import MetricDiscriminator, MetricGANGenerator, MultiDiscriminator
+from sb_mal.models.speechbrain_metricgan import SpeechBrainDiscriminator, SpeechBrainGenerator
 from sb_mal.models.separation import LADDER, SeparationUNet, ladder_table
 from sb_mal.models.ssl import DEFAULT_SSL_SOURCE, SSLFeatureExtractor, SSLModelLoadError, build_tiny_wavlm, load_ssl_model
 
@@ -19,6 +20,8 @@ __all__ = [
     "SeparationUNet",
     "SpectralCodecNet",
     "SpectralUNetSE",
+    "SpeechBrainDiscriminator",
+    "SpeechBrainGenerator",
     "TimeCodecNet",
     "build_tiny_wavlm",
     "ladder_table",

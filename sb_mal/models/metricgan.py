@@ -14,6 +14,7 @@ to ``num_outputs`` scores. v2 of MetricGAN-OKD is one discriminator with N outpu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +25,7 @@ from sb_mal.dsp import StftConfig, frame_mask, istft, length_mask, stft
 
 __all__ = [
     "LearnableSigmoid",
+    "MaskGenerator",
     "MetricDiscriminator",
     "MetricGANGenerator",
     "MultiDiscriminator",
@@ -50,7 +52,60 @@ class LearnableSigmoid(nn.Module):
         return self.beta * torch.sigmoid(self.slope * x)
 
 
-class MetricGANGenerator(nn.Module):
+class MaskGenerator(nn.Module):
+    """Waveform-to-waveform frame of a MetricGAN generator; subclasses define :meth:`mask`.
+
+    log1p STFT magnitude (Hamming window) -> ``mask(features, valid frames)`` -> masked log1p
+    magnitude, resynthesised with the noisy phase. The OKD Brain uses :meth:`features`,
+    :meth:`enhance_features` and ``forward(..., output="features")``; ``sigmoid.slope`` is the
+    learnable sigmoid it keeps bounded.
+    """
+
+    def _init_stft(self, n_fft: int, hop: int, min_mask: float) -> None:
+        self.stft_cfg = StftConfig(n_fft, hop, window="hamming")
+        self.bins, self.min_mask = n_fft // 2 + 1, min_mask
+
+    def features(self, wav: torch.Tensor, lengths: torch.Tensor | None = None):
+        """``(log1p magnitude [B, T, F], complex STFT [B, F, T], frame mask [B, T])`` of waveforms."""
+        if wav.dim() != 2:
+            raise ValueError(f"{type(self).__name__} expects waveforms [batch, samples], got {tuple(wav.shape)}")
+        if lengths is not None:
+            wav = wav * length_mask(lengths, wav.shape[1], wav.shape[0], wav.device).to(wav.dtype)
+        spec = stft(wav, self.stft_cfg)
+        mask = frame_mask(lengths, wav.shape[1], spec.shape[-1], self.stft_cfg.hop, wav.shape[0], wav.device)
+        return log1p_magnitude(spec), spec, mask
+
+    def mask(self, feats: torch.Tensor, frame_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The mask ``[B, T, F]`` for log1p-magnitude features."""
+        raise NotImplementedError
+
+    def enhance_features(self, wav, lengths=None):
+        """``(enhanced log1p magnitude [B, T, F], noisy STFT, frame mask)`` (what the discriminator scores)."""
+        feats, spec, valid = self.features(wav, lengths)
+        enhanced = self.mask(feats, valid) * feats * valid[:, :, None].to(feats.dtype)
+        return enhanced, spec, valid
+
+    def resynthesize(self, enhanced_log1p: torch.Tensor, spec: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Waveform from an enhanced log1p magnitude and the noisy phase."""
+        mag = torch.expm1(enhanced_log1p).transpose(1, 2)  # [B, F, T]
+        phase = spec / spec.abs().clamp(min=1e-8)
+        return istft(mag * phase, self.stft_cfg, num_samples)
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None, output: str = "wav"):
+        """Enhance ``[B, samples]`` waveforms.
+
+        ``output="features"`` returns :meth:`enhance_features` instead (through ``forward``, so that
+        a DDP wrapper synchronises the gradients).
+        """
+        enhanced, spec, valid = self.enhance_features(wav, lengths)
+        if output == "features":
+            return enhanced, spec, valid
+        if output != "wav":
+            raise ValueError(f"output must be 'wav' or 'features', got {output!r}")
+        return self.resynthesize(enhanced, spec, wav.shape[1])
+
+
+class MetricGANGenerator(MaskGenerator):
     """MetricGAN+ mask generator on waveforms.
 
     Arguments
@@ -84,9 +139,8 @@ class MetricGANGenerator(nn.Module):
         super().__init__()
         self.config = dict(n_fft=n_fft, hop=hop, hidden_size=hidden_size, num_layers=num_layers, lin_dim=lin_dim,
                            causal=causal, dropout=dropout, min_mask=min_mask, beta=beta)
-        self.stft_cfg = StftConfig(n_fft, hop, window="hamming")
-        bins = n_fft // 2 + 1
-        self.bins, self.min_mask = bins, min_mask
+        self._init_stft(n_fft, hop, min_mask)
+        bins = self.bins
         self.lstm = nn.LSTM(bins, hidden_size, num_layers=num_layers, batch_first=True, bidirectional=not causal,
                             dropout=dropout if num_layers > 1 else 0.0)
         out = hidden_size * (1 if causal else 2)
@@ -105,16 +159,6 @@ class MetricGANGenerator(nn.Module):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def features(self, wav: torch.Tensor, lengths: torch.Tensor | None = None):
-        """``(log1p magnitude [B, T, F], complex STFT [B, F, T], frame mask [B, T])`` of waveforms."""
-        if wav.dim() != 2:
-            raise ValueError(f"MetricGANGenerator expects waveforms [batch, samples], got {tuple(wav.shape)}")
-        if lengths is not None:
-            wav = wav * length_mask(lengths, wav.shape[1], wav.shape[0], wav.device).to(wav.dtype)
-        spec = stft(wav, self.stft_cfg)
-        mask = frame_mask(lengths, wav.shape[1], spec.shape[-1], self.stft_cfg.hop, wav.shape[0], wav.device)
-        return log1p_magnitude(spec), spec, mask
-
     def mask(self, feats: torch.Tensor, frame_valid: torch.Tensor | None = None) -> torch.Tensor:
         """The mask ``[B, T, F]`` for log1p-magnitude features."""
         if frame_valid is not None and not bool(frame_valid.all()):
@@ -126,31 +170,6 @@ class MetricGANGenerator(nn.Module):
             out, _ = self.lstm(feats)
         m = self.sigmoid(self.linear2(self.act(self.linear1(out))))
         return m.clamp(min=self.min_mask)
-
-    def enhance_features(self, wav, lengths=None):
-        """``(enhanced log1p magnitude [B, T, F], noisy STFT, frame mask)`` (what the discriminator scores)."""
-        feats, spec, valid = self.features(wav, lengths)
-        enhanced = self.mask(feats, valid) * feats * valid[:, :, None].to(feats.dtype)
-        return enhanced, spec, valid
-
-    def resynthesize(self, enhanced_log1p: torch.Tensor, spec: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """Waveform from an enhanced log1p magnitude and the noisy phase."""
-        mag = torch.expm1(enhanced_log1p).transpose(1, 2)  # [B, F, T]
-        phase = spec / spec.abs().clamp(min=1e-8)
-        return istft(mag * phase, self.stft_cfg, num_samples)
-
-    def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None, output: str = "wav"):
-        """Enhance ``[B, samples]`` waveforms.
-
-        ``output="features"`` returns :meth:`enhance_features` instead (through ``forward``, so that
-        a DDP wrapper synchronises the gradients).
-        """
-        enhanced, spec, valid = self.enhance_features(wav, lengths)
-        if output == "features":
-            return enhanced, spec, valid
-        if output != "wav":
-            raise ValueError(f"output must be 'wav' or 'features', got {output!r}")
-        return self.resynthesize(enhanced, spec, wav.shape[1])
 
 
 class MetricDiscriminator(nn.Module):
@@ -231,10 +250,13 @@ class MultiDiscriminator(nn.Module):
 
 
 def okd_modules(generators: int | Sequence[nn.Module] = 2, discriminator: nn.Module | None = None,
-                **generator_kwargs) -> dict:
+                generator_class=None, **generator_kwargs) -> dict:
     """The ``modules`` dict of a MetricGAN-OKD Brain: ``generator_0 .. generator_{N-1}`` and ``discriminator``.
 
-    ``generators`` is a count (built with ``generator_kwargs``) or a list of modules. Each generator
+    ``generators`` is a count (built with ``generator_class`` and ``generator_kwargs``) or a list
+    of modules. ``generator_class`` defaults to :class:`MetricGANGenerator`; SpeechBrain's
+    ``speechbrain.lobes.models.MetricGAN.EnhancementGenerator`` (class or ``!name:`` partial) is
+    built inside :class:`~sb_mal.models.speechbrain_metricgan.SpeechBrainGenerator`. Each generator
     is its own entry so that DDP wraps and synchronises each one.
 
     Example
@@ -246,7 +268,8 @@ def okd_modules(generators: int | Sequence[nn.Module] = 2, discriminator: nn.Mod
     if isinstance(generators, int):
         if generators < 1:
             raise ValueError(f"need at least one generator, got {generators}")
-        generators = [MetricGANGenerator(**generator_kwargs) for _ in range(generators)]
+        build = _generator_factory(generator_class, generator_kwargs)
+        generators = [build() for _ in range(generators)]
     mods = {f"generator_{i}": g for i, g in enumerate(generators)}
     if discriminator is None:
         raise ValueError("okd_modules needs a discriminator")
@@ -256,14 +279,52 @@ def okd_modules(generators: int | Sequence[nn.Module] = 2, discriminator: nn.Mod
     return mods
 
 
-def make_discriminator(version: int = 2, num_outputs: int = 2, **kwargs) -> nn.Module:
+def _generator_factory(generator_class, kwargs: dict):
+    from sb_mal.models.speechbrain_metricgan import SpeechBrainGenerator, factory_kwargs, is_speechbrain_class
+
+    if generator_class is None:
+        return functools.partial(MetricGANGenerator, **kwargs)
+    if is_speechbrain_class(generator_class, "EnhancementGenerator"):
+        own = factory_kwargs(generator_class)
+        if "input_size" in own:  # SpeechBrain's name for the bins: implied by n_fft here
+            own["n_fft"] = 2 * (int(own.pop("input_size")) - 1)
+        kwargs = dict(kwargs)
+        fixed = {"lin_dim": 300, "causal": False, "beta": 1.2}  # what SpeechBrain's class hard-codes
+        clash = {k: kwargs[k] for k in fixed if k in kwargs and kwargs[k] != fixed[k]}
+        if clash:
+            raise ValueError(f"SpeechBrain's EnhancementGenerator fixes {fixed}; got {clash}: use those values or "
+                             "sb_mal.models.MetricGANGenerator")
+        for k in fixed:
+            kwargs.pop(k, None)
+        return functools.partial(SpeechBrainGenerator, **{**kwargs, **own})
+    return functools.partial(generator_class, **kwargs)
+
+
+def make_discriminator(version: int = 2, num_outputs: int = 2, discriminator_class=None, **kwargs) -> nn.Module:
     """MetricGAN-OKD discriminator: ``version=2`` one D with N outputs, ``version=1`` N discriminators.
+
+    ``discriminator_class``: SpeechBrain's ``speechbrain.lobes.models.MetricGAN.MetricDiscriminator``
+    (class or ``!name:`` partial) builds one of SpeechBrain's discriminators per metric
+    (:class:`~sb_mal.models.speechbrain_metricgan.SpeechBrainDiscriminator`; it has one output, so
+    the version is 1 whatever is asked); None is sb_mal's :class:`MetricDiscriminator`.
 
     Example
     -------
     >>> type(make_discriminator(1, 2, channels=(4, 4, 4, 4))).__name__
     'MultiDiscriminator'
     """
+    if discriminator_class is not None:
+        from sb_mal.models.speechbrain_metricgan import SpeechBrainDiscriminator, factory_kwargs, is_speechbrain_class
+
+        if not is_speechbrain_class(discriminator_class, "MetricDiscriminator"):
+            return discriminator_class(num_outputs=num_outputs, **kwargs)
+        own = factory_kwargs(discriminator_class)
+        if "base_channels" in own:
+            kwargs["channels"] = [int(own.pop("base_channels"))] * 4
+        if "kernel_size" in own:
+            size = own.pop("kernel_size")
+            kwargs["kernel_size"] = int(size[0] if isinstance(size, (tuple, list)) else size)
+        return SpeechBrainDiscriminator(num_outputs, **kwargs, **own)
     if version == 2:
         return MetricDiscriminator(num_outputs, **kwargs)
     if version == 1:
