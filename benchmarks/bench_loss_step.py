@@ -48,6 +48,9 @@ def main():
     noisy, clean = (x.to(device) for x in devset_batch())
     lengths = torch.ones(noisy.shape[0], device=device)
     losses = {name: factories[name]() for name in LOSS_NAMES}
+    for loss in losses.values():
+        if getattr(loss, "encoder", None) == "live":
+            loss.model.to(device)  # the recipe's own model, which a Brain puts on the device
 
     def call(loss, dtype):
         x = noisy.clone().requires_grad_(True)

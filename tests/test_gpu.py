@@ -97,6 +97,8 @@ def test_loss_on_cuda_equals_cpu_and_runs_under_autocast(name, tiny_wavlm_dir, e
     cpu_value = factory()(pred, clean, lengths, reduction="batch")
     loss = factory()  # a fresh copy built on the CPU; it must follow the inputs to the GPU
     dev = torch.device("cuda:0")
+    if getattr(loss, "encoder", None) == "live":
+        loss.model.to(dev)  # the live encoder is the recipe's own model, which the Brain puts on the device
     x = pred.to(dev).requires_grad_(True)
     value = loss(x, clean.to(dev), lengths.to(dev), reduction="batch")
     assert value.device.type == "cuda"

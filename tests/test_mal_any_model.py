@@ -192,3 +192,37 @@ def test_losses_follow_their_inputs_device_and_dtype_by_one_mechanism():
         value32 = loss(noisy, clean)
         assert value32.dtype == torch.float32 and torch.allclose(value32.double(), value64, atol=1e-5)
     assert not isinstance(WaveformL1(), FrozenNetworks)  # nothing to move
+
+
+def test_recurrent_taps_run_without_dropout_and_leave_the_model_as_it_was():
+    """RNNs run in train mode with dropout 0 inside the loss (cuDNN backpropagates only in train mode):
+    the same function as eval mode, and the model's own mode and dropout are restored."""
+
+    class Rec(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(1, 8, num_layers=2, dropout=0.5, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    torch.manual_seed(0)
+    model = Rec().train()
+    loss = ModelAsLoss(model, taps=["rnn"], encoder="live", input_fn=unsqueeze)
+    clean, noisy = signals(samples=300)
+    first, second = loss(noisy, clean), loss(noisy, clean)
+    assert torch.equal(first, second)  # no dropout
+    with torch.no_grad():
+        model.eval()
+        expected = (model(unsqueeze(noisy)) - model(unsqueeze(clean))).abs().mean()
+        model.train()
+    assert torch.allclose(first, expected, atol=1e-6)
+    assert model.training and model.rnn.training and model.rnn.dropout == 0.5
+
+
+def test_speechbrain_generator_mask_covers_every_frame():
+    from sb_mal.models import SpeechBrainGenerator
+
+    g = SpeechBrainGenerator(num_layers=1)
+    wav = torch.randn(1, 8000)
+    assert g(wav, torch.tensor([0.9])).shape == (1, 8000)  # SpeechBrain's LSTM unpacks to the valid length

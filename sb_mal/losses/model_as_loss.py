@@ -54,8 +54,10 @@ Use in a stock SpeechBrain recipe: see the README section "Model as Loss in Spee
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -165,6 +167,29 @@ class _Encoder(nn.Module):
             raise ModelAsLossError(f"ModelAsLoss: taps {missing} of {type(model).__name__} were never called "
                                    "during its forward pass")
         return [owner._tap_tensor(t, captured[t]) for t in owner.taps], None
+
+
+@contextlib.contextmanager
+def _loss_mode(model: nn.Module):
+    """Eval mode for a loss encoder's forward pass, restored afterwards.
+
+    Recurrent layers are the exception: cuDNN cannot backpropagate through an RNN in eval mode, so
+    they run in train mode with their dropout set to 0, which computes the same function.
+    """
+    saved = [(m, m.training) for m in model.modules()]
+    rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+    dropouts = [m.dropout for m in rnns]
+    model.eval()
+    for m in rnns:
+        m.dropout = 0.0
+        m.train()
+    try:
+        yield
+    finally:
+        for m, p in zip(rnns, dropouts):
+            m.dropout = p
+        for m, mode in saved:
+            m.training = mode
 
 
 def _describe(x) -> str:
@@ -325,6 +350,11 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
         return cls(enhancer.mods.enhance_model, taps=taps, encoder="snapshot", snapshot_now=True, **kwargs)
 
     @property
+    def model(self) -> nn.Module:
+        """The model the loss was built on (for ``encoder="live"``, the one being trained)."""
+        return self._live[0].model
+
+    @property
     def ready(self) -> bool:
         """Whether the loss encoder is defined (always for live; after a snapshot otherwise)."""
         return self.encoder == "live" or bool(self.snapshot_taken)
@@ -381,16 +411,14 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
     def _features(self, wav, lengths):
         x = self._model_input(wav)
         if self.encoder == "snapshot":
-            return self.snapshot(x, lengths, self)
+            with _loss_mode(self.snapshot):
+                return self.snapshot(x, lengths, self)
         live = self._live[0]
         params = {f"model.{name}": p.detach() for name, p in live.model.named_parameters()}
-        modes = [(m, m.training) for m in live.model.modules()]
-        live.model.eval()
-        try:
+        with _loss_mode(live.model), warnings.catch_warnings():
+            # the detached views are not cuDNN's flat RNN buffer: it compacts them per call (a copy)
+            warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
             return torch.func.functional_call(live, params, (x, lengths, self), strict=False)
-        finally:
-            for module, mode in modes:
-                module.training = mode
 
     def _flatten(self, tap: str, feats: torch.Tensor, lengths, protocol_mask):
         """``(feats as [B, frames, D], valid frames [B, frames] or None)``."""

@@ -60,6 +60,9 @@ def valid_at_level(valid: torch.Tensor, level: int) -> torch.Tensor:
     return (valid + (1 << level) - 1) >> level
 
 
+_POW_FLOOR = 1e-20  # (1e-20) ** 0.3 = 1e-6; the gradient there, 0.3 * 1e14, is finite in float32
+
+
 def _keep(x: torch.Tensor, valid: torch.Tensor, level: int) -> torch.Tensor:
     """Zero the time steps (last axis) of ``x`` beyond the valid length at ``level``."""
     steps = torch.arange(x.shape[-1], device=x.device)
@@ -238,7 +241,8 @@ class SpectralCodecNet(_CodecNetBase):
                 scale = torch.full((B,), float(self.norm), device=wav.device, dtype=mag.dtype)
         out = mag / scale.to(mag.dtype)[:, None, None]
         if self.compress != 1.0:
-            out = out.clamp(min=0).pow(self.compress)
+            # a floor far below any audible bin keeps the gradient of x ** c finite at exact zeros (padding)
+            out = out.clamp(min=_POW_FLOOR).pow(self.compress)
         return out, scale, valid
 
     def to_waveform(self, mag: torch.Tensor, scale: torch.Tensor, phase_from: torch.Tensor) -> torch.Tensor:

@@ -97,7 +97,10 @@ class SpeechBrainGenerator(MaskGenerator):
             rel = torch.ones(feats.shape[0], device=feats.device)
         else:
             rel = frame_valid.sum(1).to(feats.dtype) / feats.shape[1]
-        return self.net(feats, rel).clamp(min=self.min_mask)
+        mask = self.net(feats, rel)
+        if mask.shape[1] < feats.shape[1]:  # SpeechBrain's LSTM unpacks to the longest valid length only
+            mask = nn.functional.pad(mask, (0, 0, 0, feats.shape[1] - mask.shape[1]))
+        return mask.clamp(min=self.min_mask)
 
 
 class SpeechBrainDiscriminator(nn.Module):
