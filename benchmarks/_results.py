@@ -52,6 +52,21 @@ def update_section(name: str, body: str, path: Path = RESULTS) -> None:
     tmp.replace(path)
 
 
+def interleaved_times(steps: dict, repeats: int, warmup: int = 1) -> dict:
+    """``{key: [seconds, ...]}``: every callable of ``steps`` run ``warmup`` times, then ``repeats``
+    rounds in which each runs once (interleaved, so a slow spell of the machine hits all alike)."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {key: [] for key in steps}
+    for _ in range(repeats):
+        for key, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - t0)
+    return times
+
+
 def timed(fn, repeats: int = 3) -> tuple[float, list[float]]:
     """Median wall time of ``fn()`` over ``repeats`` runs, and all the times."""
     times = []

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
-from _results import devset_batch, header, update_section
+from _results import devset_batch, header, interleaved_times, update_section
 from sb_mal.losses import CodecApproximationLoss, WaveformL1
 from sb_mal.metrics import format_table
 from sb_mal.models import SeparationUNet, SpectralCodecNet, ladder_table
@@ -55,14 +54,7 @@ def main():
               "codec A": CodecApproximationLoss(codec, layers="A"),
               "codec A, no prediction term": CodecApproximationLoss(codec, layers="A", lb=0.0)}
     steps = {(cap, name): make_step(cap, loss, batch) for cap in args.capacities for name, loss in losses.items()}
-    for step in steps.values():  # warm-up
-        step()
-    times = {key: [] for key in steps}
-    for _ in range(args.repeats):
-        for key, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[key].append(time.perf_counter() - t0)
+    times = interleaved_times(steps, args.repeats)
     params = {r["name"]: r["parameters"] for r in ladder_table()}
     rows = []
     for (cap, name), t in times.items():

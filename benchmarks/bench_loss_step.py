@@ -16,12 +16,11 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from _results import devset_batch, header, update_section
+from _results import devset_batch, header, interleaved_times, update_section
 from sb_mal.metrics import format_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -63,15 +62,8 @@ def main():
     rows = []
     for precision in args.precisions:
         dtype = DTYPES[precision]
-        times = {name: [] for name in losses}
-        for _ in range(2):
-            for loss in losses.values():
-                call(loss, dtype)
-        for _ in range(args.repeats):
-            for name, loss in losses.items():
-                t0 = time.perf_counter()
-                call(loss, dtype)
-                times[name].append(time.perf_counter() - t0)
+        steps = {name: (lambda loss=loss: call(loss, dtype)) for name, loss in losses.items()}
+        times = interleaved_times(steps, args.repeats, warmup=2)
         base = statistics.median(times["WaveformL1"])
         rows += [{"precision": precision, "loss": name, "median ms": 1000 * statistics.median(t),
                   "ratio to WaveformL1": statistics.median(t) / base} for name, t in times.items()]

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
-from _results import devset_batch, header, update_section
+from _results import devset_batch, header, interleaved_times, update_section
 from sb_mal.brains.mal import MAL_VARIANTS
 from sb_mal.losses import Log1pMagnitude, ModelAsLoss, MultiResolutionSTFTLoss, WaveformL1, WeightedSum
 from sb_mal.metrics import format_table
@@ -111,14 +110,7 @@ def main():
     for key in args.models:
         label, build = MODELS[key]
         steps = {name: make_step(build, *spec[:1], batch, device, *spec[1:]) for name, spec in systems_of(key).items()}
-        for step in steps.values():  # warm-up
-            step()
-        times = {name: [] for name in steps}
-        for _ in range(args.repeats):
-            for name, step in steps.items():
-                t0 = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - t0)
+        times = interleaved_times(steps, args.repeats)
         base = statistics.median(times["reconstruction only"])
         rows += [{"model": label, "training step": name, "median s": statistics.median(t), "min s": min(t),
                   "ratio to reconstruction-only": statistics.median(t) / base} for name, t in times.items()]

@@ -5,7 +5,7 @@ Phase 1 (epochs ``1 .. phase1_epochs``) trains the whole model with the reconstr
 is 0. Phase 2 trains with ``lambda_rec * rec_cost + lambda_mal * L_mal`` where ``L_mal`` is
 :class:`sb_mal.losses.ModelAsLoss` on the model's own encoder.
 
-A variant is two switches (ARCHITECTURE.md, "Model as Loss"):
+A variant is two switches (docs/design.md, "Model as Loss"):
 
 ============  ================  ==============
 variant       loss_encoder      train_encoder

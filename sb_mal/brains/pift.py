@@ -2,7 +2,7 @@
 
 The enhancer ``modules.model`` starts from a pretrained SE model (``init_from``) and is trained so
 that the features of a frozen self-supervised model (WavLM by default) computed on its output
-match those of the clean speech (ARCHITECTURE.md, "Position-invariant SSL fine-tuning"):
+match those of the clean speech (docs/design.md, "Position-invariant SSL fine-tuning"):
 
 ``ssl_mse`` (:class:`~sb_mal.losses.SSLMSELoss`)
     frame-aligned feature MSE, the baseline;

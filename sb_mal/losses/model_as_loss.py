@@ -25,7 +25,7 @@ Padding
     PyTorch's channels-first ``[B, C, T]``); item ``b`` has ``round(length_b * frames)`` valid frames.
     A ``[B, D]`` tap has no time axis and is compared whole.
 
-Which weights define ``E`` (a decision the paper leaves open; ``docs/design.md``):
+Which weights define ``E`` (a decision the paper leaves open; docs/design.md, "Model as Loss"):
 
 ``encoder="snapshot"``
     a frozen copy of the model, taken at construction (``snapshot_now=True``) or by

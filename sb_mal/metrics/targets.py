@@ -1,6 +1,6 @@
 """Metric scores mapped to [0, 1] targets for metric discriminators (MetricGAN, MetricGAN-OKD).
 
-One place for every normalisation (ARCHITECTURE.md, "MetricGAN-OKD"):
+One place for every normalisation (docs/design.md, "MetricGAN-OKD"):
 
 =============  ==========================================================  ==================
 metric         mapping                                                     clean vs clean

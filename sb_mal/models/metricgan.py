@@ -40,6 +40,15 @@ def log1p_magnitude(spec: torch.Tensor) -> torch.Tensor:
     return torch.log1p(spec.abs()).transpose(1, 2)
 
 
+def check_pair(reference: torch.Tensor, degraded: torch.Tensor, min_frames: int) -> None:
+    """A discriminator's inputs: two ``[B, T, F]`` log1p magnitudes of one shape, ``T >= min_frames``."""
+    if reference.shape != degraded.shape or reference.dim() != 3:
+        raise ValueError(f"expected two [B, T, F] inputs of one shape, got {tuple(reference.shape)} and "
+                         f"{tuple(degraded.shape)}")
+    if reference.shape[1] < min_frames:
+        raise ValueError(f"need at least {min_frames} frames, got {reference.shape[1]}")
+
+
 class LearnableSigmoid(nn.Module):
     """``beta * sigmoid(slope * x)`` with one learnable slope per feature (init 1)."""
 
@@ -218,11 +227,7 @@ class MetricDiscriminator(nn.Module):
 
     def forward(self, reference: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, num_outputs]`` for ``[B, T, F]`` log1p magnitudes (T >= ``min_frames``)."""
-        if reference.shape != degraded.shape or reference.dim() != 3:
-            raise ValueError(f"expected two [B, T, F] inputs of one shape, got {tuple(reference.shape)} and "
-                             f"{tuple(degraded.shape)}")
-        if reference.shape[1] < self.min_frames:
-            raise ValueError(f"need at least {self.min_frames} frames, got {reference.shape[1]}")
+        check_pair(reference, degraded, self.min_frames)
         x = self.norm(torch.stack([reference, degraded], dim=1))
         x = self.convs(x).mean(dim=(2, 3))
         return self.head(x)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sb_mal.models.metricgan import MaskGenerator
+from sb_mal.models.metricgan import MaskGenerator, check_pair
 
 __all__ = ["SpeechBrainDiscriminator", "SpeechBrainGenerator", "is_speechbrain_class"]
 
@@ -145,10 +145,6 @@ class SpeechBrainDiscriminator(nn.Module):
 
     def forward(self, reference: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, num_outputs]`` for ``[B, T, F]`` log1p magnitudes (T >= ``min_frames``)."""
-        if reference.shape != degraded.shape or reference.dim() != 3:
-            raise ValueError(f"expected two [B, T, F] inputs of one shape, got {tuple(reference.shape)} and "
-                             f"{tuple(degraded.shape)}")
-        if reference.shape[1] < self.min_frames:
-            raise ValueError(f"need at least {self.min_frames} frames, got {reference.shape[1]}")
+        check_pair(reference, degraded, self.min_frames)
         x = torch.stack([degraded, reference], dim=1)  # SpeechBrain's order: degraded, then clean
         return torch.cat([d(x) for d in self.discriminators], dim=1)
