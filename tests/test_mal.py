@@ -218,3 +218,28 @@ def test_ssl_l1_baseline_from_the_same_recipe(devset, tmp_path):
     epochs = [line for line in (out / "train_log.txt").read_text().splitlines() if line.startswith("epoch:")]
     assert len(epochs) == 2
     assert "train mal" not in epochs[0] and "train mal" in epochs[1]  # the SSL term is on in phase 2 only
+
+
+@pytest.mark.parametrize("variant", ["frozen_fe", "dynamic"])
+def test_mal_brain_over_a_model_without_the_encode_protocol(variant, pair_sets, tmp_path):
+    """MALBrain with sb_mal's MetricGAN generator (waveform in and out, no encode()): module-path taps."""
+    from sb_mal.models import MetricGANGenerator
+
+    train, valid = pair_sets
+    torch.manual_seed(0)
+    model = MetricGANGenerator(hidden_size=16, num_layers=1, lin_dim=16)
+    counter = EpochCounter(limit=1)
+    hparams = {"variant": variant, "phase1_epochs": 1, "lambda_mal": 10.0, "lambda_rec": 1.0,
+               "rec_cost": WaveformL1(), "mal_taps": ["lstm"], "encoder_prefixes": ["lstm"],
+               "epoch_counter": counter, "valid_metrics": [], "n_jobs": 0}
+    brain = MALBrain(modules={"model": model}, opt_class=lambda p: torch.optim.Adam(p, lr=3e-3), hparams=hparams,
+                     run_opts={"device": "cpu", "noprogressbar": True},
+                     checkpointer=Checkpointer(tmp_path / "save", {"model": model, "counter": counter}))
+    brain.fit(counter, train, valid, train_loader_kwargs={"batch_size": 4}, valid_loader_kwargs={"batch_size": 2})
+    lstm0, head0 = _params([model.lstm]), _params([model.linear1, model.linear2])
+    counter.limit = 2
+    brain.fit(counter, train, valid, train_loader_kwargs={"batch_size": 4}, valid_loader_kwargs={"batch_size": 2})
+    assert brain.mal_loss.taps == ["lstm"] and not brain.mal_loss.protocol
+    assert _changed(head0, [model.linear1, model.linear2])
+    assert _changed(lstm0, [model.lstm]) == (variant == "dynamic")
+    assert "mal" in brain.train_stats and brain.train_stats["mal"] > 0
