@@ -21,8 +21,11 @@ The YAML declares, besides the usual Brain keys (``modules``, ``opt_class``, ``e
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 import os
+import re
 import shutil
 import sys
 
@@ -31,19 +34,74 @@ from hyperpyyaml import load_hyperpyyaml
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_recipe_hparams", "run_recipe"]
+__all__ = ["RECIPE_KEYS", "load_recipe_hparams", "run_recipe"]
+
+#: YAML keys the recipe skeleton reads itself (besides those each Brain declares)
+RECIPE_KEYS = ("modules", "opt_class", "epoch_counter", "checkpointer", "prepare", "train_data", "valid_data",
+               "test_data", "train_dataloader_opts", "valid_dataloader_opts", "test_dataloader_opts", "output_folder",
+               "ckpt_key", "seed")
+_TOP_KEY = re.compile(r"^([A-Za-z_]\w*)\s*:", re.M)
 
 
-def load_recipe_hparams(argv: list[str]):
-    """Parse SpeechBrain-style arguments and load the YAML; returns (hparams_file, run_opts, overrides, hparams)."""
+def _run_option_names() -> set[str]:
+    from speechbrain.utils.run_opts import RunOptions
+
+    return {f.name for f in dataclasses.fields(RunOptions)}
+
+
+def _split_overrides(overrides: str, file_keys: set[str], declared, hparams_file: str) -> tuple[str, dict]:
+    """``(overrides of keys the file defines, {declared key absent from the file: override text})``.
+
+    A command-line override of a key that neither the file nor the Brain knows is an error naming
+    the closest valid keys.
+    """
+    kept, extra = [], {}
+    for line in overrides.splitlines():
+        match = _TOP_KEY.match(line)
+        key = match.group(1) if match else None
+        if key is None or key in file_keys:
+            kept.append(line)
+        elif declared is not None and key in declared.index:
+            extra[key] = line
+        else:
+            close = difflib.get_close_matches(key, sorted(file_keys | set(declared.index if declared else ())), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise SystemExit(f"error: --{key}: {hparams_file} has no key {key!r}"
+                             f"{' and ' + declared.brain + ' does not read it' if declared else ''}{hint}")
+    return "\n".join(kept), extra
+
+
+def load_recipe_hparams(argv: list[str], brain_class=None):
+    """Parse SpeechBrain-style arguments and load the YAML; returns (hparams_file, run_opts, overrides, hparams).
+
+    With ``brain_class`` (whose ``HPARAMS`` declares what it reads), a key of the file that nothing
+    reads is an error naming the closest valid keys, and a declared key the file does not define
+    can still be given on the command line.
+    """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     if not os.path.isfile(hparams_file):
         raise SystemExit(f"error: hparams file {hparams_file} not found")
     with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+        text = fin.read()
+    declared = getattr(brain_class, "HPARAMS", None)
+    file_keys = set(_TOP_KEY.findall(text))
+    overrides, extra = _split_overrides(overrides or "", file_keys, declared, hparams_file)
+    hparams = load_hyperpyyaml(text, overrides)
+    for key, line in extra.items():
+        hparams[key] = load_hyperpyyaml(line)[key]
     for key in ("modules", "epoch_counter", "checkpointer", "train_data", "valid_data", "output_folder"):
         if key not in hparams:
             raise SystemExit(f"error: {hparams_file} defines no {key!r}")
+    if declared is not None:
+        unknown = declared.unknown_keys(hparams, text, also_read=set(RECIPE_KEYS) | _run_option_names())
+        if unknown:
+            lines = []
+            for key in unknown:
+                close = declared.closest(key, RECIPE_KEYS)
+                lines.append(f"  {key}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+            raise SystemExit(f"error: {hparams_file}: key(s) that no part of the recipe reads ({declared.brain}, the "
+                             "recipe skeleton, SpeechBrain's run options, or a !ref in the file):\n" + "\n".join(lines))
+    hparams["_hparams_file"] = hparams_file
     return hparams_file, run_opts, overrides, hparams
 
 
@@ -67,14 +125,18 @@ def run_recipe(brain_class, script: str | None = None, argv: list[str] | None = 
     argv : list of str, optional
         Command-line arguments (default ``sys.argv[1:]``).
     """
+    from sb_mal.brains.hparams import HParamsError
+
     argv = sys.argv[1:] if argv is None else argv
-    hparams_file, run_opts, overrides, hparams = load_recipe_hparams(argv)
+    hparams_file, run_opts, overrides, hparams = load_recipe_hparams(argv, brain_class)
     sb.utils.distributed.ddp_init_group(run_opts)
     ok = False
     try:
         brain = _run(brain_class, script, hparams_file, run_opts, overrides, hparams)
         ok = True
         return brain
+    except HParamsError as err:
+        raise SystemExit(f"error: {err}") from None
     finally:
         _shutdown_process_group(wait_for_peers=ok)
 

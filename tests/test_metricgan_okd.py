@@ -208,3 +208,23 @@ def test_okd_recipe_with_speechbrain_modules_trains_and_exports(devset, tmp_path
     enhancer = Enhancer.from_hparams(source=str(folder), run_opts={"device": "cpu"})
     assert type(enhancer.mods.enhance_model.net).__name__ == "EnhancementGenerator"
     assert enhancer.enhance_batch(torch.randn(1, 8000)).shape == (1, 8000)
+
+
+def test_running_totals_survive_a_resume_and_recoverable_names_do_not_clash(tmp_path):
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    from sb_mal.brains.recoverables import RunningTotals, register
+
+    totals = RunningTotals(metric_seconds=0.0)
+    totals.add("metric_seconds", 12.5)
+    ckpt = Checkpointer(tmp_path / "save")
+    register(ckpt, {"totals": totals}, "test")
+    ckpt.save_checkpoint()
+    resumed = RunningTotals(metric_seconds=0.0)
+    again = Checkpointer(tmp_path / "save")
+    register(again, {"totals": resumed}, "test")
+    again.recover_if_possible()
+    assert resumed["metric_seconds"] == 12.5
+    register(again, {"totals": resumed}, "test")  # the same object again: fine
+    with pytest.raises(ValueError, match="already has a recoverable 'totals' .*needs that name for its dict"):
+        register(again, {"totals": {}}, "OKD")

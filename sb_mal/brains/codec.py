@@ -34,13 +34,13 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from types import SimpleNamespace
 
 import speechbrain as sb
 import torch
 
 from sb_mal.brains.ddp import unwrap
-from sb_mal.brains.enhance import EnhanceBrain
+from sb_mal.brains.enhance import ENHANCE_HPARAMS, EnhanceBrain
+from sb_mal.brains.hparams import HParam
 from sb_mal.data.mp3 import Mp3PairDataset
 from sb_mal.evaluation.codec_imitation import imitation_l1
 from sb_mal.metrics.results import EvalResult
@@ -99,16 +99,13 @@ class CodecNetBrain(EnhanceBrain):
     (['end-of-epoch', 'identity_l1', 'l1', 'loss', 'ratio'], True)
     """
 
+    HPARAMS = ENHANCE_HPARAMS.extend("CodecNetBrain", [
+        HParam("ckpt_key", "str", "loss", "checkpoints are kept by the lowest validation L1", choices=("loss",)),
+    ], drop=["compute_cost", "valid_metrics", "test_metrics", "n_jobs", "metric_timeout", "enhanced_folder"])
+    LOSS_KEYS = ()
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if not hasattr(self, "hparams"):
-            self.hparams = SimpleNamespace()
-        key = getattr(self.hparams, "ckpt_key", None)
-        if key is None:
-            self.hparams.ckpt_key = "loss"
-        elif key != "loss":
-            raise ValueError(f"CodecNetBrain keeps checkpoints by the lowest validation loss: ckpt_key must be "
-                             f"'loss', got {key!r}")
         model = getattr(self.modules, "model", None)
         if model is None or not all(hasattr(unwrap(model), a) for a in ("prepare", "fit_loss", "out_min")):
             found = "nothing" if model is None else type(unwrap(model)).__name__

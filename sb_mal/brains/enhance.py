@@ -15,11 +15,8 @@ What it does beyond ``speechbrain.Brain``:
 * keeps the default ``fit_batch``, so ``--precision``, gradient accumulation, gradient clipping and
   DDP work as in any SpeechBrain recipe.
 
-Hparams it reads (all optional except ``compute_cost``): ``compute_cost``, ``sample_rate`` (16000),
-``valid_metrics`` (["pesq", "stoi"]), ``test_metrics`` (["intrusive"]), ``n_jobs`` (2),
-``metric_timeout`` (120), ``ckpt_key`` ("pesq"), ``output_folder``, ``enhanced_folder``,
-``train_logger``, ``tensorboard_logger``, ``keep_checkpoints`` (1), ``max_train_minutes`` (stop
-after the first epoch that ends past this wall-clock budget, counted from the start of ``fit``).
+The hyperparameters it reads are declared once, in ``EnhanceBrain.HPARAMS`` (types, defaults,
+ranges; listed in docs/hparams.md) and checked when the Brain is built.
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ import logging
 import math
 import os
 import time
+from types import SimpleNamespace
 
 import speechbrain as sb
 import torch
@@ -36,6 +34,7 @@ from speechbrain.dataio.batch import PaddedBatch
 
 from sb_mal.audio import write_audio
 from sb_mal.brains.ddp import GlooFriendlyDDP, unwrap
+from sb_mal.brains.hparams import REQUIRED, HParam, HParams
 from sb_mal.metrics import evaluate as evaluate_metrics
 from sb_mal.fileio import atomic_write_text
 from sb_mal.losses.reconstruction import terms_to_floats
@@ -43,7 +42,25 @@ from sb_mal.metrics.results import EvalResult
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EnhanceBrain", "loss_terms", "model_config"]
+__all__ = ["ENHANCE_HPARAMS", "EnhanceBrain", "loss_terms", "model_config"]
+
+#: What every enhancement Brain reads (the paradigms' Brains extend it).
+ENHANCE_HPARAMS = HParams("EnhanceBrain", [
+    HParam("compute_cost", "callable", REQUIRED, "the training loss, SpeechBrain's signature"),
+    HParam("epoch_counter", "any", None, "speechbrain.utils.epoch_loop.EpochCounter (the one given to fit)"),
+    HParam("sample_rate", "int", 16000, "rate of the audio", low=1),
+    HParam("valid_metrics", "list", ["pesq", "stoi"], "metrics (or groups) computed on the validation split"),
+    HParam("test_metrics", "list", ["intrusive"], "metrics (or groups) computed on the test split"),
+    HParam("n_jobs", "int", 2, "metric worker processes (0: in the training process)", low=0),
+    HParam("metric_timeout", "float", 120.0, "seconds per utterance before a metric worker is replaced", low=1),
+    HParam("ckpt_key", "str", "pesq", "validation metric that picks the best checkpoint (`loss`: the lowest)"),
+    HParam("keep_checkpoints", "int", 1, "checkpoints kept (the best by ckpt_key)", low=1),
+    HParam("max_train_minutes", "float", None, "stop after the first epoch that ends past this budget", low=0),
+    HParam("output_folder", "str", None, "run folder (model_config.json, test scores)"),
+    HParam("enhanced_folder", "str", None, "where the test set's enhanced audio is written"),
+    HParam("train_logger", "any", None, "a SpeechBrain train logger"),
+    HParam("tensorboard_logger", "any", None, "speechbrain.utils.train_logger.TensorboardLogger"),
+])
 
 
 def model_config(model: torch.nn.Module) -> dict:
@@ -75,6 +92,16 @@ def _gather_rows(rows: list) -> list:
 
 class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
     """Brain for waveform-to-waveform speech enhancement (see the module docstring)."""
+
+    HPARAMS = ENHANCE_HPARAMS
+    #: hparams holding losses, moved to the device at the start of fit (they also follow their inputs)
+    LOSS_KEYS: tuple[str, ...] = ("compute_cost",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not hasattr(self, "hparams"):  # SpeechBrain sets it only when hparams are given
+            self.hparams = SimpleNamespace()
+        self.HPARAMS.apply(self.hparams)
 
     # -- data --------------------------------------------------------------------------------
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
@@ -122,23 +149,24 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
             k = int(round(float(rel) * n))
             p = pred[:k].float().cpu().numpy()
             self._outputs.append((uid, p, ref[:k].float().cpu().numpy()))
-            if stage == sb.Stage.TEST and getattr(self.hparams, "enhanced_folder", None):
+            if stage == sb.Stage.TEST and self.hparams.enhanced_folder:
                 peak = max(1.0, float(abs(p).max()))
                 write_audio(os.path.join(self.hparams.enhanced_folder, f"{uid}.wav"), p / peak, self._rate)
 
     # -- stages ------------------------------------------------------------------------------
     @property
     def _rate(self) -> int:
-        return int(getattr(self.hparams, "sample_rate", 16000))
+        return self.hparams.sample_rate
 
     def on_fit_start(self):
         """Record the model configuration next to the checkpoints, then the usual start."""
         super().on_fit_start()
         self._fit_started = time.monotonic()
-        cost = getattr(self.hparams, "compute_cost", None)
-        if isinstance(cost, torch.nn.Module):
-            cost.to(self.device)
-        folder = getattr(self.hparams, "output_folder", None)
+        for key in self.LOSS_KEYS:
+            cost = getattr(self.hparams, key)
+            if isinstance(cost, torch.nn.Module):
+                cost.to(self.device)
+        folder = self.hparams.output_folder
         if folder and sb.utils.distributed.if_main_process():
             model = unwrap(self.modules.model)
             try:
@@ -160,8 +188,7 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
                 dataset.set_epoch(epoch)
 
     def _metrics(self, stage) -> EvalResult | None:
-        names = getattr(self.hparams, "valid_metrics" if stage == sb.Stage.VALID else "test_metrics",
-                        ["pesq", "stoi"] if stage == sb.Stage.VALID else ["intrusive"])
+        names = self.hparams.valid_metrics if stage == sb.Stage.VALID else self.hparams.test_metrics
         if not names or not self._outputs:
             return None
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
@@ -170,8 +197,7 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
         mine = self._outputs[rank::world]
         result = evaluate_metrics(
             [p for _, p, _ in mine], [c for _, _, c in mine], self._rate, metrics=names,
-            n_jobs=int(getattr(self.hparams, "n_jobs", 2)), ids=[u for u, _, _ in mine],
-            timeout=float(getattr(self.hparams, "metric_timeout", 120.0)),
+            n_jobs=self.hparams.n_jobs, ids=[u for u, _, _ in mine], timeout=self.hparams.metric_timeout,
             progress=not getattr(self, "noprogressbar", False) and stage == sb.Stage.TEST,
         )
         rows = sorted(_gather_rows(result.rows), key=lambda r: r["id"])
@@ -192,26 +218,27 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
             stats.update(result.means)
         if stage == sb.Stage.VALID:
             self._log({"epoch": epoch}, train_stats=getattr(self, "train_stats", None), valid_stats=stats)
-            key = getattr(self.hparams, "ckpt_key", "pesq")
+            key = self.hparams.ckpt_key
             meta = dict(stats)
             if key not in meta or meta[key] is None or math.isnan(meta[key]):
                 meta[key] = -math.inf if key != "loss" else math.inf  # never preferred
-            keep = int(getattr(self.hparams, "keep_checkpoints", 1))
+            keep = self.hparams.keep_checkpoints
             if key == "loss":
                 self.checkpointer.save_and_keep_only(meta=meta, min_keys=["loss"], num_to_keep=keep)
             else:
                 self.checkpointer.save_and_keep_only(meta=meta, max_keys=[key], num_to_keep=keep)
             self._check_budget(epoch)
         elif stage == sb.Stage.TEST:
-            self._log({"epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
-            folder = getattr(self.hparams, "output_folder", None)
+            counter = self.hparams.epoch_counter
+            self._log({"epoch loaded": counter.current if counter is not None else None}, test_stats=stats)
+            folder = self.hparams.output_folder
             if result is not None and folder and sb.utils.distributed.if_main_process():
                 result.to_csv(os.path.join(folder, "test_scores.csv"))
                 result.to_json(os.path.join(folder, "test_summary.json"))
             self.test_stats = stats
 
     def _check_budget(self, epoch):
-        budget = getattr(self.hparams, "max_train_minutes", None)
+        budget = self.hparams.max_train_minutes
         if budget is None or epoch is None:
             return
         elapsed = (time.monotonic() - getattr(self, "_fit_started", time.monotonic())) / 60
@@ -225,6 +252,6 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
 
     def _log(self, meta, **stats):
         for logger_name in ("train_logger", "tensorboard_logger"):
-            target = getattr(self.hparams, logger_name, None)
+            target = getattr(self.hparams, logger_name)
             if target is not None:
                 target.log_stats(meta, **{k: v for k, v in stats.items() if v is not None})

@@ -37,7 +37,9 @@ from __future__ import annotations
 import logging
 
 from sb_mal.brains.ddp import unwrap
-from sb_mal.brains.enhance import EnhanceBrain, loss_terms
+from sb_mal.brains.enhance import ENHANCE_HPARAMS, EnhanceBrain, loss_terms
+from sb_mal.brains.hparams import REQUIRED, HParam, HParamsError
+from sb_mal.brains.recoverables import register
 from sb_mal.losses.model_as_loss import ModelAsLoss
 
 logger = logging.getLogger(__name__)
@@ -51,36 +53,45 @@ MAL_VARIANTS = {"frozen": ("snapshot", True), "frozen_fe": ("snapshot", False), 
 class MALBrain(EnhanceBrain):
     """Model-as-Loss training (see the module docstring)."""
 
+    HPARAMS = ENHANCE_HPARAMS.extend("MALBrain", [
+        HParam("epoch_counter", "any", REQUIRED, "speechbrain.utils.epoch_loop.EpochCounter (the one given to fit)"),
+        HParam("rec_cost", "callable", REQUIRED, "the reconstruction loss L_rec"),
+        HParam("variant", "str", None, "a preset of loss_encoder and train_encoder",
+               choices=(*MAL_VARIANTS, "ssl_l1")),
+        HParam("loss_encoder", "str", None, "overrides the variant's loss encoder", choices=("snapshot", "live")),
+        HParam("train_encoder", "bool", None, "overrides whether the variant trains the encoder in phase 2"),
+        HParam("mal_taps", "list", None, "taps of L_mal (default: the bottleneck of an encode-protocol model)"),
+        HParam("mal_input_fn", "callable", None, "maps waveforms to the model's input (models without encode())"),
+        HParam("encoder_prefixes", "list", None, "module paths of the encoder (frozen_fe on a model without "
+                                                 "encoder_modules())"),
+        HParam("lambda_mal", "float", 1.0, "weight of L_mal in phase 2", low=0),
+        HParam("lambda_rec", "float", 1.0, "weight of L_rec in phase 2", low=0),
+        HParam("phase1_epochs", "int", 0, "epochs of reconstruction-only training before phase 2", low=0),
+        HParam("init_from", "str", None, "a run folder, CKPT+* folder or model.ckpt to start from"),
+        HParam("feature_loss", "callable", None, "the frozen deep-feature loss of variant ssl_l1"),
+    ], drop=["compute_cost"])
+    LOSS_KEYS = ("rec_cost", "feature_loss")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         h = self.hparams
-        variant = getattr(h, "variant", None)
-        if variant is not None and variant not in (*MAL_VARIANTS, "ssl_l1"):
-            raise ValueError(f"variant must be one of {sorted(MAL_VARIANTS) + ['ssl_l1']}, got {variant!r}")
-        feature_loss = getattr(h, "feature_loss", None)
+        variant, feature_loss = h.variant, h.feature_loss
         if (variant == "ssl_l1") != (feature_loss is not None):
-            raise ValueError("variant 'ssl_l1' needs a `feature_loss` in the hparams, and `feature_loss` needs variant 'ssl_l1'")
+            raise HParamsError("variant 'ssl_l1' needs a `feature_loss` in the hparams, and `feature_loss` needs "
+                               "variant 'ssl_l1'")
         default_encoder, default_train = MAL_VARIANTS.get(variant, ("snapshot", True))
-        self.loss_encoder = getattr(h, "loss_encoder", None) or default_encoder
-        train_encoder = getattr(h, "train_encoder", None)
-        self.train_encoder = default_train if train_encoder is None else bool(train_encoder)
-        if not hasattr(h, "rec_cost"):
-            raise ValueError("MALBrain needs a `rec_cost` (reconstruction loss) in the hparams")
-        self.phase1_epochs = int(getattr(h, "phase1_epochs", 0) or 0)
-        self.lambda_mal = float(getattr(h, "lambda_mal", 1.0))
-        self.lambda_rec = float(getattr(h, "lambda_rec", 1.0))
+        self.loss_encoder = h.loss_encoder or default_encoder
+        self.train_encoder = default_train if h.train_encoder is None else h.train_encoder
+        self.phase1_epochs = h.phase1_epochs
+        self.lambda_mal, self.lambda_rec = h.lambda_mal, h.lambda_rec
         if feature_loss is not None:  # deep-feature baseline: an external frozen network
             self.loss_encoder = "external"
             self.mal_loss = feature_loss.to(self.device)
         else:
-            taps = getattr(h, "mal_taps", None)
-            self.mal_loss = ModelAsLoss(self.modules.model, taps=None if taps is None else list(taps),
-                                        encoder=self.loss_encoder, input_fn=getattr(h, "mal_input_fn", None),
-                                        train_encoder=self.train_encoder,
-                                        encoder_prefixes=getattr(h, "encoder_prefixes", None),
-                                        snapshot_now=False).to(self.device)
-            if self.checkpointer is not None:
-                self.checkpointer.add_recoverable("mal_loss", self.mal_loss)
+            self.mal_loss = ModelAsLoss(self.modules.model, taps=h.mal_taps, encoder=self.loss_encoder,
+                                        input_fn=h.mal_input_fn, train_encoder=self.train_encoder,
+                                        encoder_prefixes=h.encoder_prefixes, snapshot_now=False).to(self.device)
+            register(self.checkpointer, {"mal_loss": self.mal_loss}, "MALBrain")  # the snapshot, once taken
         self._phase2_ready = False
         logger.info("MAL: loss encoder %s, encoder %s in phase 2, phase 1 = %d epoch(s)", self.loss_encoder,
                     "trained" if self.train_encoder else "frozen", self.phase1_epochs)
@@ -94,7 +105,7 @@ class MALBrain(EnhanceBrain):
     def on_fit_start(self):
         """Recover (or initialise from ``init_from``), then re-enter phase 2 if resuming there."""
         super().on_fit_start()
-        init_from = getattr(self.hparams, "init_from", None)
+        init_from = self.hparams.init_from
         if init_from and self.hparams.epoch_counter.current == 0:
             from sb_mal.checkpoints import load_run_model
 

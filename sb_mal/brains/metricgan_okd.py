@@ -45,7 +45,9 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.sampler import ReproducibleWeightedRandomSampler
 
 from sb_mal.brains.ddp import GlooFriendlyDDP, unwrap
+from sb_mal.brains.hparams import REQUIRED, HParam, HParams, HParamsError
 from sb_mal.brains.metric_history import MetricHistory
+from sb_mal.brains.recoverables import RunningTotals, register
 from sb_mal.dsp import stft
 from sb_mal.fileio import atomic_write_text
 from sb_mal.metrics import evaluate as evaluate_metrics
@@ -75,36 +77,58 @@ def _all_gather(obj) -> list:
 class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
     """MetricGAN+ / MetricGAN-OKD training (see the module docstring).
 
-    Hparams: ``target_metrics`` (one per generator), ``alpha`` (5.0), ``pesq_mapping`` ("sigmoid"),
-    ``samples_per_epoch`` (100), ``history_portion`` (0.2), ``g_opt_class``, ``d_opt_class``,
-    ``epoch_counter``, ``history_folder``, ``valid_every`` (1), ``valid_metrics`` (targets + stoi),
-    ``test_metrics`` (["intrusive"]), ``n_jobs`` (2), ``metric_timeout`` (120), ``sample_rate``
-    (16000), ``seed``, ``output_folder``, ``train_logger``.
+    Its hyperparameters are declared in ``MetricGANOKDBrain.HPARAMS`` (docs/hparams.md).
     """
+
+    HPARAMS = HParams("MetricGANOKDBrain", [
+        HParam("target_metrics", "list", REQUIRED, "one target metric per generator"),
+        HParam("g_opt_class", "callable", REQUIRED, "optimiser of each generator (!name:)"),
+        HParam("d_opt_class", "callable", REQUIRED, "optimiser of the discriminator (!name:)"),
+        HParam("epoch_counter", "any", REQUIRED, "speechbrain.utils.epoch_loop.EpochCounter"),
+        HParam("output_folder", "str", REQUIRED, "run folder"),
+        HParam("alpha", "float", 5.0, "weight of the distillation term (0: no OKD)", low=0),
+        HParam("pesq_mapping", "str", "sigmoid", "PESQ normalisation of the discriminator target",
+               choices=("sigmoid", "linear")),
+        HParam("samples_per_epoch", "int", 100, "utterances drawn per epoch", low=1),
+        HParam("history_portion", "float", 0.2, "share of the history replayed per epoch", low=0, high=1),
+        HParam("history_folder", "str", None, "where the history's audio lives (default: <output_folder>/history)"),
+        HParam("valid_every", "int", 1, "validate every this many epochs (and at the last)", low=1),
+        HParam("valid_metrics", "list", None, "validation metrics (default: the targets and stoi)"),
+        HParam("test_metrics", "list", ["intrusive"], "test metrics"),
+        HParam("n_jobs", "int", 2, "metric worker processes (0: in the training process)", low=0),
+        HParam("metric_timeout", "float", 120.0, "seconds per utterance before a metric worker is replaced", low=1),
+        HParam("sample_rate", "int", 16000, "rate of the audio", low=1),
+        HParam("seed", "int", 0, "seed of the utterance draws and the generator choice"),
+        HParam("train_logger", "any", None, "a SpeechBrain train logger"),
+    ])
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        h = self.hparams
+        h = self.HPARAMS.apply(self.hparams)
         self.targets = list(h.target_metrics)
         bad = [m for m in self.targets if m not in TARGET_METRICS]
         if bad:
-            raise ValueError(f"unknown target metric(s) {bad}; choose from {TARGET_METRICS}")
+            raise HParamsError(f"unknown target metric(s) {bad}; choose from {TARGET_METRICS}")
         self.gen_names = sorted((k for k in self.modules if k.startswith("generator_")), key=lambda k: int(k.split("_")[1]))
         if len(self.gen_names) != len(self.targets):
-            raise ValueError(f"{len(self.gen_names)} generators but {len(self.targets)} target metrics {self.targets}")
+            raise HParamsError(f"{len(self.gen_names)} generators but {len(self.targets)} target metrics "
+                               f"{self.targets}")
         if "discriminator" not in self.modules:
             raise ValueError("modules need a 'discriminator'")
         self.n = len(self.targets)
-        self.alpha = float(getattr(h, "alpha", 5.0))
-        self.pesq_mapping = getattr(h, "pesq_mapping", "sigmoid")
-        self.rate = int(getattr(h, "sample_rate", 16000))
-        self.history = MetricHistory(getattr(h, "history_folder", os.path.join(h.output_folder, "history")), self.rate)
-        if self.checkpointer is not None:
-            self.checkpointer.add_recoverable("history", self.history)
-            for name, module in self.modules.items():  # generators and discriminator, whatever N is
-                if name not in self.checkpointer.recoverables:
-                    self.checkpointer.add_recoverable(name, module)
-        self.metric_seconds = 0.0
+        self.alpha = float(h.alpha)
+        self.pesq_mapping = h.pesq_mapping
+        self.rate = int(h.sample_rate)
+        self.history = MetricHistory(h.history_folder or os.path.join(h.output_folder, "history"), self.rate)
+        self.totals = RunningTotals(metric_seconds=0.0)
+        # generators and discriminator, whatever N is; the history and the running totals
+        register(self.checkpointer, {**self.modules, "history": self.history, "totals": self.totals},
+                 type(self).__name__, optional=["totals"])
+
+    @property
+    def metric_seconds(self) -> float:
+        """Seconds this run (resumes included) has spent computing metric targets."""
+        return self.totals["metric_seconds"]
 
     # -- optimisers --------------------------------------------------------------------------
     def init_optimizers(self):
@@ -113,9 +137,8 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         for name in self.gen_names:
             self.optimizers_dict[name] = self.hparams.g_opt_class(self.modules[name].parameters())
         self.optimizers_dict["discriminator"] = self.hparams.d_opt_class(self.modules.discriminator.parameters())
-        if self.checkpointer is not None:
-            for name, opt in self.optimizers_dict.items():
-                self.checkpointer.add_recoverable(f"{name}_opt", opt)
+        register(self.checkpointer, {f"{name}_opt": opt for name, opt in self.optimizers_dict.items()},
+                 type(self).__name__)
 
     def _step(self, loss: torch.Tensor, name: str) -> None:
         opt = self.optimizers_dict[name]
@@ -130,9 +153,9 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         """PaddedBatch collation; in training, ``samples_per_epoch`` draws per epoch."""
         loader_kwargs.setdefault("collate_fn", PaddedBatch)
         if stage == sb.Stage.TRAIN:
-            n = min(int(getattr(self.hparams, "samples_per_epoch", 100)), len(dataset))
+            n = min(int(self.hparams.samples_per_epoch), len(dataset))
             self._sampler = ReproducibleWeightedRandomSampler(
-                torch.ones(len(dataset)), num_samples=n, replacement=False, seed=int(getattr(self.hparams, "seed", 0)))
+                torch.ones(len(dataset)), num_samples=n, replacement=False, seed=int(self.hparams.seed))
             loader_kwargs["sampler"] = self._sampler
             loader_kwargs.pop("shuffle", None)
         return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
@@ -201,9 +224,9 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         """Normalised targets [utt][metric] (NaN where a metric failed)."""
         t0 = time.monotonic()
         result = evaluate_metrics(enhanced, clean, self.rate, metrics=self.targets,
-                                  n_jobs=int(getattr(self.hparams, "n_jobs", 2)), ids=ids,
-                                  timeout=float(getattr(self.hparams, "metric_timeout", 120.0)))
-        self.metric_seconds += time.monotonic() - t0
+                                  n_jobs=int(self.hparams.n_jobs), ids=ids,
+                                  timeout=float(self.hparams.metric_timeout))
+        self.totals.add("metric_seconds", time.monotonic() - t0)
         return [normalize_scores(self.targets, row, self.pesq_mapping) for row in result.rows]
 
     def _d_update(self, pairs: list[tuple[np.ndarray, np.ndarray, list[float]]]) -> list[float]:
@@ -229,7 +252,7 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
 
     def _train_discriminator(self, epoch: int) -> dict:
         rank, world = _distributed()
-        rng = np.random.default_rng([int(getattr(self.hparams, "seed", 0)), int(epoch)])
+        rng = np.random.default_rng([int(self.hparams.seed), int(epoch)])
         chooser = int(rng.integers(self.n))
         mine = self._current
         # enhance this rank's share with the chosen generator
@@ -260,7 +283,7 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         triple = [p for uid, noisy, clean, enh, t_enh, t_noisy in current
                   for p in ((clean, enh, t_enh), (clean, noisy, t_noisy), (clean, clean, ones))]
         stats["d_loss_current"] += self._d_update(triple)
-        replay = self.history.sample(float(getattr(self.hparams, "history_portion", 0.2)), rng)
+        replay = self.history.sample(float(self.hparams.history_portion), rng)
         hist_pairs = [(*self.history.load_audio(entry), entry["targets"]) for entry in replay]
         hist_pairs += [(clean, enh, t_enh) for _, _, clean, enh, t_enh, _ in current]
         stats["d_loss_history"] += self._d_update(hist_pairs)
@@ -279,7 +302,7 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
     def on_fit_start(self):
         """Usual start (DDP, optimisers, recovery) plus the generator config for ``sb-mal export``."""
         super().on_fit_start()
-        folder = getattr(self.hparams, "output_folder", None)
+        folder = self.hparams.output_folder
         if folder and sb.utils.distributed.if_main_process():
             gen = unwrap(self.modules[self.gen_names[0]])
             cfg = {"class": f"{type(gen).__module__}.{type(gen).__qualname__}", "kwargs": gen.config,
@@ -305,8 +328,8 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
     def _eval_metrics(self, i: int, names) -> dict:
         outs = sorted(self._valid_outputs[i], key=lambda t: t[0])
         result = evaluate_metrics([e for _, e, _ in outs], [c for _, _, c in outs], self.rate, metrics=names,
-                                  n_jobs=int(getattr(self.hparams, "n_jobs", 2)), ids=[u for u, _, _ in outs],
-                                  timeout=float(getattr(self.hparams, "metric_timeout", 120.0)))
+                                  n_jobs=int(self.hparams.n_jobs), ids=[u for u, _, _ in outs],
+                                  timeout=float(self.hparams.metric_timeout))
         return result
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
@@ -321,25 +344,25 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
             self.train_stats["metric_seconds_total"] = self.metric_seconds
             return
         if stage == sb.Stage.VALID:
-            names = list(getattr(self.hparams, "valid_metrics", None) or dict.fromkeys([*self.targets, "stoi"]))
+            names = list(self.hparams.valid_metrics or dict.fromkeys([*self.targets, "stoi"]))
             stats = {}
             for i in range(self.n):
                 means = self._eval_metrics(i, names).means
                 stats.update({f"g{i}_{m}": v for m, v in means.items()})
             meta = {k: (-math.inf if v is None or math.isnan(v) else v) for k, v in stats.items()}
             keys = [f"g{i}_{m}" for i, m in enumerate(self.targets)]
-            if getattr(self.hparams, "train_logger", None) is not None:
+            if self.hparams.train_logger is not None:
                 self.hparams.train_logger.log_stats({"epoch": epoch}, train_stats=self.train_stats, valid_stats=stats)
             self.checkpointer.save_and_keep_only(meta=meta, max_keys=keys)
         elif stage == sb.Stage.TEST:
             i = self._eval_generators[0]
-            names = list(getattr(self.hparams, "test_metrics", ["intrusive"]))
+            names = list(self.hparams.test_metrics)
             result = self._eval_metrics(i, names)
-            folder = getattr(self.hparams, "output_folder", None)
+            folder = self.hparams.output_folder
             if folder and sb.utils.distributed.if_main_process():
                 result.to_csv(os.path.join(folder, f"test_scores_g{i}.csv"))
                 result.to_json(os.path.join(folder, f"test_summary_g{i}.json"))
-            if getattr(self.hparams, "train_logger", None) is not None:
+            if self.hparams.train_logger is not None:
                 self.hparams.train_logger.log_stats({"generator": i, "target": self.targets[i],
                                                      "epoch loaded": self.hparams.epoch_counter.current},
                                                     test_stats=result.means)
@@ -347,7 +370,7 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
             self.test_stats[i] = result.means
 
     def _fit_valid(self, valid_set, epoch, enable):
-        every = int(getattr(self.hparams, "valid_every", 1))
+        every = int(self.hparams.valid_every)
         last = epoch == self.hparams.epoch_counter.limit
         if valid_set is not None and (epoch % every == 0 or last):
             return super()._fit_valid(valid_set, epoch, enable)

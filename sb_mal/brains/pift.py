@@ -61,7 +61,8 @@ import torch
 
 from sb_mal.audio import resample
 from sb_mal.brains.ddp import unwrap
-from sb_mal.brains.enhance import EnhanceBrain, loss_terms
+from sb_mal.brains.enhance import ENHANCE_HPARAMS, EnhanceBrain, loss_terms
+from sb_mal.brains.hparams import REQUIRED, HParam, HParamsError
 
 logger = logging.getLogger(__name__)
 
@@ -168,37 +169,47 @@ class PositionInvariantBrain(EnhanceBrain):
     (True, True)
     """
 
+    HPARAMS = ENHANCE_HPARAMS.extend("PositionInvariantBrain", [
+        HParam("epoch_counter", "any", REQUIRED, "speechbrain.utils.epoch_loop.EpochCounter (the one given to fit)"),
+        HParam("ssl_loss", "callable", REQUIRED, "the SSL feature loss (e.g. !new:sb_mal.losses.SSLSoftDTWLoss)"),
+        HParam("init_from", "str", REQUIRED, "the pretrained enhancer: run folder, CKPT+* folder, its model.ckpt "
+                                             "or an exported folder"),
+        HParam("init_key", "str", "pesq", "which checkpoint of a run folder (CKPT.yaml key)"),
+        HParam("init_mode", "str", "max", "best init_key is the highest or the lowest", choices=("max", "min")),
+        HParam("lambda_ssl", "float", 1.0, "weight of the SSL loss", low=0),
+        HParam("rec_cost", "callable", None, "optional reconstruction loss"),
+        HParam("lambda_rec", "float", 0.0, "weight of rec_cost", low=0),
+        HParam("speed_perturb", "bool", None, "speed-perturb the noisy input (default: iff ssl_loss takes "
+                                              "target_length)"),
+        HParam("speed_factors", "list", list(SPEED_FACTORS), "the factors drawn from"),
+        HParam("seed", "int", 0, "the recipe's seed (default of speed_seed)"),
+        HParam("speed_seed", "int", None, "seed of the factor draws (default: seed)"),
+        HParam("dtw_gamma", "float", 0.1, "gamma of the logged ssl_dtw distance", low=0),
+    ], drop=["compute_cost"])
+    LOSS_KEYS = ("ssl_loss", "rec_cost")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         h = self.hparams
-        self.ssl_loss = getattr(h, "ssl_loss", None)
-        if not callable(self.ssl_loss):
-            raise ValueError("PositionInvariantBrain needs an `ssl_loss` in the hparams (e.g. "
-                             "!new:sb_mal.losses.SSLSoftDTWLoss), got "
-                             f"{type(self.ssl_loss).__name__ if self.ssl_loss is not None else 'none'}")
-        if not getattr(h, "init_from", None):
-            raise ValueError("PositionInvariantBrain fine-tunes a pretrained enhancer: set `init_from` to a training "
-                             "run folder (e.g. one written by recipes/baseline/train.py), a CKPT+* folder, its "
-                             "model.ckpt, or an exported model folder")
-        self.lambda_ssl = float(getattr(h, "lambda_ssl", 1.0))
-        self.lambda_rec = float(getattr(h, "lambda_rec", 0.0) or 0.0)
-        self.rec_cost = getattr(h, "rec_cost", None)
-        if self.lambda_rec > 0 and not callable(self.rec_cost):
-            raise ValueError(f"lambda_rec={self.lambda_rec} needs a `rec_cost` (a waveform loss) in the hparams")
+        self.ssl_loss = h.ssl_loss
+        if not h.init_from:
+            raise HParamsError("PositionInvariantBrain fine-tunes a pretrained enhancer: set `init_from` to a training "
+                               "run folder (e.g. one written by recipes/baseline/train.py), a CKPT+* folder, its "
+                               "model.ckpt, or an exported model folder")
+        self.lambda_ssl, self.lambda_rec, self.rec_cost = h.lambda_ssl, h.lambda_rec, h.rec_cost
+        if self.lambda_rec > 0 and self.rec_cost is None:
+            raise HParamsError(f"lambda_rec={self.lambda_rec} needs a `rec_cost` (a waveform loss) in the hparams")
         self.takes_target_length = _accepts(self.ssl_loss, "target_length")
-        requested = getattr(h, "speed_perturb", None)
-        self.speed_perturb = self.takes_target_length if requested is None else bool(requested)
+        self.speed_perturb = self.takes_target_length if h.speed_perturb is None else h.speed_perturb
         if self.speed_perturb and not self.takes_target_length:
-            raise ValueError(f"speed_perturb: True changes the length of the enhanced output, but the ssl_loss "
-                             f"{type(self.ssl_loss).__name__} compares frame-aligned sequences (its forward has no "
-                             "`target_length`); use sb_mal.losses.SSLSoftDTWLoss or set speed_perturb: False")
-        factors = getattr(h, "speed_factors", None)
-        self.speed_factors = tuple(float(f) for f in (SPEED_FACTORS if factors is None else factors))
+            raise HParamsError(f"speed_perturb: True changes the length of the enhanced output, but the ssl_loss "
+                               f"{type(self.ssl_loss).__name__} compares frame-aligned sequences (its forward has no "
+                               "`target_length`); use sb_mal.losses.SSLSoftDTWLoss or set speed_perturb: False")
+        self.speed_factors = tuple(float(f) for f in h.speed_factors)
         if not self.speed_factors or not all(0.5 <= f <= 2.0 for f in self.speed_factors):
-            raise ValueError(f"speed_factors must be a non-empty list of factors in [0.5, 2], got {factors!r}")
-        seed = getattr(h, "speed_seed", None)
-        self.speed_seed = int(getattr(h, "seed", 0) or 0) if seed is None else int(seed)
-        self.dtw_metric = self._dtw_metric(float(getattr(h, "dtw_gamma", 0.1)))
+            raise HParamsError(f"speed_factors must be a non-empty list of factors in [0.5, 2], got {h.speed_factors!r}")
+        self.speed_seed = h.seed if h.speed_seed is None else h.speed_seed
+        self.dtw_metric = self._dtw_metric(h.dtw_gamma)
         self.last_speed_factor = 1.0
         self._unperturbed = None
 
@@ -222,16 +233,13 @@ class PositionInvariantBrain(EnhanceBrain):
     def on_fit_start(self):
         """Recover a checkpoint if there is one; else load the pretrained weights from ``init_from``."""
         super().on_fit_start()
-        for loss in (self.ssl_loss, self.rec_cost):
-            if isinstance(loss, torch.nn.Module):
-                loss.to(self.device)
         if self.hparams.epoch_counter.current == 0:
             self.load_pretrained()
 
     def load_pretrained(self) -> None:
         """Load ``init_from`` into ``modules.model`` (strictly)."""
         h = self.hparams
-        key, mode = getattr(h, "init_key", "pesq"), getattr(h, "init_mode", "max")
+        key, mode = h.init_key, h.init_mode
         state, where = load_pretrained_state(h.init_from, key, mode)
         model = unwrap(self.modules.model)
         try:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from sb_mal.brains.enhance import EnhanceBrain
+from sb_mal.brains.enhance import ENHANCE_HPARAMS, EnhanceBrain
+from sb_mal.brains.hparams import HParam
 
 __all__ = ["SeparationBrain", "build_named_cost"]
 
@@ -52,8 +53,14 @@ class SeparationBrain(EnhanceBrain):
     A YAML that sets ``compute_cost`` directly works too (``loss``/``costs`` are then ignored).
     """
 
+    HPARAMS = ENHANCE_HPARAMS.extend("SeparationBrain", [
+        HParam("compute_cost", "callable", None, "the loss itself (then `loss` and `costs` are not used)"),
+        HParam("costs", "any", None, "name -> loss (or a callable building it): the losses `loss` picks from"),
+        HParam("loss", "str", "l1", "the name in `costs` of the training loss"),
+    ])
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         h = self.hparams
-        if getattr(h, "compute_cost", None) is None:
-            h.compute_cost = build_named_cost(getattr(h, "costs", None), getattr(h, "loss", "l1"))
+        if h.compute_cost is None:
+            h.compute_cost = build_named_cost(h.costs, h.loss)
