@@ -11,6 +11,35 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: Every test has one kind: unit (one object, fast), integration (several parts: a Brain, a loader, a
+#: CLI command), recipe (a training recipe end to end) or gpu (needs CUDA). A test or module marks its
+#: kind itself; otherwise its file's default below applies (doctests are unit tests).
+KINDS = ("unit", "integration", "recipe", "gpu")
+DEFAULT_KIND = {
+    "test_audio.py": "unit", "test_backbone.py": "unit", "test_cli.py": "integration", "test_codec.py": "unit",
+    "test_codec_recipe.py": "integration", "test_composite.py": "unit", "test_dnsmos.py": "integration",
+    "test_inference.py": "integration", "test_iterative.py": "integration", "test_losses.py": "unit",
+    "test_mal.py": "integration", "test_manifest.py": "unit", "test_metricgan_okd.py": "integration",
+    "test_metrics.py": "integration", "test_mini.py": "integration", "test_mixing.py": "unit",
+    "test_peers.py": "integration", "test_pift.py": "integration", "test_separation.py": "integration",
+    "test_soft_dtw.py": "unit", "test_ssl.py": "unit", "test_voicebank.py": "integration",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Give every test its kind (see KINDS); a test file without a default kind is an error."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in KINDS):
+            continue
+        if isinstance(item, pytest.DoctestItem):
+            kind = "unit"
+        else:
+            kind = DEFAULT_KIND.get(item.path.name)
+            if kind is None:
+                raise pytest.UsageError(f"{item.path.name}: mark its tests unit, integration, recipe or gpu "
+                                        "(or give the file a default kind in tests/conftest.py)")
+        item.add_marker(getattr(pytest.mark, kind))
+
 
 def devset_root() -> Path:
     """The devset folder: $SB_MAL_DEVSET, else ../shared/data/devset beside the repository."""

@@ -62,6 +62,7 @@ def spectral_run(devset, mp3_cache, tmp_path_factory):
     return out, proc
 
 
+@pytest.mark.recipe
 def test_spectral_recipe_trains_and_valid_l1_goes_down(spectral_run):
     out, proc = spectral_run
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -87,6 +88,7 @@ def test_spectral_recipe_trains_and_valid_l1_goes_down(spectral_run):
     assert (out / "test_scores.csv").read_text().splitlines()[0] == "id,l1,identity_l1"
 
 
+@pytest.mark.recipe
 def test_from_pretrained_loads_the_lowest_loss_checkpoint_strictly(spectral_run, devset):
     out, proc = spectral_run
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -114,6 +116,7 @@ def test_from_pretrained_loads_the_lowest_loss_checkpoint_strictly(spectral_run,
     assert float(loss(clean, clean)) == 0.0
 
 
+@pytest.mark.recipe
 def test_time_recipe_trains_and_loads_as_a_loss(devset, mp3_cache, tmp_path):
     out = tmp_path / "run"
     proc = run_recipe("time.yaml", [
@@ -132,6 +135,7 @@ def test_time_recipe_trains_and_loads_as_a_loss(devset, mp3_cache, tmp_path):
     assert torch.isfinite(value) and enhanced.grad.abs().sum() > 0
 
 
+@pytest.mark.recipe
 def test_ddp_two_processes_gloo_without_sync_batchnorm(devset, mp3_cache, tmp_path):
     # SpeechBrain converts BatchNorm to SyncBatchNorm under DDP, which cannot run on CPU; the Brain
     # wraps plain DDP with gloo

@@ -163,6 +163,7 @@ def _run_recipe(devset, out, epochs, variant="frozen"):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=out.parent, env=ENV)
 
 
+@pytest.mark.recipe
 def test_resume_in_phase2_keeps_the_snapshot(devset, tmp_path):
     out = tmp_path / "run"
     first = _run_recipe(devset, out, epochs=2)
@@ -187,6 +188,7 @@ def test_resume_in_phase2_keeps_the_snapshot(devset, tmp_path):
     assert enhancer.enhance_batch(torch.randn(1, 8000)).shape == (1, 8000)
 
 
+@pytest.mark.recipe
 def test_recipe_debug_run_all_variants_loss_goes_down(devset, tmp_path):
     out = tmp_path / "dbg"
     cmd = [sys.executable, str(REPO / "recipes/mal/train.py"), str(REPO / "hparams/folders/mal_dynamic.yaml"),
@@ -201,6 +203,7 @@ def test_recipe_debug_run_all_variants_loss_goes_down(devset, tmp_path):
     assert "valid mal" in log  # phase 2 reached
 
 
+@pytest.mark.recipe
 def test_ssl_l1_baseline_from_the_same_recipe(devset, tmp_path):
     """The WavLM deep-feature baseline runs through the MAL recipe with a local (tiny, random) WavLM."""
     from sb_mal.models import build_tiny_wavlm

@@ -114,6 +114,7 @@ def run_recipe(devset, out, *extra, yaml="okd_pesq_csig.yaml", env=None, launche
                           env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
 
 
+@pytest.mark.recipe
 def test_recipe_end_to_end_and_a_failing_utterance(devset, tmp_path, monkeypatch):
     out = tmp_path / "okd"
     proc = run_recipe(devset, out, "--number_of_epochs=2")
@@ -148,6 +149,7 @@ def test_n1_alpha0_is_the_metricgan_plus_configuration(devset):
         assert plus[key] == okd[key], key
 
 
+@pytest.mark.recipe
 def test_ddp_two_processes_gloo(devset, tmp_path):
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541"]

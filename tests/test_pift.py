@@ -177,6 +177,7 @@ def test_init_from_run_checkpoint_file_and_exported_folder(pretrained, tmp_path,
 
 
 # -- the recipe, end to end ---------------------------------------------------------------------------
+@pytest.mark.recipe
 @pytest.mark.parametrize("name", ["mse", "pad", "softdtw"])
 def test_recipe_debug_run_for_each_loss(name, devset, pretrained, wavlm_dir, tmp_path):
     run, _ = pretrained

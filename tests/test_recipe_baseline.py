@@ -21,6 +21,8 @@ TINY = [
     "--test_metrics=[pesq,stoi]", "--n_jobs=0", "--lr=0.003",
 ]
 
+pytestmark = pytest.mark.recipe
+
 
 def run(args, cwd, env_extra=None, timeout=600):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")

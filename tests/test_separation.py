@@ -100,6 +100,7 @@ def _recipe(yaml_name, args, cwd):
     ("folders/separation_speech.yaml", "l1", ["--valid_limit=4", "--test_limit=2"]),
     ("folders/separation_music.yaml", "codec", ["--valid_items=4", "--test_items=2"]),
 ])
+@pytest.mark.recipe
 def test_recipe_debug(devset, tmp_path, codec_run, yaml_name, loss, sizes):
     out = tmp_path / "run"
     args = [f"--data_folder={devset}", f"--output_folder={out}", "--debug", "--capacity=P1", f"--loss={loss}",
@@ -115,6 +116,7 @@ def test_recipe_debug(devset, tmp_path, codec_run, yaml_name, loss, sizes):
     assert cfg["class"].endswith("SeparationUNet") and cfg["kwargs"]["depth"] == LADDER["P1"][0]
 
 
+@pytest.mark.recipe
 def test_recipe_codec_without_a_codec_run_names_the_key(devset, tmp_path):
     proc = _recipe("folders/separation_speech.yaml",
                    [f"--data_folder={devset}", f"--output_folder={tmp_path / 'run'}", "--debug", "--loss=codec"], tmp_path)
