@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from sb_mal.models.config import RecordsConfig
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from sb_mal.dsp import StftConfig, frame_mask, istft, length_mask, stft
@@ -85,7 +87,7 @@ class _ConvBlock(nn.Module):
         return self.act(self.norm(self.conv(x)))
 
 
-class SpectralUNetSE(nn.Module):
+class SpectralUNetSE(RecordsConfig, nn.Module):
     """Spectral U-Net speech enhancer with a GRU bottleneck.
 
     Arguments
@@ -135,10 +137,6 @@ class SpectralUNetSE(nn.Module):
             raise ValueError("channels must list at least one encoder block")
         if bottleneck_dim % 2 and not causal:
             raise ValueError(f"bottleneck_dim must be even for the bidirectional GRU, got {bottleneck_dim}")
-        self.config = dict(
-            n_fft=n_fft, hop=hop, channels=list(channels), kernel=list(kernel), bottleneck_dim=bottleneck_dim,
-            rnn_layers=rnn_layers, causal=causal, compress=compress, mask_max=mask_max,
-        )
         self.stft_cfg = StftConfig(n_fft, hop)
         self.compress, self.mask_max, self.causal = compress, mask_max, causal
         freqs = [self.stft_cfg.bins]

@@ -44,6 +44,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sb_mal.models.config import RecordsConfig
+
 from sb_mal.dsp import StftConfig, istft, length_mask, relative_to_samples, stft
 
 __all__ = ["SpectralCodecNet", "TimeCodecNet", "masked_l1", "valid_at_level"]
@@ -93,7 +95,7 @@ def _check_valid(valid: torch.Tensor | None, batch: int, steps: int, device) -> 
     return valid.clamp(1, steps)
 
 
-class _CodecNetBase(nn.Module):
+class _CodecNetBase(RecordsConfig, nn.Module):
     levels: int
 
     @property
@@ -190,8 +192,6 @@ class SpectralCodecNet(_CodecNetBase):
             raise ValueError(f"norm must be 'max' or a positive number, got {norm!r}")
         if compress <= 0:
             raise ValueError(f"compress must be positive, got {compress}")
-        self.config = dict(filters=filters, levels=levels, n_fft=n_fft, hop=hop, kernel=kernel, dropout=dropout,
-                           dropout_layers=dropout_layers, leaky_slope=leaky_slope, norm=norm, compress=compress)
         self.levels, self.norm, self.compress = levels, norm, float(compress)
         self.stft_cfg = StftConfig(n_fft, hop)
         chans = [filters << i for i in range(levels)]
@@ -325,8 +325,6 @@ class TimeCodecNet(_CodecNetBase):
             raise ValueError(f"filters and levels must be >= 1, got filters={filters}, levels={levels}")
         if down_kernel % 2 == 0 or up_kernel % 2 == 0:
             raise ValueError(f"kernels must be odd, got down_kernel={down_kernel}, up_kernel={up_kernel}")
-        self.config = dict(filters=filters, levels=levels, down_kernel=down_kernel, up_kernel=up_kernel,
-                           leaky_slope=leaky_slope)
         self.levels = levels
         chans = [filters * (i + 1) for i in range(levels)]
         self.down = nn.ModuleList(

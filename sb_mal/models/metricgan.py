@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from sb_mal.models.config import RecordsConfig
 from torch.nn.utils.parametrizations import spectral_norm
 
 from sb_mal.dsp import StftConfig, frame_mask, istft, length_mask, stft
@@ -61,7 +63,7 @@ class LearnableSigmoid(nn.Module):
         return self.beta * torch.sigmoid(self.slope * x)
 
 
-class MaskGenerator(nn.Module):
+class MaskGenerator(RecordsConfig, nn.Module):
     """Waveform-to-waveform frame of a MetricGAN generator; subclasses define :meth:`mask`.
 
     log1p STFT magnitude (Hamming window) -> ``mask(features, valid frames)`` -> masked log1p
@@ -146,8 +148,6 @@ class MetricGANGenerator(MaskGenerator):
                  lin_dim: int = 300, causal: bool = False, dropout: float = 0.0, min_mask: float = 0.05,
                  beta: float = 1.2):
         super().__init__()
-        self.config = dict(n_fft=n_fft, hop=hop, hidden_size=hidden_size, num_layers=num_layers, lin_dim=lin_dim,
-                           causal=causal, dropout=dropout, min_mask=min_mask, beta=beta)
         self._init_stft(n_fft, hop, min_mask)
         bins = self.bins
         self.lstm = nn.LSTM(bins, hidden_size, num_layers=num_layers, batch_first=True, bidirectional=not causal,
@@ -181,7 +181,7 @@ class MetricGANGenerator(MaskGenerator):
         return m.clamp(min=self.min_mask)
 
 
-class MetricDiscriminator(nn.Module):
+class MetricDiscriminator(RecordsConfig, nn.Module):
     """Metric surrogate ``D(reference, degraded) -> [B, num_outputs]`` on log1p magnitudes.
 
     Arguments
@@ -208,8 +208,6 @@ class MetricDiscriminator(nn.Module):
         super().__init__()
         if num_outputs < 1:
             raise ValueError(f"num_outputs must be >= 1, got {num_outputs}")
-        self.config = dict(num_outputs=num_outputs, channels=list(channels), kernel_size=kernel_size,
-                           lin_dims=list(lin_dims), negative_slope=negative_slope)
         self.num_outputs = num_outputs
         self.norm = nn.BatchNorm2d(2, momentum=0.01)
         layers, cin = [], 2
@@ -233,7 +231,7 @@ class MetricDiscriminator(nn.Module):
         return self.head(x)
 
 
-class MultiDiscriminator(nn.Module):
+class MultiDiscriminator(RecordsConfig, nn.Module):
     """MetricGAN-OKD v1: N single-output discriminators behind the interface of one N-output D.
 
     Example
@@ -245,7 +243,6 @@ class MultiDiscriminator(nn.Module):
 
     def __init__(self, num_outputs: int = 2, **kwargs):
         super().__init__()
-        self.config = dict(num_outputs=num_outputs, **kwargs)
         self.num_outputs = num_outputs
         self.discriminators = nn.ModuleList(MetricDiscriminator(1, **kwargs) for _ in range(num_outputs))
         self.min_frames = self.discriminators[0].min_frames

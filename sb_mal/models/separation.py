@@ -38,6 +38,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sb_mal.models.config import RecordsConfig
+
 from sb_mal.dsp import StftConfig, frame_mask, istft, stft
 
 __all__ = ["LADDER", "SeparationUNet", "ladder_table"]
@@ -52,7 +54,7 @@ def _block(cin: int, cout: int, down: bool) -> nn.Sequential:
     return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.LeakyReLU(0.2))
 
 
-class SeparationUNet(nn.Module):
+class SeparationUNet(RecordsConfig, nn.Module):
     """Magnitude-mask U-Net separator (see the module docstring).
 
     Arguments
@@ -73,8 +75,6 @@ class SeparationUNet(nn.Module):
             raise ValueError(f"depth and width must be >= 1, got depth={depth}, width={width}")
         if not 0.0 <= float(mask_floor) < 1.0:
             raise ValueError(f"mask_floor must be in [0, 1), got {mask_floor}")
-        self.config = {"depth": int(depth), "width": int(width), "n_fft": int(n_fft), "hop": int(hop),
-                       "mask_floor": float(mask_floor)}
         self.stft_cfg = StftConfig(n_fft, hop)
         self.mask_floor = float(mask_floor)
         chans = [1] + [width * 2**k for k in range(depth)]

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sb_mal.models.config import RecordsConfig
+
 from sb_mal.models.metricgan import MaskGenerator, check_pair
 
 __all__ = ["SpeechBrainDiscriminator", "SpeechBrainGenerator", "is_speechbrain_class"]
@@ -81,8 +83,6 @@ class SpeechBrainGenerator(MaskGenerator):
             raise ValueError(f"SpeechBrain's EnhancementGenerator fixes its linear layers to 400-300-257, so it needs "
                              f"n_fft=512 and hidden_size=200 (got n_fft={n_fft}, hidden_size={hidden_size}); use "
                              "sb_mal.models.MetricGANGenerator for other sizes")
-        self.config = dict(n_fft=n_fft, hop=hop, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout,
-                           min_mask=min_mask)
         self._init_stft(n_fft, hop, min_mask)
         self.net = EnhancementGenerator(input_size=self.bins, hidden_size=hidden_size, num_layers=num_layers,
                                         dropout=dropout)
@@ -103,7 +103,7 @@ class SpeechBrainGenerator(MaskGenerator):
         return mask.clamp(min=self.min_mask)
 
 
-class SpeechBrainDiscriminator(nn.Module):
+class SpeechBrainDiscriminator(RecordsConfig, nn.Module):
     """One SpeechBrain ``MetricDiscriminator`` per target metric, behind ``D(reference, degraded) -> [B, N]``.
 
     Arguments
@@ -136,7 +136,6 @@ class SpeechBrainDiscriminator(nn.Module):
         if list(lin_dims) != [50, 10] or negative_slope != 0.3:
             raise ValueError("SpeechBrain's MetricDiscriminator fixes lin_dims (50, 10) and a LeakyReLU slope of 0.3; "
                              "use sb_mal.models.MetricDiscriminator for other sizes")
-        self.config = dict(num_outputs=num_outputs, channels=channels, kernel_size=kernel_size)
         self.num_outputs = num_outputs
         self.discriminators = nn.ModuleList(
             SBDiscriminator(kernel_size=(kernel_size, kernel_size), base_channels=channels[0])
