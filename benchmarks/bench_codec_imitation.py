@@ -24,7 +24,7 @@ import torch
 
 from _results import DEVSET, header, update_section
 from sb_mal.audio import list_audio_files, read_audio
-from sb_mal.checkpoints import load_model_config, load_run_model
+from sb_mal.checkpoints import load_pretrained
 from sb_mal.evaluation.codec_imitation import imitation_report, save_imitation_figure
 from sb_mal.fileio import atomic_write_text
 from sb_mal.metrics import format_table
@@ -50,8 +50,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    net, ckpt, meta = load_run_model(run, key="loss", mode="min")
-    rate = int(load_model_config(run).get("sample_rate", 16000))
+    found = load_pretrained(run, key="loss", mode="min")
+    net, ckpt, meta, rate = found.model, found.checkpoint, found.meta, found.sample_rate or 16000
     music = list_audio_files(DEVSET / "music" / "test")
     speech = list_audio_files(DEVSET / "speech" / "test")[: args.speech_limit]
     reports, rows = {}, []

@@ -24,7 +24,7 @@ A trained model can be plugged in two ways:
 
 * ``--run DIR``: a training output folder (``model_config.json`` with class/kwargs/sample_rate and
   ``save/CKPT+*/model.ckpt``), or one of its ``CKPT+*`` folders to pick that checkpoint;
-  ``sb_mal.checkpoints.load_run_model`` builds the class that ``model_config.json`` names with
+  ``sb_mal.checkpoints.load_pretrained`` builds the class that ``model_config.json`` names with
   its kwargs and loads the checkpoint with the best ``pesq`` in its ``CKPT.yaml`` strictly;
 * ``--model DIR``: an exported inference folder, loaded with
   ``sb_mal.inference.Enhancer.from_hparams(source=DIR)`` (imported only when the option is used)
@@ -89,11 +89,11 @@ def module_enhancer(model: torch.nn.Module, model_rate: int = RATE):
 
 def load_run(run_dir: Path):
     """Rebuild a training folder's model and load its best-PESQ checkpoint strictly."""
-    from sb_mal.checkpoints import ExportError, load_model_config, load_run_model
+    from sb_mal.checkpoints import ExportError, load_pretrained
 
     try:
-        model, ckpt, meta = load_run_model(run_dir, key="pesq", mode="max")
-        rate = int(load_model_config(ckpt.parent.parent).get("sample_rate", RATE))  # run = CKPT/../..
+        found = load_pretrained(run_dir, key="pesq", mode="max")
+        model, ckpt, meta, rate = found.model, found.checkpoint, found.meta, found.sample_rate or RATE
     except ExportError as err:
         raise SystemExit(f"--run {run_dir}: {err}") from err
     label = f"ours trained ({type(model).__name__}, {ckpt.name}, valid pesq {float(meta['pesq']):.3f})"

@@ -1,9 +1,19 @@
-"""Training runs on disk: find checkpoints, rebuild the model from ``model_config.json``, load strictly.
+"""The one pretrained-model loader: run folders, checkpoints, exported folders, hub ids.
 
-A run folder (written by :class:`sb_mal.brains.EnhanceBrain`) holds ``model_config.json`` (class
-and constructor arguments of the model) and ``save/CKPT+*/`` (SpeechBrain checkpoints whose
-``CKPT.yaml`` carries the validation metrics). Export, MAL's ``init_from`` and the benchmarks all
-go through these functions.
+:func:`load_pretrained` is what MAL's and PIFT's ``init_from``, the losses' ``from_pretrained``,
+``sb-mal export`` and the benchmarks use. A source is
+
+- a run folder written by :class:`sb_mal.brains.EnhanceBrain`: ``model_config.json`` (class and
+  constructor arguments of the model) and ``save/CKPT+*/`` (SpeechBrain checkpoints whose
+  ``CKPT.yaml`` carries the validation metrics); the best checkpoint by ``key``/``mode`` is used;
+- a ``CKPT+*`` folder inside one, or its ``<recoverable>.ckpt`` file;
+- a model folder (``hyperparams.yaml`` + ``enhance_model.ckpt``): one written by ``sb-mal export``
+  (rebuilt from its ``export_info.json``), or one in SpeechBrain's enhancement layouts (its
+  ``enhance_model``; for a spectral-mask folder the feature function comes along as ``input_fn``);
+- a Hugging Face hub id of such a folder (fetched into ``savedir`` or the hub cache).
+
+Weights always load strictly (SpeechBrain's pretrainer loads non-strictly, so a partial load would
+pass silently).
 """
 
 from __future__ import annotations
@@ -12,6 +22,8 @@ import importlib
 import json
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,7 +31,8 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExportError", "build_model", "find_best_checkpoint", "load_model_config", "load_run_model", "load_verified"]
+__all__ = ["ExportError", "Pretrained", "build_model", "find_best_checkpoint", "load_model_config", "load_pretrained",
+           "load_run_model", "load_verified"]
 
 _META_SKIP = ("unixtime", "end-of-epoch")
 
@@ -160,5 +173,136 @@ def load_run_model(run_dir, key: str = "pesq", mode: str = "max", checkpoint=Non
         with open(ckpt / "CKPT.yaml", encoding="utf-8") as fin:
             meta = yaml.safe_load(fin) or {}
     model = build_model(load_model_config(path), path)
-    load_verified(model, ckpt / f"{recoverable}.ckpt")
+    ckpt_file = ckpt / f"{recoverable}.ckpt"
+    if not ckpt_file.is_file():
+        present = sorted(p.name for p in ckpt.glob("*.ckpt"))
+        raise ExportError(f"{ckpt_file}: missing (files in the checkpoint: {', '.join(present) or 'none'})")
+    load_verified(model, ckpt_file)
     return model, ckpt, meta
+
+
+@dataclass
+class Pretrained:
+    """What :func:`load_pretrained` found: the model (eval mode, on the CPU), where from, its metadata."""
+
+    model: torch.nn.Module
+    where: str
+    meta: dict = field(default_factory=dict)
+    kind: str = "run"  # run, checkpoint, exported, model_folder, spectral_mask_folder
+    input_fn: Callable | None = None  # the input features of a spectral-mask model folder
+    sample_rate: int | None = None
+    checkpoint: Path | None = None  # the CKPT+* folder, for run and checkpoint sources
+
+
+_MODEL_FOLDER_FILES = ("hyperparams.yaml", "enhance_model.ckpt")
+
+
+def load_pretrained(source, *, key: str = "pesq", mode: str = "max", checkpoint=None, recoverable: str = "model",
+                    savedir=None) -> Pretrained:
+    """Load a pretrained model from any source (see the module docstring).
+
+    Arguments
+    ---------
+    source : str or Path
+        Run folder, ``CKPT+*`` folder, ``<recoverable>.ckpt`` file, model folder or hub id.
+    key, mode : str
+        Which checkpoint of a run folder is best (``CKPT.yaml`` meta).
+    checkpoint : path, optional
+        A checkpoint folder to use instead of the best one.
+    recoverable : str
+        Checkpointer name of the model in a run (``generator_1`` for an OKD generator).
+    savedir : path, optional
+        Where a hub model's files are kept (default: the hub cache).
+
+    Example
+    -------
+    >>> import json, tempfile, pathlib
+    >>> from speechbrain.utils.checkpoints import Checkpointer
+    >>> from sb_mal.models import SpectralUNetSE
+    >>> run = pathlib.Path(tempfile.mkdtemp())
+    >>> model = SpectralUNetSE(channels=(4,), bottleneck_dim=8, rnn_layers=1)
+    >>> _ = (run / "model_config.json").write_text(json.dumps({"class": "sb_mal.models.SpectralUNetSE",
+    ...                                                        "kwargs": model.config, "sample_rate": 16000}))
+    >>> _ = Checkpointer(run / "save", {"model": model}).save_checkpoint(meta={"pesq": 2.0})
+    >>> found = load_pretrained(run)
+    >>> found.kind, found.meta["pesq"], type(found.model).__name__
+    ('run', 2.0, 'SpectralUNetSE')
+    """
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_dir() and all((path / f).is_file() for f in _MODEL_FOLDER_FILES):
+            return _load_model_folder(path)
+        model, ckpt, meta = load_run_model(path, key=key, mode=mode, checkpoint=checkpoint, recoverable=recoverable)
+        kind = "checkpoint" if (path.is_file() or (path / "CKPT.yaml").is_file()) else "run"
+        return Pretrained(model.eval(), f"checkpoint {ckpt}", meta, kind, sample_rate=_run_rate(ckpt), checkpoint=ckpt)
+    if text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise ExportError(f"{text}: no such file or folder (expected a run folder, a CKPT+* folder, its .ckpt file, a "
+                          "model folder with hyperparams.yaml and enhance_model.ckpt, or a hub id like org/name)")
+    return _load_model_folder(_fetch_hub(text, savedir), where=f"hub model {text}")
+
+
+def _run_rate(ckpt: Path) -> int | None:
+    cfg_file = ckpt.parent.parent / "model_config.json"
+    try:
+        return int(json.loads(cfg_file.read_text(encoding="utf-8")).get("sample_rate"))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _fetch_hub(repo: str, savedir) -> Path:
+    from speechbrain.utils.fetching import fetch
+
+    folder = None
+    for name in (*_MODEL_FOLDER_FILES, "export_info.json"):
+        try:
+            folder = Path(fetch(filename=name, source=repo, savedir=savedir)).parent
+        except Exception as err:  # noqa: BLE001 - the hub raises many kinds; name the source instead
+            if name == "export_info.json":
+                continue
+            raise ExportError(f"hub model {repo}: could not fetch {name} ({type(err).__name__}: {err})") from err
+    return folder
+
+
+def _load_model_folder(folder: Path, where: str | None = None) -> Pretrained:
+    where = where or f"model folder {folder}"
+    info_file = folder / "export_info.json"
+    if info_file.is_file():
+        try:
+            info = json.loads(info_file.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise ExportError(f"{info_file}: not valid JSON ({err})") from err
+        cfg = info.get("model_config") if isinstance(info, dict) else None
+        if isinstance(cfg, dict) and isinstance(cfg.get("class"), str) and isinstance(cfg.get("kwargs"), dict):
+            model = build_model(cfg, info_file)
+            load_verified(model, folder / "enhance_model.ckpt")
+            return Pretrained(model.eval(), where, dict(info.get("meta") or {}), "exported",
+                              sample_rate=cfg.get("sample_rate"))
+    from hyperpyyaml import load_hyperpyyaml
+
+    hp_file = folder / "hyperparams.yaml"
+    try:
+        with open(hp_file, encoding="utf-8") as fin:
+            hparams = load_hyperpyyaml(fin)
+    except Exception as err:  # noqa: BLE001 - a broken YAML: name the file
+        raise ExportError(f"{hp_file}: cannot be loaded ({type(err).__name__}: {err})") from err
+    model = hparams.get("enhance_model") if isinstance(hparams, dict) else None
+    if not isinstance(model, torch.nn.Module):
+        raise ExportError(f"{hp_file}: defines no `enhance_model` (a torch.nn.Module)")
+    load_verified(model, folder / "enhance_model.ckpt")
+    spectral = all(k in hparams for k in ("compute_stft", "spectral_magnitude"))
+    input_fn = _LogSpectralFeatures(hparams["compute_stft"], hparams["spectral_magnitude"]) if spectral else None
+    rate = hparams.get("sample_rate") or getattr(hparams.get("compute_stft"), "sample_rate", None)
+    kind = "spectral_mask_folder" if spectral else "model_folder"
+    return Pretrained(model.eval(), where, {}, kind, input_fn=input_fn, sample_rate=rate)
+
+
+class _LogSpectralFeatures(torch.nn.Module):
+    """``log1p(spectral_magnitude(compute_stft(wav)))``, a spectral-mask model folder's input."""
+
+    def __init__(self, compute_stft, spectral_magnitude):
+        super().__init__()
+        self.compute_stft, self.spectral_magnitude = compute_stft, spectral_magnitude
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(self.spectral_magnitude(self.compute_stft(wav)))

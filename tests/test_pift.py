@@ -19,7 +19,8 @@ from speechbrain.utils.epoch_loop import EpochCounter
 
 from conftest import make_run, tiny_unet  # noqa: E402  (shared test helpers)
 from sb_mal.audio import read_audio, write_audio
-from sb_mal.brains.pift import SPEED_FACTORS, PositionInvariantBrain, load_pretrained_state, speed_perturb
+from sb_mal.brains.pift import SPEED_FACTORS, PositionInvariantBrain, speed_perturb
+from sb_mal.checkpoints import ExportError, load_pretrained
 from sb_mal.losses.reconstruction import terms_to_floats
 from sb_mal.losses import SSLMSELoss, SSLMSEPadLoss, SSLSoftDTWLoss, WaveformL1
 from sb_mal.models import SSLFeatureExtractor
@@ -160,16 +161,20 @@ def test_init_from_run_checkpoint_file_and_exported_folder(pretrained, tmp_path,
     def same(state, ref):
         return state.keys() == ref.keys() and all(torch.equal(state[k], ref[k]) for k in ref)
 
-    assert same(load_pretrained_state(run)[0], states["b"])  # best validation PESQ
-    assert same(load_pretrained_state(ckpts["a"])[0], states["a"])
-    assert same(load_pretrained_state(ckpts["a"] / "model.ckpt")[0], states["a"])
+    def state(source):
+        return load_pretrained(source).model.state_dict()
+
+    assert same(state(run), states["b"])  # best validation PESQ
+    assert same(state(ckpts["a"]), states["a"])
+    assert same(state(ckpts["a"] / "model.ckpt"), states["a"])
     exported = export_run(run, tmp_path / "exported")
-    state, where = load_pretrained_state(exported)
-    assert same(state, states["b"]) and where.startswith("exported")
-    (exported / "export_info.json").unlink()  # then it goes through sb_mal.inference.Enhancer
-    assert same(load_pretrained_state(exported)[0], states["b"])
-    with pytest.raises(FileNotFoundError, match="no-such-run"):
-        load_pretrained_state(tmp_path / "no-such-run")
+    found = load_pretrained(exported)
+    assert same(found.model.state_dict(), states["b"]) and found.kind == "exported"
+    (exported / "export_info.json").unlink()  # then the folder's hyperparams.yaml builds the model
+    found = load_pretrained(exported)
+    assert same(found.model.state_dict(), states["b"]) and found.kind == "model_folder"
+    with pytest.raises(ExportError, match="no-such-run: no such file or folder"):
+        load_pretrained(tmp_path / "no-such-run")
     brain = make_brain(SSLMSELoss(ext), init_from=str(run))
     brain.modules.model = torch.nn.ModuleDict({"x": torch.nn.Linear(2, 2)})  # not the pretrained architecture
     with pytest.raises(ValueError, match="init_from=.*same model sizes"):

@@ -107,12 +107,12 @@ class MALBrain(EnhanceBrain):
         super().on_fit_start()
         init_from = self.hparams.init_from
         if init_from and self.hparams.epoch_counter.current == 0:
-            from sb_mal.checkpoints import load_run_model
+            from sb_mal.checkpoints import load_pretrained
 
-            loaded, ckpt, meta = load_run_model(init_from)
-            unwrap(self.modules.model).load_state_dict(loaded.state_dict())
-            logger.info("MAL: model initialised from %s (%s)", ckpt,
-                        ", ".join(f"{k}={v:.3f}" for k, v in meta.items() if isinstance(v, float)))
+            found = load_pretrained(init_from)
+            unwrap(self.modules.model).load_state_dict(found.model.state_dict())
+            logger.info("MAL: model initialised from %s (%s)", found.where,
+                        ", ".join(f"{k}={v:.3f}" for k, v in found.meta.items() if isinstance(v, float)))
         if not self.train_encoder and self.distributed_launch and not getattr(self, "find_unused_parameters", False):
             raise ValueError("MAL variant frozen_fe (train_encoder: False) under DDP needs --find_unused_parameters=True")
 

@@ -50,10 +50,8 @@ checkpoint of a run: ``pesq``/``max``), ``lambda_ssl`` (1.0), ``rec_cost``, ``la
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 import speechbrain as sb
@@ -66,7 +64,7 @@ from sb_mal.brains.hparams import REQUIRED, HParam, HParamsError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPEED_FACTORS", "PositionInvariantBrain", "load_pretrained_state", "speed_perturb"]
+__all__ = ["SPEED_FACTORS", "PositionInvariantBrain", "speed_perturb"]
 
 #: Speed factors of the prior soft-DTW fine-tuning code: 0.80, 0.85, ..., 1.20.
 SPEED_FACTORS = tuple(round(0.8 + 0.05 * i, 2) for i in range(9))
@@ -100,55 +98,6 @@ def _accepts(fn, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def load_pretrained_state(init_from, key: str = "pesq", mode: str = "max") -> tuple[dict, str]:
-    """State dict of a pretrained enhancer and a description of where it came from.
-
-    ``init_from`` is a training run folder (the best checkpoint by ``key``/``mode``), a
-    ``CKPT+*`` folder, a ``model.ckpt`` file in one, or an exported inference folder
-    (``hyperparams.yaml`` + ``enhance_model.ckpt``). An exported folder is rebuilt from the model
-    configuration in its ``export_info.json``; only when that is missing is it loaded through
-    :class:`sb_mal.inference.Enhancer`, imported lazily so that Brains do not depend on inference.
-
-    Example
-    -------
-    >>> import json, tempfile, pathlib
-    >>> from speechbrain.utils.checkpoints import Checkpointer
-    >>> from sb_mal.models import SpectralUNetSE
-    >>> run = pathlib.Path(tempfile.mkdtemp())
-    >>> model = SpectralUNetSE(channels=(4,), bottleneck_dim=8, rnn_layers=1)
-    >>> _ = (run / "model_config.json").write_text(json.dumps({"class": "sb_mal.models.SpectralUNetSE",
-    ...                                                        "kwargs": model.config, "sample_rate": 16000}))
-    >>> _ = Checkpointer(run / "save", {"model": model}).save_checkpoint(meta={"pesq": 2.0})
-    >>> state, where = load_pretrained_state(run)
-    >>> all(torch.equal(state[k], v) for k, v in model.state_dict().items()), where.startswith("checkpoint")
-    (True, True)
-    """
-    from sb_mal.checkpoints import build_model, load_run_model, load_verified
-
-    path = Path(init_from).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"init_from={str(init_from)!r}: no such file or folder (expected a pretrained run "
-                                "folder, a CKPT+* folder, its model.ckpt, or an exported model folder)")
-    if path.is_dir() and (path / "hyperparams.yaml").is_file() and (path / "enhance_model.ckpt").is_file():
-        info_file = path / "export_info.json"
-        cfg = None
-        if info_file.is_file():
-            try:
-                cfg = json.loads(info_file.read_text(encoding="utf-8")).get("model_config")
-            except (ValueError, AttributeError):
-                cfg = None
-        if isinstance(cfg, dict) and isinstance(cfg.get("class"), str) and isinstance(cfg.get("kwargs"), dict):
-            model = build_model(cfg, info_file)
-            load_verified(model, path / "enhance_model.ckpt")
-        else:
-            from sb_mal.inference import Enhancer  # lazy: only for exported folders without export_info.json
-
-            model = Enhancer.from_hparams(source=str(path), savedir=None, run_opts={"device": "cpu"}).mods.enhance_model
-        return model.state_dict(), f"exported model {path}"
-    model, ckpt, _ = load_run_model(path, key=key, mode=mode)
-    return model.state_dict(), f"checkpoint {ckpt}"
 
 
 class PositionInvariantBrain(EnhanceBrain):
@@ -239,8 +188,10 @@ class PositionInvariantBrain(EnhanceBrain):
     def load_pretrained(self) -> None:
         """Load ``init_from`` into ``modules.model`` (strictly)."""
         h = self.hparams
-        key, mode = h.init_key, h.init_mode
-        state, where = load_pretrained_state(h.init_from, key, mode)
+        from sb_mal.checkpoints import load_pretrained
+
+        found = load_pretrained(h.init_from, key=h.init_key, mode=h.init_mode)
+        state, where = found.model.state_dict(), found.where
         model = unwrap(self.modules.model)
         try:
             model.load_state_dict(state, strict=True)

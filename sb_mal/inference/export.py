@@ -41,10 +41,9 @@ __all__ = ["ExportError", "export_run", "find_best_checkpoint"]
 from sb_mal.checkpoints import (  # noqa: E402  (ExportError, find_best_checkpoint are re-exported)
     _META_SKIP,
     ExportError,
-    build_model,
     find_best_checkpoint,
     load_model_config,
-    load_verified,
+    load_pretrained,
 )
 
 logger = logging.getLogger(__name__)
@@ -226,17 +225,9 @@ def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkp
         raise ExportError(f"{out_dir}: exists and is not an empty folder; pass overwrite=True (--overwrite)")
     cfg = load_model_config(run_dir)
     sample_rate = int(cfg.get("sample_rate", 16000))
-    if checkpoint is not None:
-        ckpt_dir, meta = _resolve_checkpoint(run_dir, checkpoint)
-    else:
-        ckpt_dir, meta = find_best_checkpoint(run_dir / "save", key, mode)
-    ckpt_file = ckpt_dir / f"{recoverable}.ckpt"
-    if not ckpt_file.is_file():
-        present = sorted(p.name for p in ckpt_dir.glob("*.ckpt"))
-        raise ExportError(f"{ckpt_file}: missing (files in the checkpoint: {', '.join(present) or 'none'})")
-    model = build_model(cfg, run_dir / "model_config.json")
-    load_verified(model, ckpt_file)
-    model.eval()
+    ckpt_dir = _resolve_checkpoint(run_dir, checkpoint)[0] if checkpoint is not None else None
+    found = load_pretrained(run_dir, key=key, mode=mode, checkpoint=ckpt_dir, recoverable=recoverable)
+    model, ckpt_dir, meta = found.model, found.checkpoint, found.meta
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

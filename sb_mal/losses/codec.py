@@ -183,18 +183,19 @@ class CodecApproximationLoss(LossTerms, FrozenNetworks):
 
         ``source`` is a run folder (``model_config.json`` + ``save/CKPT+*/``; the checkpoint with the
         best ``key`` is used), a ``CKPT+*`` folder in one or its ``<recoverable>.ckpt`` file (see
-        :func:`sb_mal.checkpoints.load_run_model`). ``kwargs`` go to the constructor.
+        :func:`sb_mal.checkpoints.load_pretrained`). ``kwargs`` go to the constructor.
         """
-        from sb_mal.checkpoints import ExportError, load_run_model
+        from sb_mal.checkpoints import ExportError, load_pretrained
 
         if source is None:
             raise ValueError("CodecApproximationLoss.from_pretrained: no codec-net run given (set `codec_run` to a "
                              "run of recipes/codec/train_codec_net.py)")
-        net, ckpt, _ = load_run_model(source, key=key, mode=mode, checkpoint=checkpoint, recoverable=recoverable)
+        found = load_pretrained(source, key=key, mode=mode, checkpoint=checkpoint, recoverable=recoverable)
+        net = found.model
         if not hasattr(net, "forward_features"):
             raise ExportError(f"{source}: the run's model is a {type(net).__name__}, not a codec net "
                               "(SpectralCodecNet or TimeCodecNet)")
-        logger.info("CodecApproximationLoss: codec net %s from %s", type(net).__name__, ckpt)
+        logger.info("CodecApproximationLoss: codec net %s from %s", type(net).__name__, found.where)
         return cls(net, **kwargs)
 
     def _upto(self) -> str | None:

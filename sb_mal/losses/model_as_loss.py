@@ -336,18 +336,19 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
     @classmethod
     def from_pretrained(cls, source: str, taps: Sequence[str] | None = None, savedir: str | None = None,
                         run_opts: dict | None = None, **kwargs) -> ModelAsLoss:
-        """A frozen MAL loss from an exported model folder or hub id.
+        """A frozen MAL loss from a trained model: a run folder, a checkpoint, an exported folder, a
+        SpeechBrain enhancement folder or a hub id (:func:`sb_mal.checkpoints.load_pretrained`).
 
-        Both sb_mal's exported folders and SpeechBrain's own enhancement layouts load (see
-        :class:`sb_mal.inference.Enhancer`); for a spectral-mask folder, ``input_fn`` defaults to
-        the folder's own feature computation.
+        For a spectral-mask folder, ``input_fn`` defaults to the folder's own feature computation.
+        ``run_opts`` is accepted for compatibility and not needed: the loss follows its inputs.
         """
-        from sb_mal.inference import Enhancer
+        from sb_mal.checkpoints import load_pretrained
 
-        enhancer = Enhancer.from_hparams(source=source, savedir=savedir, run_opts=run_opts or {})
-        if enhancer.layout == "spectral_mask":
-            kwargs.setdefault("input_fn", enhancer.compute_features)
-        return cls(enhancer.mods.enhance_model, taps=taps, encoder="snapshot", snapshot_now=True, **kwargs)
+        del run_opts
+        found = load_pretrained(source, savedir=savedir)
+        if found.input_fn is not None:
+            kwargs.setdefault("input_fn", found.input_fn)
+        return cls(found.model, taps=taps, encoder="snapshot", snapshot_now=True, **kwargs)
 
     @property
     def model(self) -> nn.Module:
