@@ -32,7 +32,7 @@ import yaml
 logger = logging.getLogger(__name__)
 
 __all__ = ["ExportError", "Pretrained", "build_model", "find_best_checkpoint", "load_model_config", "load_pretrained",
-           "load_run_model", "load_verified"]
+           "load_run_model", "load_verified", "toy_run"]
 
 _META_SKIP = ("unixtime", "end-of-epoch")
 
@@ -181,6 +181,21 @@ def load_run_model(run_dir, key: str = "pesq", mode: str = "max", checkpoint=Non
     return model, ckpt, meta
 
 
+def toy_run(folder) -> Path:
+    """A tiny run folder (model_config.json and one checkpoint with ``pesq: 2.0``) for examples and tests."""
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    from sb_mal.models import SpectralUNetSE
+
+    run = Path(folder)
+    model = SpectralUNetSE(channels=(4,), bottleneck_dim=8, rnn_layers=1)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "model_config.json").write_text(json.dumps({"class": "sb_mal.models.SpectralUNetSE", "kwargs": model.config,
+                                                       "sample_rate": 16000}))
+    Checkpointer(run / "save", {"model": model}).save_checkpoint(meta={"pesq": 2.0})
+    return run
+
+
 @dataclass
 class Pretrained:
     """What :func:`load_pretrained` found: the model (eval mode, on the CPU), where from, its metadata."""
@@ -216,14 +231,7 @@ def load_pretrained(source, *, key: str = "pesq", mode: str = "max", checkpoint=
 
     Example
     -------
-    >>> import json, tempfile, pathlib
-    >>> from speechbrain.utils.checkpoints import Checkpointer
-    >>> from sb_mal.models import SpectralUNetSE
-    >>> run = pathlib.Path(tempfile.mkdtemp())
-    >>> model = SpectralUNetSE(channels=(4,), bottleneck_dim=8, rnn_layers=1)
-    >>> _ = (run / "model_config.json").write_text(json.dumps({"class": "sb_mal.models.SpectralUNetSE",
-    ...                                                        "kwargs": model.config, "sample_rate": 16000}))
-    >>> _ = Checkpointer(run / "save", {"model": model}).save_checkpoint(meta={"pesq": 2.0})
+    >>> run = toy_run(getfixture("tmp_path"))
     >>> found = load_pretrained(run)
     >>> found.kind, found.meta["pesq"], type(found.model).__name__
     ('run', 2.0, 'SpectralUNetSE')

@@ -203,14 +203,8 @@ def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkp
 
     Example
     -------
-    >>> import json, tempfile, pathlib
-    >>> from speechbrain.utils.checkpoints import Checkpointer
-    >>> from sb_mal.models import SpectralUNetSE
-    >>> run = pathlib.Path(tempfile.mkdtemp())
-    >>> model = SpectralUNetSE(channels=(4,), bottleneck_dim=8, rnn_layers=1)
-    >>> _ = (run / "model_config.json").write_text(json.dumps({"class": "sb_mal.models.SpectralUNetSE",
-    ...                                                        "kwargs": model.config, "sample_rate": 16000}))
-    >>> _ = Checkpointer(run / "save", {"model": model}).save_checkpoint(meta={"pesq": 2.0})
+    >>> from sb_mal.checkpoints import toy_run
+    >>> run = toy_run(getfixture("tmp_path"))
     >>> out = export_run(run, run / "exported")
     >>> sorted(p.name for p in out.iterdir())
     ['README.md', 'custom.py', 'enhance_model.ckpt', 'export_info.json', 'hyperparams.yaml']
