@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import Checkpointer

@@ -230,3 +230,93 @@ def test_running_totals_survive_a_resume_and_recoverable_names_do_not_clash(tmp_
     register(again, {"totals": resumed}, "test")  # the same object again: fine
     with pytest.raises(ValueError, match="already has a recoverable 'totals' .*needs that name for its dict"):
         register(again, {"totals": {}}, "OKD")
+
+
+# -- the Brain's own generator step and discriminator phase ------------------------------------------------
+def _okd_brain(tmp_path, alpha, grad_accumulation=1, seed=0):
+    import speechbrain as sb
+    from speechbrain.utils.epoch_loop import EpochCounter
+
+    from sb_mal.brains import MetricGANOKDBrain
+
+    torch.manual_seed(seed)
+    counter = EpochCounter(limit=5)
+    counter.current = 2  # generators train from epoch 2
+    mods = okd_modules(2, MetricDiscriminator(2, channels=(4, 4, 4, 4)), hidden_size=8, num_layers=1, lin_dim=8)
+    hparams = {"target_metrics": ["pesq", "csig"], "alpha": alpha, "epoch_counter": counter,
+               "g_opt_class": lambda p: torch.optim.Adam(p, lr=1e-2), "d_opt_class": lambda p: torch.optim.Adam(p, lr=1e-2),
+               "output_folder": str(tmp_path), "n_jobs": 0}
+    brain = MetricGANOKDBrain(modules=mods, hparams=hparams, run_opts={"device": "cpu", "noprogressbar": True,
+                                                                      "grad_accumulation_factor": grad_accumulation})
+    brain.init_optimizers()
+    brain.on_stage_start(sb.Stage.TRAIN, 2)
+    return brain
+
+
+def _batch(n=2, samples=8000, seed=0):
+    from speechbrain.dataio.batch import PaddedBatch
+
+    g = torch.Generator().manual_seed(seed)
+    clean = 0.3 * torch.randn(n, samples, generator=g)
+    return PaddedBatch([{"id": f"u{i}", "noisy_sig": clean[i] + 0.2 * torch.randn(samples, generator=g),
+                         "clean_sig": clean[i]} for i in range(n)])
+
+
+def _gap(brain, batch):
+    with torch.no_grad():
+        noisy, lens = batch.noisy_sig
+        a, b = (brain.modules[f"generator_{i}"](noisy, lens, output="features")[0] for i in range(2))
+        return float(((a - b) ** 2).mean())
+
+
+def test_distillation_pulls_the_generators_together_through_the_brain(tmp_path):
+    """The KD term, exercised by the Brain's fit_batch: with alpha > 0 the generators' outputs converge."""
+    batch = _batch()
+    gaps = {}
+    for alpha in (0.0, 20.0):
+        brain = _okd_brain(tmp_path / str(alpha), alpha)
+        before = _gap(brain, batch)
+        for _ in range(15):
+            loss = brain.fit_batch(batch)
+            assert torch.isfinite(loss)
+        gaps[alpha] = _gap(brain, batch) / before
+    assert gaps[20.0] < 0.5 * gaps[0.0], gaps
+    assert brain.optimizer_step == 15
+
+
+def test_generator_step_accumulates_gradients_as_speechbrain_does(tmp_path):
+    brain = _okd_brain(tmp_path, 5.0, grad_accumulation=2)
+    g0 = brain.modules.generator_0
+    d_before = [p.detach().clone() for p in brain.modules.discriminator.parameters()]
+    before = [p.detach().clone() for p in g0.parameters()]
+    brain.step = 1
+    brain.fit_batch(_batch())  # step 1 of 2: gradients accumulate, no update
+    assert all(torch.equal(a, b) for a, b in zip(before, g0.parameters()))
+    brain.step = 2
+    brain.fit_batch(_batch(seed=1))
+    assert any(not torch.equal(a, b) for a, b in zip(before, g0.parameters()))
+    assert brain.optimizer_step == 1
+    # the generator step never moves the discriminator
+    assert all(torch.equal(a, b) for a, b in zip(d_before, brain.modules.discriminator.parameters()))
+
+
+def test_discriminator_phase_skips_an_utterance_whose_metric_failed(tmp_path, monkeypatch):
+    from sb_mal.brains import okd_discriminator
+
+    class Result:
+        def __init__(self, rows):
+            self.rows = rows
+
+    def fake_evaluate(enhanced, clean, rate, metrics, n_jobs, ids, timeout):
+        return Result([{m: (math.nan if uid == "u1" and m == "csig" else 2.5) for m in metrics} for uid in ids])
+
+    monkeypatch.setattr(okd_discriminator, "evaluate_metrics", fake_evaluate)
+    brain = _okd_brain(tmp_path, 5.0)
+    batch = _batch(n=3, samples=16000)
+    brain.fit_batch(batch)
+    d_before = [p.detach().clone() for p in brain.modules.discriminator.parameters()]
+    stats = brain.discriminator_phase.run(2, brain._current)
+    assert stats["d_skipped"] == 1 and math.isfinite(stats["d_loss_current"])
+    assert sorted(e["id"] for e in brain.history.entries) == ["u0", "u2"]  # the failed one never enters the history
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, brain.modules.discriminator.parameters()))
+    assert stats["d_target_csig"] == pytest.approx(0.375)  # (2.5 - 1) / 4, the NaN left out

@@ -40,7 +40,6 @@ import io
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
 
 import numpy as np
 import soundfile as sf

@@ -39,7 +39,6 @@ features on valid positions do not depend on padding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import torch
 from torch import nn
