@@ -22,16 +22,20 @@ import importlib
 import json
 import logging
 import math
+import os
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
+from speechbrain.utils.checkpoints import Checkpointer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExportError", "Pretrained", "build_model", "find_best_checkpoint", "load_model_config", "load_pretrained",
+__all__ = ["AtomicCheckpointer", "ExportError", "Pretrained", "build_model", "find_best_checkpoint", "load_model_config", "load_pretrained",
            "load_run_model", "load_verified", "toy_run"]
 
 _META_SKIP = ("unixtime", "end-of-epoch")
@@ -314,3 +318,88 @@ class _LogSpectralFeatures(torch.nn.Module):
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         return torch.log1p(self.spectral_magnitude(self.compute_stft(wav)))
+
+
+class AtomicCheckpointer(Checkpointer):
+    """SpeechBrain's Checkpointer, with checkpoints that are complete or absent.
+
+    SpeechBrain writes ``CKPT.yaml`` first and the ``.ckpt`` files after it, in place: a run killed
+    in between leaves a folder that looks complete and cannot be loaded, and every rerun fails on
+    it. Here a checkpoint is written into a hidden staging folder (``.staging/`` inside
+    ``checkpoints_dir``; leftovers of killed writes are removed at the next save) and renamed into
+    place once every file is written, so a ``CKPT+*`` folder is always whole. Recovery goes from the
+    preferred checkpoint to the next when one cannot be read or loaded (a damaged or foreign
+    folder), with a warning naming it; if none loads, the last error is raised.
+
+    The YAMLs in ``hparams/`` name this class; :func:`sb_mal.run.run_recipe` also upgrades a plain
+    SpeechBrain ``Checkpointer`` of any other YAML to it.
+    """
+
+    STAGING = ".staging"
+
+    def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):  # noqa: B006
+        from speechbrain.utils.distributed import ddp_barrier, if_main_process
+
+        final_root = Path(self.checkpoints_dir)
+        staging = final_root / self.STAGING
+        if if_main_process():
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed write left behind
+            staging.mkdir(parents=True, exist_ok=True)
+        self.checkpoints_dir = staging
+        try:
+            saved = super().save_checkpoint(meta=meta, end_of_epoch=end_of_epoch, name=name, verbosity=logging.DEBUG)
+        finally:
+            self.checkpoints_dir = final_root
+        ddp_barrier()  # every process has written its files
+        if saved is None:  # not the main process
+            return None
+        target = final_root / saved.path.name
+        if target.exists():  # a custom name used twice, or the same second: keep both
+            target = final_root / f"{saved.path.name}+{int(time.time() * 1e6) % 1_000_000:06d}"
+        os.replace(saved.path, target)
+        logger.log(verbosity, "Saved an %s checkpoint in %s", "end-of-epoch" if end_of_epoch else "intra-epoch", target)
+        return type(saved)(target, saved.meta, {k: target / Path(v).name for k, v in saved.paramfiles.items()})
+
+    def list_checkpoints(self):
+        """The checkpoints whose ``CKPT.yaml`` can be read (others are skipped with a warning)."""
+        root = Path(self.checkpoints_dir)
+        found = []
+        for folder in sorted(root.glob("CKPT+*")) if root.is_dir() else []:
+            meta_file = folder / "CKPT.yaml"
+            if not (folder.is_dir() and meta_file.is_file()):
+                continue
+            try:
+                meta = yaml.safe_load(meta_file.read_text(encoding="utf-8"))
+                if not isinstance(meta, dict):
+                    raise ValueError(f"expected a mapping, found {type(meta).__name__}")
+            except (OSError, ValueError, yaml.YAMLError) as err:
+                logger.warning("skipping checkpoint %s: %s unreadable (%s)", folder, meta_file.name, err)
+                continue
+            files = {p.stem: p for p in folder.iterdir() if p.suffix == ".ckpt"}
+            found.append(self._checkpoint_type(folder, meta, files))
+        return found
+
+    @staticmethod
+    def _checkpoint_type(path, meta, paramfiles):
+        from speechbrain.utils.checkpoints import Checkpoint
+
+        return Checkpoint(path, meta, paramfiles)
+
+    def recover_if_possible(self, importance_key=None, max_key=None, min_key=None, ckpt_predicate=None):
+        """Load the preferred checkpoint; if it cannot be loaded, the next one (warning naming it)."""
+        candidates = self.find_checkpoints(importance_key=importance_key, max_key=max_key, min_key=min_key,
+                                           ckpt_predicate=ckpt_predicate)
+        if not candidates:
+            logger.info("Would load a checkpoint here, but none found yet.")
+            return None
+        error = None
+        for ckpt in candidates:
+            try:
+                self.load_checkpoint(ckpt)
+                return ckpt
+            except Exception as err:  # noqa: BLE001 - a damaged file raises anything; fall back and say so
+                error = err
+                logger.warning("checkpoint %s cannot be loaded (%s: %s); trying the previous one", ckpt.path,
+                               type(err).__name__, err)
+        raise ExportError(f"{self.checkpoints_dir}: no checkpoint could be loaded; the last error: "
+                          f"{type(error).__name__}: {error}") from error

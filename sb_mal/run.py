@@ -155,6 +155,16 @@ def _shutdown_process_group(wait_for_peers: bool) -> None:
             dist.destroy_process_group()
 
 
+def _atomic_checkpoints(hparams) -> None:
+    """A plain SpeechBrain Checkpointer (e.g. from a user's YAML) writes checkpoints atomically too."""
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    from sb_mal.checkpoints import AtomicCheckpointer
+
+    if type(hparams.get("checkpointer")) is Checkpointer:
+        hparams["checkpointer"].__class__ = AtomicCheckpointer
+
+
 def _run(brain_class, script, hparams_file, run_opts, overrides, hparams):
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
@@ -163,6 +173,7 @@ def _run(brain_class, script, hparams_file, run_opts, overrides, hparams):
         shutil.copy(os.path.realpath(script), hparams["output_folder"])
     sb.utils.distributed.run_on_main(_prepare, kwargs={"hparams": hparams})
     datasets = {name: hparams[f"{name}_data"]() for name in ("train", "valid", "test") if hparams.get(f"{name}_data")}
+    _atomic_checkpoints(hparams)
     brain = brain_class(
         modules=hparams["modules"],
         opt_class=hparams.get("opt_class"),

@@ -94,3 +94,40 @@ def test_bf16_precision_flag(devset, tmp_path):
                 "--debug_epochs=1", "--precision=bf16", *TINY], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(valid_losses(out / "train_log.txt")) == 1
+
+
+def test_checkpoints_are_complete_or_absent_and_recovery_skips_a_damaged_one(tmp_path, caplog):
+    """A checkpoint folder appears only once every file is written; a damaged one is skipped on recovery."""
+    import torch
+    from speechbrain.utils.epoch_loop import EpochCounter
+
+    from sb_mal.checkpoints import AtomicCheckpointer
+
+    model, counter = torch.nn.Linear(2, 2), EpochCounter(5)
+    ckpt = AtomicCheckpointer(tmp_path / "save", {"model": model, "counter": counter})
+    seen = []
+
+    def slow_save(obj, path):  # look at the folder while a file is being written
+        seen.append(sorted(p.name for p in (tmp_path / "save").glob("CKPT+*")))
+        torch.save(obj.state_dict(), path)
+
+    ckpt.add_recoverable("probe", torch.nn.Linear(1, 1), custom_save_hook=slow_save)
+    counter.current = 1
+    first = ckpt.save_checkpoint(meta={"pesq": 1.0}, name="a")
+    assert seen == [[]] and (first.path / "model.ckpt").is_file() and first.path.name == "CKPT+a"
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    counter.current = 2
+    second = ckpt.save_checkpoint(meta={"pesq": 2.0}, name="b")
+    assert seen[-1] == ["CKPT+a"]  # while b was written, only a was visible
+    (second.path / "model.ckpt").write_bytes(b"")  # damaged (e.g. a disk error)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    counter.current = 0
+    again = AtomicCheckpointer(tmp_path / "save", {"model": model, "counter": counter})
+    again.add_recoverable("probe", torch.nn.Linear(1, 1), custom_load_hook=lambda obj, path, end_of_epoch=True: None)
+    with caplog.at_level("WARNING"):
+        chosen = again.recover_if_possible(max_key="pesq")
+    assert chosen.path.name == "CKPT+a" and "CKPT+b cannot be loaded" in caplog.text
+    assert float(model.weight[0, 0]) not in (0.0, 3.0) and counter.current == 1  # a's state
+    assert not any((tmp_path / "save" / ".staging").iterdir())

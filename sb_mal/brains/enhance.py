@@ -217,7 +217,6 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
         if result is not None:
             stats.update(result.means)
         if stage == sb.Stage.VALID:
-            self._log({"epoch": epoch}, train_stats=getattr(self, "train_stats", None), valid_stats=stats)
             key = self.hparams.ckpt_key
             meta = dict(stats)
             if key not in meta or meta[key] is None or math.isnan(meta[key]):
@@ -227,6 +226,8 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
                 self.checkpointer.save_and_keep_only(meta=meta, min_keys=["loss"], num_to_keep=keep)
             else:
                 self.checkpointer.save_and_keep_only(meta=meta, max_keys=[key], num_to_keep=keep)
+            # logged after the checkpoint: an epoch redone after a kill appears once in the log
+            self._log({"epoch": epoch}, train_stats=getattr(self, "train_stats", None), valid_stats=stats)
             self._check_budget(epoch)
         elif stage == sb.Stage.TEST:
             counter = self.hparams.epoch_counter

@@ -20,6 +20,7 @@ spectral net; its output for the time net) or the input, against the MP3-coded s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -37,6 +38,18 @@ from sb_mal.models.codec_net import masked_l1
 logger = logging.getLogger(__name__)
 
 __all__ = ["imitate", "imitation_l1", "imitation_report", "log_spectral_distance", "save_imitation_figure"]
+
+
+@contextlib.contextmanager
+def _evaluating(net: torch.nn.Module):
+    """``net`` in eval mode for the block (its mode restored after); yields the device of its weights."""
+    param = next(net.parameters(), None)
+    was_training = net.training
+    net.eval()
+    try:
+        yield param.device if param is not None else torch.device("cpu")
+    finally:
+        net.train(was_training)
 
 
 def _check_net(codec_net) -> None:
@@ -201,12 +214,8 @@ def imitation_report(codec_net: torch.nn.Module, source, *, sample_rate: int = 1
     _check_net(codec_net)
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
-    param = next(codec_net.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    was_training = codec_net.training
-    codec_net.eval()
     items = []
-    try:
+    with _evaluating(codec_net) as device:
         from tqdm import tqdm
 
         for uid, original, coded in tqdm(_entries(source, sample_rate, bitrate_kbps, quality), desc="imitation",
@@ -229,8 +238,6 @@ def imitation_report(codec_net: torch.nn.Module, source, *, sample_rate: int = 1
                     row["net_lsd_db"] = log_spectral_distance(out, coded)
                     row["identity_lsd_db"] = log_spectral_distance(original, coded)
             items.append(row)
-    finally:
-        codec_net.train(was_training)
     if not items:
         raise ValueError(f"imitation_report: no items in {source!r}")
     keys = ["net_l1", "identity_l1"] + (["net_lsd_db", "identity_lsd_db"] if lsd else [])
@@ -281,19 +288,13 @@ def save_imitation_figure(path: str | os.PathLike, wav, codec_net: torch.nn.Modu
     labels = list(row_labels) if row_labels is not None else [f"#{i + 1}" for i in range(len(waves))]
     if len(labels) != len(waves):
         raise ValueError(f"{len(labels)} row_labels for {len(waves)} waveforms")
-    param = next(codec_net.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    was_training = codec_net.training
-    codec_net.eval()
     rows = []
-    try:
+    with _evaluating(codec_net) as device:
         for w in waves:
             x = np.asarray(w.detach().cpu() if isinstance(w, torch.Tensor) else w, dtype=np.float32).reshape(-1)
             with torch.no_grad():
                 out = imitate(codec_net, torch.from_numpy(x)[None].to(device))[0].float().cpu().numpy()
             rows.append([x, mp3_roundtrip(x, sample_rate, bitrate_kbps, quality), out])
-    finally:
-        codec_net.train(was_training)
     save_spectrogram_grid(path, rows, labels, ["input", f"MP3 {bitrate_kbps} kbps", type(codec_net).__name__],
                           sample_rate=sample_rate, title=title)
     if colors is not None:
