@@ -49,12 +49,11 @@ models with the encode protocol), when the snapshot is taken, so only the rest l
 Device and dtype follow the inputs (:class:`sb_mal.models.frozen.FrozenNetworks`), whether or not
 the recipe lists the loss in ``modules``.
 
-Use in a stock SpeechBrain recipe: see the README section "Model as Loss in SpeechBrain's recipes".
+Use in a stock SpeechBrain recipe: see the README section "sb_mal's losses in SpeechBrain's own recipes".
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import warnings
@@ -65,137 +64,21 @@ from speechbrain.utils.callchains import lengths_arg_exists
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+from sb_mal.losses.model_taps import (
+    Log1pMagnitude,
+    ModelAsLossError,
+    TapEncoder,
+    describe,
+    listing,
+    loss_mode,
+    unwrap_model,
+)
 from sb_mal.losses.reconstruction import LossTerms, check_waveforms, reduce
 from sb_mal.models.frozen import FrozenNetworks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Log1pMagnitude", "ModelAsLoss", "ModelAsLossError"]
-
-
-class ModelAsLossError(RuntimeError):
-    """The model cannot serve as a loss with the given taps / input function (names the model and tap)."""
-
-
-class _TapsReady(BaseException):
-    """Raised from a forward hook once every tap has fired: the rest of the forward pass is skipped.
-
-    A BaseException so that a model's own ``except Exception`` cannot swallow it.
-    """
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return model.module if isinstance(model, wrappers) else model
-
-
-class Log1pMagnitude(nn.Module):
-    """``log1p(|STFT(wav)|)`` ``[B, frames, F]``: the input of SpeechBrain's spectral-mask models.
-
-    Arguments
-    ---------
-    compute_stft : callable, optional
-        A SpeechBrain ``STFT`` (e.g. the recipe's ``compute_STFT``, through ``!ref``). Default:
-        ``STFT(sample_rate, win_length=32, hop_length=16, n_fft=512, window_fn=hamming)``, the
-        Voicebank recipes' settings.
-    power : float
-        Passed to ``spectral_magnitude`` (0.5 = magnitude, as in those recipes).
-
-    Example
-    -------
-    >>> Log1pMagnitude()(torch.randn(2, 16000)).shape
-    torch.Size([2, 63, 257])
-    """
-
-    def __init__(self, compute_stft: Callable | None = None, power: float = 0.5, sample_rate: int = 16000):
-        super().__init__()
-        if compute_stft is None:
-            from speechbrain.processing.features import STFT
-
-            compute_stft = STFT(sample_rate=sample_rate, win_length=32, hop_length=16, n_fft=512,
-                                window_fn=torch.hamming_window)
-        self.compute_stft, self.power = compute_stft, float(power)
-
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        from speechbrain.processing.features import spectral_magnitude
-
-        return torch.log1p(spectral_magnitude(self.compute_stft(wav), power=self.power))
-
-
-class _Encoder(nn.Module):
-    """Runs ``model`` up to the taps: ``encode`` (protocol) or ``forward`` with hooks."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x, lengths, owner: ModelAsLoss):
-        model = self.model
-        if owner.protocol:
-            enc = model.encode(x, lengths)
-            missing = [t for t in owner.taps if t not in enc.taps]
-            if missing:
-                raise ModelAsLossError(f"ModelAsLoss: encoder taps {missing} not available; "
-                                       f"{type(model).__name__}.encode offers {sorted(enc.taps)}")
-            return [enc.taps[t] for t in owner.taps], enc.frame_mask
-        captured: dict[str, object] = {}
-
-        def hook_for(name):
-            def hook(module, args, output):
-                if name not in captured:
-                    captured[name] = output
-                    if len(captured) == len(owner.taps):
-                        raise _TapsReady
-            return hook
-
-        handles = [model.get_submodule(t).register_forward_hook(hook_for(t)) for t in owner.taps]
-        try:
-            if owner.pass_lengths:
-                model(x, lengths)
-            else:
-                model(x)
-        except _TapsReady:
-            pass
-        except Exception as err:
-            raise ModelAsLossError(f"ModelAsLoss: {type(model).__name__} failed on the input given by input_fn "
-                                   f"({_describe(x)}): {type(err).__name__}: {err}") from err
-        finally:
-            for handle in handles:
-                handle.remove()
-        missing = [t for t in owner.taps if t not in captured]
-        if missing:
-            raise ModelAsLossError(f"ModelAsLoss: taps {missing} of {type(model).__name__} were never called "
-                                   "during its forward pass")
-        return [owner._tap_tensor(t, captured[t]) for t in owner.taps], None
-
-
-@contextlib.contextmanager
-def _loss_mode(model: nn.Module):
-    """Eval mode for a loss encoder's forward pass, restored afterwards.
-
-    Recurrent layers are the exception: cuDNN cannot backpropagate through an RNN in eval mode, so
-    they run in train mode with their dropout set to 0, which computes the same function.
-    """
-    saved = [(m, m.training) for m in model.modules()]
-    rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
-    dropouts = [m.dropout for m in rnns]
-    model.eval()
-    for m in rnns:
-        m.dropout = 0.0
-        m.train()
-    try:
-        yield
-    finally:
-        for m, p in zip(rnns, dropouts):
-            m.dropout = p
-        for m, mode in saved:
-            m.training = mode
-
-
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"tensor of shape {tuple(x.shape)}"
-    return f"a {type(x).__name__}"
+__all__ = ["Log1pMagnitude", "ModelAsLoss", "ModelAsLossError"]  # the first and last from model_taps
 
 
 class ModelAsLoss(LossTerms, FrozenNetworks):
@@ -267,7 +150,7 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
             raise TypeError(f"ModelAsLoss: model must be a torch.nn.Module, got {type(model).__name__}")
         if input_fn is not None and not callable(input_fn):
             raise TypeError(f"ModelAsLoss: input_fn must be callable, got {type(input_fn).__name__}")
-        model = _unwrap(model)
+        model = unwrap_model(model)
         self.model_name = type(model).__name__
         self.encoder = encoder
         self.taps, self.protocol = self._resolve_taps(model, taps)
@@ -277,9 +160,9 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
                                                         else bool(pass_lengths))
         self.train_encoder = bool(train_encoder)
         self.encoder_prefixes = self._resolve_prefixes(model, encoder_prefixes)
-        self._live = [_Encoder(model)]  # a list: not a registered submodule (no duplicate state)
+        self._live = [TapEncoder(model)]  # a list: not a registered submodule (no duplicate state)
         if encoder == "snapshot":
-            self.freeze("snapshot", _Encoder(copy.deepcopy(model)))  # in state_dict: checkpointed
+            self.freeze("snapshot", TapEncoder(copy.deepcopy(model)))  # in state_dict: checkpointed
             self.register_buffer("snapshot_taken", torch.tensor(False))
             if snapshot_now is True:
                 self.take_snapshot()
@@ -296,7 +179,7 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
             if protocol:
                 return ["bottleneck"], True
             raise ValueError(f"ModelAsLoss: {name} has no encode() method, so give `taps`: module paths of its "
-                             f"encoder from model.named_modules(), e.g. {_listing(modules)}")
+                             f"encoder from model.named_modules(), e.g. {listing(modules)}")
         taps = [taps] if isinstance(taps, str) else list(taps)
         if not taps or not all(isinstance(t, str) for t in taps):
             raise ValueError(f"ModelAsLoss: taps must be a non-empty list of names, got {taps!r}")
@@ -308,7 +191,7 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
         if unknown:
             offered = f"encoder taps {protocol_taps} or module paths " if protocol_taps else "module paths "
             raise ValueError(f"ModelAsLoss: tap(s) {unknown} not found in {name}; it offers {offered}"
-                             f"{_listing(modules)}")
+                             f"{listing(modules)}")
         return taps, False
 
     def _resolve_prefixes(self, model: nn.Module, prefixes) -> list[str]:
@@ -319,13 +202,13 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
                 return [n for n, m in model.named_modules() if id(m) in ids]
             if not self.train_encoder:
                 raise ValueError(f"ModelAsLoss: train_encoder=False (frozen_fe) on {self.model_name} needs "
-                                 f"encoder_prefixes, the module paths of its encoder, e.g. {_listing(modules)}")
+                                 f"encoder_prefixes, the module paths of its encoder, e.g. {listing(modules)}")
             return []
         prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes)
         unknown = [p for p in prefixes if p not in modules]
         if unknown:
             raise ValueError(f"ModelAsLoss: encoder_prefixes {unknown} are not modules of {self.model_name}; "
-                             f"it has {_listing(modules)}")
+                             f"it has {listing(modules)}")
         return prefixes
 
     def extra_repr(self) -> str:
@@ -364,7 +247,7 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
         """Freeze a copy of ``model``'s current weights (default: the model given at construction)."""
         if self.encoder != "snapshot":
             raise RuntimeError("take_snapshot() only applies to encoder='snapshot'")
-        source = _unwrap(model if model is not None else self._live[0].model)
+        source = unwrap_model(model if model is not None else self._live[0].model)
         self.snapshot.model.load_state_dict(source.state_dict())
         self.snapshot.requires_grad_(False).eval()
         self.snapshot_taken.fill_(True)
@@ -374,7 +257,7 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
 
     def freeze_encoder(self, model: nn.Module | None = None) -> int:
         """Stop training the encoder part (``encoder_prefixes``) of the live model; returns the tensors frozen."""
-        model = _unwrap(model if model is not None else self._live[0].model)
+        model = unwrap_model(model if model is not None else self._live[0].model)
         frozen = 0
         for prefix in self.encoder_prefixes:
             for p in model.get_submodule(prefix).parameters():
@@ -404,7 +287,7 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
             return wav
         x = self.input_fn(wav)
         if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[0] != wav.shape[0]:
-            raise ModelAsLossError(f"ModelAsLoss: input_fn returned {_describe(x)} for waveforms of shape "
+            raise ModelAsLossError(f"ModelAsLoss: input_fn returned {describe(x)} for waveforms of shape "
                                    f"{tuple(wav.shape)}; it must return {self.model_name}'s input with the batch "
                                    "first")
         return x
@@ -412,11 +295,11 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
     def _features(self, wav, lengths):
         x = self._model_input(wav)
         if self.encoder == "snapshot":
-            with _loss_mode(self.snapshot):
+            with loss_mode(self.snapshot):
                 return self.snapshot(x, lengths, self)
         live = self._live[0]
         params = {f"model.{name}": p.detach() for name, p in live.model.named_parameters()}
-        with _loss_mode(live.model), warnings.catch_warnings():
+        with loss_mode(live.model), warnings.catch_warnings():
             # the detached views are not cuDNN's flat RNN buffer: it compacts them per call (a copy)
             warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
             return torch.func.functional_call(live, params, (x, lengths, self), strict=False)
@@ -474,8 +357,3 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
                 term = (diff * m).flatten(1).sum(1) / (mask.sum(1).clamp(min=1) * diff.shape[2])
             per_item = per_item + self._term(f"mal_{name}", term)
         return reduce(per_item, reduction)
-
-
-def _listing(names: Sequence[str], limit: int = 30) -> str:
-    shown = ", ".join(names[:limit])
-    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} in all)"
