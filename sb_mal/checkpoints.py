@@ -303,21 +303,14 @@ def _load_model_folder(folder: Path, where: str | None = None) -> Pretrained:
         raise ExportError(f"{hp_file}: defines no `enhance_model` (a torch.nn.Module)")
     load_verified(model, folder / "enhance_model.ckpt")
     spectral = all(k in hparams for k in ("compute_stft", "spectral_magnitude"))
-    input_fn = _LogSpectralFeatures(hparams["compute_stft"], hparams["spectral_magnitude"]) if spectral else None
+    input_fn = None
+    if spectral:
+        from sb_mal.losses.model_taps import Log1pMagnitude
+
+        input_fn = Log1pMagnitude(hparams["compute_stft"], spectral_magnitude=hparams["spectral_magnitude"])
     rate = hparams.get("sample_rate") or getattr(hparams.get("compute_stft"), "sample_rate", None)
     kind = "spectral_mask_folder" if spectral else "model_folder"
     return Pretrained(model.eval(), where, {}, kind, input_fn=input_fn, sample_rate=rate)
-
-
-class _LogSpectralFeatures(torch.nn.Module):
-    """``log1p(spectral_magnitude(compute_stft(wav)))``, a spectral-mask model folder's input."""
-
-    def __init__(self, compute_stft, spectral_magnitude):
-        super().__init__()
-        self.compute_stft, self.spectral_magnitude = compute_stft, spectral_magnitude
-
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        return torch.log1p(self.spectral_magnitude(self.compute_stft(wav)))
 
 
 class AtomicCheckpointer(Checkpointer):

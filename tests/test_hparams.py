@@ -92,14 +92,11 @@ def test_wrong_types_and_ranges_are_errors_naming_key_and_file(override, message
 
 
 def test_okd_generator_count_must_match_the_targets(fills):
-    import torch
-
     args, _ = fills
     path = REPO / "hparams/mini/okd_pesq_csig.yaml"
     *_, hparams = load_recipe_hparams([str(path), *args, "--target_metrics=[pesq,csig,covl]"], MetricGANOKDBrain)
-    with pytest.raises(ValueError, match=r"2 generators but 3 target metrics|3 outputs for 2 generators"):
+    with pytest.raises(HParamsError, match=r"2 generators but 3 target metrics \['pesq', 'csig', 'covl'\]"):
         MetricGANOKDBrain(modules=hparams["modules"], hparams=hparams, run_opts={"device": "cpu"})
-    assert torch  # (the modules above are built by the YAML)
 
 
 def test_the_declarations_are_documented():

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from sb_mal.losses.model_taps import unwrap_model as unwrap  # one implementation, below the Brains
+
 __all__ = ["GlooFriendlyDDP", "unwrap"]
-
-
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP / DataParallel wrapper (the module itself otherwise)."""
-    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
-    return module.module if isinstance(module, wrappers) else module
 
 
 class GlooFriendlyDDP:

@@ -217,6 +217,11 @@ class Enhancer(Pretrained):
         if self.sample_rate <= 0:
             raise ValueError(f"{where}: sample_rate must be positive, got {rate}")
         self._model_takes_lengths = lengths_arg_exists(self.mods.enhance_model.forward)
+        self._features = None
+        if self.layout == "spectral_mask":
+            from sb_mal.losses.model_taps import Log1pMagnitude
+
+            self._features = Log1pMagnitude(hparams["compute_stft"], spectral_magnitude=hparams["spectral_magnitude"])
         self.chunk_seconds = float(hparams.get("chunk_seconds", DEFAULT_CHUNK_SECONDS))
         self.overlap_seconds = float(hparams.get("overlap_seconds", DEFAULT_OVERLAP_SECONDS))
         self._chunk_params(None, None)  # validate
@@ -260,10 +265,10 @@ class Enhancer(Pretrained):
 
     def compute_features(self, wavs: torch.Tensor) -> torch.Tensor:
         """``log1p(spectral_magnitude(compute_stft(wavs)))``: the input of a spectral-mask model."""
-        if self.layout != "spectral_mask":
+        if self._features is None:
             raise RuntimeError("compute_features() applies to spectral-mask model folders (compute_stft, "
                                "spectral_magnitude, resynth)")
-        return torch.log1p(self.hparams.spectral_magnitude(self.hparams.compute_stft(wavs)))
+        return self._features(wavs)
 
     def _run_model(self, wav: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         model = self.mods.enhance_model

@@ -10,6 +10,7 @@ eval mode). :class:`Log1pMagnitude` is the input of SpeechBrain's spectral-mask 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -30,7 +31,7 @@ class _TapsReady(BaseException):
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a DDP / DataParallel wrapper."""
+    """The module inside a DDP / DataParallel wrapper (the module itself otherwise)."""
     wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
     return model.module if isinstance(model, wrappers) else model
 
@@ -46,6 +47,8 @@ class Log1pMagnitude(nn.Module):
         Voicebank recipes' settings.
     power : float
         Passed to ``spectral_magnitude`` (0.5 = magnitude, as in those recipes).
+    spectral_magnitude : callable, optional
+        Instead of ``power``: a model folder's own ``spectral_magnitude`` (a ``!name:`` partial).
 
     Example
     -------
@@ -53,19 +56,22 @@ class Log1pMagnitude(nn.Module):
     torch.Size([2, 63, 257])
     """
 
-    def __init__(self, compute_stft: Callable | None = None, power: float = 0.5, sample_rate: int = 16000):
+    def __init__(self, compute_stft: Callable | None = None, power: float = 0.5, sample_rate: int = 16000,
+                 spectral_magnitude: Callable | None = None):
         super().__init__()
         if compute_stft is None:
             from speechbrain.processing.features import STFT
 
             compute_stft = STFT(sample_rate=sample_rate, win_length=32, hop_length=16, n_fft=512,
                                 window_fn=torch.hamming_window)
-        self.compute_stft, self.power = compute_stft, float(power)
+        if spectral_magnitude is None:
+            from speechbrain.processing.features import spectral_magnitude as magnitude
+
+            spectral_magnitude = functools.partial(magnitude, power=float(power))
+        self.compute_stft, self.spectral_magnitude = compute_stft, spectral_magnitude
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        from speechbrain.processing.features import spectral_magnitude
-
-        return torch.log1p(spectral_magnitude(self.compute_stft(wav), power=self.power))
+        return torch.log1p(self.spectral_magnitude(self.compute_stft(wav)))
 
 
 class TapEncoder(nn.Module):
