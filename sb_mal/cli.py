@@ -27,8 +27,12 @@ __all__ = ["main"]
 # --------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------
-def _pairs_from_folders(clean_dir: str, other_dir: str, match: str) -> tuple[list[str], list[str], list[str]]:
-    """(ids, other_files, clean_files) for files present in both folders."""
+def _pairs_from_folders(clean_dir: str, other_dir: str, match: str):
+    """(ids, other_files, clean_files, unmatched) for the files present in both folders.
+
+    ``unmatched`` lists the files of either folder without a partner (warned about, never fatal
+    here; ``--strict`` makes them an error).
+    """
     from sb_mal.audio import list_audio_files
     from sb_mal.data.manifest import pair_key
 
@@ -37,37 +41,55 @@ def _pairs_from_folders(clean_dir: str, other_dir: str, match: str) -> tuple[lis
     common = sorted(set(clean) & set(other))
     if not common:
         raise SystemExit(f"error: no file in {other_dir} has a same-named partner in {clean_dir}")
-    missing = sorted(set(clean) - set(other))
-    if missing:
-        logging.getLogger("sb_mal").warning(
-            "%d clean file(s) have no partner in %s (e.g. %s); they are left out", len(missing), other_dir, clean[missing[0]]
-        )
-    return common, [other[k] for k in common], [clean[k] for k in common]
+    unmatched = {f"no file in {other_dir}": [str(clean[k]) for k in sorted(set(clean) - set(other))],
+                 f"no clean reference in {clean_dir}": [str(other[k]) for k in sorted(set(other) - set(clean))]}
+    return common, [other[k] for k in common], [clean[k] for k in common], _drop_empty(unmatched)
 
 
-def _enhanced_for_manifest(manifest: dict, folder: str) -> tuple[list[str], list[str], list[str]]:
-    """Find ``<folder>/<id>.*`` (or the noisy file's name) for every manifest entry."""
-    from sb_mal.audio import AUDIO_EXTENSIONS
+def _enhanced_for_manifest(manifest: dict, folder: str):
+    """(ids, enhanced_files, clean_files, unmatched): ``<folder>/<id>.*`` (or the noisy file's name)
+    for every manifest entry; entries without a file and files of no entry are ``unmatched``."""
+    from sb_mal.audio import AUDIO_EXTENSIONS, list_audio_files
 
-    ids, enh, clean = [], [], []
+    ids, enh, clean, missing = [], [], [], []
     for uid, entry in manifest.items():
         candidates = [os.path.join(folder, uid + ext) for ext in AUDIO_EXTENSIONS]
         if "noisy_wav" in entry:
             candidates.append(os.path.join(folder, os.path.basename(entry["noisy_wav"])))
         found = next((c for c in candidates if os.path.isfile(c)), None)
         if found is None:
-            raise SystemExit(f"error: no enhanced file for utterance {uid!r} in {folder} (looked for {uid}.wav/.flac/...)")
+            missing.append(uid)
+            continue
         ids.append(uid)
         enh.append(found)
         clean.append(entry["clean_wav"])
-    return ids, enh, clean
+    if not ids:
+        raise SystemExit(f"error: {folder} has no enhanced file for any manifest entry (looked for <id>.wav/.flac/... "
+                         "and the noisy file's name)")
+    used = {os.path.abspath(p) for p in enh}
+    extra = [str(p) for p in list_audio_files(folder) if os.path.abspath(p) not in used]
+    unmatched = {f"no file in {folder} for manifest entries": missing, "files of no manifest entry": extra}
+    return ids, enh, clean, _drop_empty(unmatched)
+
+
+def _drop_empty(unmatched: dict) -> dict:
+    return {k: v for k, v in unmatched.items() if v}
+
+
+def _report_unmatched(name: str, unmatched: dict, strict: bool) -> None:
+    """Warn about (or, with --strict, stop on) files without a partner; they are listed in summary.json."""
+    for what, items in unmatched.items():
+        shown = ", ".join(map(str, items[:5])) + (f", ... ({len(items) - 5} more)" if len(items) > 5 else "")
+        if strict:
+            raise SystemExit(f"error: {name}: {len(items)} unmatched ({what}): {shown}  [--strict]")
+        logging.getLogger("sb_mal").warning("%s: %d file(s) left out, %s: %s", name, len(items), what, shown)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from sb_mal.metrics import evaluate, format_table, resolve_metrics
 
     metrics = resolve_metrics([m.strip() for m in args.metrics.split(",") if m.strip()])
-    systems: list[tuple[str, list[str], list[str], list[str]]] = []  # name, ids, files, clean
+    systems: list[tuple] = []  # name, ids, files, clean, unmatched
     if args.manifest:
         from sb_mal.data.manifest import load_manifest
 
@@ -77,7 +99,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         ids = list(manifest)
         clean = [manifest[u]["clean_wav"] for u in ids]
         if all("noisy_wav" in e for e in manifest.values()) and not args.no_noisy:
-            systems.append(("noisy", ids, [manifest[u]["noisy_wav"] for u in ids], clean))
+            systems.append(("noisy", ids, [manifest[u]["noisy_wav"] for u in ids], clean, {}))
         for folder in args.enhanced or []:
             systems.append((Path(folder).name or folder, *_enhanced_for_manifest(manifest, folder)))
         if args.source and not all("noisy_wav" in e for e in manifest.values()):
@@ -92,26 +114,35 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             systems.append((Path(folder).name or folder, *_pairs_from_folders(args.clean, folder, args.match)))
         if args.source and not args.noisy:
             raise SystemExit("error: --source needs --noisy DIR (the inputs the model enhances)")
-        noisy_input = _pairs_from_folders(args.clean, args.noisy, args.match) if args.source else None
+        noisy_input = _pairs_from_folders(args.clean, args.noisy, args.match)[:3] if args.source else None
     if not systems and not args.source:
         raise SystemExit("error: nothing to evaluate: give --noisy, --enhanced and/or --source")
+    for name, *_, unmatched in systems:
+        _report_unmatched(name, unmatched, args.strict)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     for spec in args.source or []:
-        systems.append(_enhance_for_evaluation(spec, noisy_input, out, args))
-    rows, summary = [], {}
-    for name, ids, files, clean in systems:
+        systems.append((*_enhance_for_evaluation(spec, noisy_input, out, args), {}))
+    rows, summary, notes = [], {}, []
+    for name, ids, files, clean, unmatched in systems:
         result = evaluate(files, clean, metrics=metrics, n_jobs=args.jobs, ids=ids, timeout=args.timeout, progress=True)
         result.to_csv(out / f"{name}_scores.csv")
         rows.append({"system": name, "n": len(ids), **result.means})
-        summary[name] = result.summary()
+        summary[name] = {**result.summary(), "unmatched": unmatched}
+        short = {m: c for m, c in result.counts.items() if c < len(ids)}
+        if short:
+            notes.append(f"{name}: " + ", ".join(f"{m} on {c} of {len(ids)}" for m, c in short.items()))
     from sb_mal.fileio import atomic_write_text
 
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     print(format_table(rows, ["system", "n", *metrics]))
-    failed = sum(len(s["failures"]) for s in summary.values())
-    if failed:
-        print(f"\n{failed} metric failure(s) left out of the means; see {out / 'summary.json'}")
+    if notes:
+        print("\nmeans over the utterances where a metric is defined (the others are NaN, with the reason, in "
+              f"{out / 'summary.json'}):")
+        print("\n".join(f"  {line}" for line in notes))
+    left = sum(len(v) for *_, unmatched in systems for v in unmatched.values())
+    if left:
+        print(f"\n{left} file(s) without a partner left out; listed under 'unmatched' in {out / 'summary.json'}")
     print(f"\nper-utterance scores and summary written to {out}/")
     return 0
 
@@ -285,7 +316,8 @@ def _cmd_iterate(args: argparse.Namespace) -> int:
         noisy_files = [manifest[u]["noisy_wav"] for u in ids]
         clean_files = [manifest[u]["clean_wav"] for u in ids]
     elif args.noisy and args.clean:
-        ids, noisy_files, clean_files = _pairs_from_folders(args.clean, args.noisy, args.match)
+        ids, noisy_files, clean_files, unmatched = _pairs_from_folders(args.clean, args.noisy, args.match)
+        _report_unmatched("noisy", unmatched, strict=False)
     else:
         raise SystemExit("error: give --noisy DIR and --clean DIR, or --manifest JSON")
     if args.limit:
@@ -346,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--metrics", default="intrusive", help="comma-separated metrics or groups (intrusive, dnsmos, all)")
     ev.add_argument("--jobs", type=int, default=2, help="metric worker processes (0: in-process)")
     ev.add_argument("--timeout", type=float, default=120.0, help="seconds per utterance before its worker is replaced")
+    ev.add_argument("--strict", action="store_true",
+                    help="stop (exit 2) when a file has no partner instead of warning and leaving it out")
     ev.add_argument("-o", "--output", default="sb_mal_eval", help="folder for CSV/JSON results")
     ev.set_defaults(func=_cmd_evaluate)
 

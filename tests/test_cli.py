@@ -57,3 +57,41 @@ def test_console_script_installed():
     exe = os.path.join(os.path.dirname(sys.executable), "sb-mal")
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "evaluate" in proc.stdout
+
+
+def test_unmatched_files_are_listed_never_fatal_unless_strict(small_pairs, tmp_path, capsys):
+    """Folder and manifest mode alike: a file without a partner is warned about, listed in summary.json
+    and left out; --strict makes it an error; a half-length output is not scored and the counts say so."""
+    import numpy as np
+    import soundfile as sf
+
+    enhanced = tmp_path / "enh"
+    enhanced.mkdir()
+    clean_files = sorted((small_pairs / "clean").iterdir())
+    for f in clean_files[:2]:
+        wav, rate = sf.read(f)
+        sf.write(enhanced / f"{f.stem}.wav", wav if f is clean_files[0] else wav[: len(wav) // 2], rate)
+    sf.write(enhanced / "stray.wav", np.zeros(1600), 16000)  # no clean partner
+    out = tmp_path / "eval"
+    args = ["--enhanced", str(enhanced), "--metrics", "stoi,si_sdr", "--jobs", "0", "-o", str(out)]
+    assert main(["evaluate", "--clean", str(small_pairs / "clean"), *args]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())["enh"]
+    assert summary["n_utterances"] == 2 and summary["counts"] == {"stoi": 1, "si_sdr": 1}
+    assert "length mismatch" in summary["failures"][0]["message"]
+    assert "stoi on 1 of 2" in printed
+    listed = [p for items in summary["unmatched"].values() for p in items]
+    assert sorted(os.path.basename(p) for p in listed) == ["stray.wav", "test_002.flac"]
+    with pytest.raises(SystemExit, match="unmatched"):
+        main(["evaluate", "--clean", str(small_pairs / "clean"), *args, "--strict"])
+    # manifest mode: a missing enhanced file no longer aborts the run
+    manifest = tmp_path / "m.json"
+    assert main(["prepare", "pairs", "--noisy", str(small_pairs / "noisy"), "--clean", str(small_pairs / "clean"),
+                 "-o", str(manifest)]) == 0
+    assert main(["evaluate", "--manifest", str(manifest), "--no-noisy", *args]) == 0
+    summary = json.loads((out / "summary.json").read_text())["enh"]
+    assert summary["n_utterances"] == 2
+    listed = [os.path.basename(str(p)) for items in summary["unmatched"].values() for p in items]
+    assert sorted(listed) == ["stray.wav", "test_002"]
+    with pytest.raises(SystemExit, match="unmatched"):
+        main(["evaluate", "--manifest", str(manifest), "--no-noisy", *args, "--strict"])

@@ -63,7 +63,7 @@ def test_noisy_scores_are_plausible_and_ordered(pairs):
 
 def test_failures_give_nan_warning_and_are_left_out(pairs, caplog):
     ids, noisy, clean = pairs
-    silence = np.zeros(32000, np.float32)
+    silence = np.zeros(len(clean[0]), np.float32)  # a silent output, as long as its reference
     short = clean[1][:800]  # 50 ms: too short for PESQ/STOI
     with caplog.at_level(logging.WARNING, logger="sb_mal.metrics.pool"):
         res = evaluate([noisy[0], silence, short], [clean[0], clean[0], clean[1][:800]],
@@ -149,3 +149,71 @@ def test_metric_names():
         evaluate([np.ones(10), np.ones(10)], [np.ones(10)], n_jobs=0)
     with pytest.raises(ValueError, match="silent reference"):
         si_sdr(np.zeros(100), np.ones(100))
+
+
+def test_a_script_without_the_main_guard_fails_fast_with_the_fix(tmp_path):
+    """spawn re-imports the script in each worker, which then dies at start: an error in seconds, not a loop."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "score.py"
+    script.write_text("import numpy as np\nfrom sb_mal.metrics import evaluate\n"
+                      "x = np.random.default_rng(0).standard_normal(16000) * 0.1\n"
+                      "print(evaluate([x, x], [x, x], metrics=['si_sdr'], n_jobs=2).means)\n")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    elapsed = time.monotonic() - started
+    assert proc.returncode != 0
+    assert "MetricWorkerError" in proc.stderr and 'if __name__ == "__main__":' in proc.stderr, proc.stderr[-2000:]
+    assert elapsed < 60, elapsed
+    guarded = tmp_path / "guarded.py"
+    body = script.read_text().splitlines()
+    guarded.write_text("\n".join(body[:2]) + "\nif __name__ == '__main__':\n" + "\n".join("    " + b for b in body[2:]) + "\n")
+    ok = subprocess.run([sys.executable, str(guarded)], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert ok.returncode == 0 and "si_sdr" in ok.stdout, ok.stderr[-2000:]
+
+
+def test_a_worker_that_dies_while_starting_is_an_error_not_a_respawn_loop(monkeypatch):
+    """Replacing a crashed worker checks the new one starts; a dead start is MetricWorkerError at once."""
+    from sb_mal.metrics import MetricWorkerError
+    from sb_mal.metrics import pool as pool_module
+
+    pool = MetricPool(n_jobs=1, timeout=30)
+    try:
+        x = np.zeros(1600)
+        started = []
+        real_worker = pool_module._Worker
+
+        class DiesAtStart(real_worker):
+            def __init__(self, ctx):
+                super().__init__(ctx)
+                started.append(self)
+                if len(started) > 1:  # every replacement dies before saying ready
+                    self.process.kill()
+
+        monkeypatch.setattr(pool_module, "_Worker", DiesAtStart)
+        with pytest.raises(MetricWorkerError, match="exited while starting"):
+            pool.evaluate([_Crash(), x, x], [x, x, x], 16000, metrics=["si_sdr"])
+        assert len(started) == 2  # the first worker and one replacement: no loop
+    finally:
+        pool.close()
+
+
+def test_undefined_pairs_are_nan_never_averaged(pairs):
+    """A silent or near-silent reference and a length mismatch beyond the tolerance give NaN for every
+    intrusive metric (STOI/ESTOI included), a reason each, and true counts; small length differences are trimmed."""
+    ids, noisy, clean = pairs
+    names = ["pesq", "stoi", "estoi", "si_sdr", "ssnr", "csig"]
+    near_silent = np.random.default_rng(0).standard_normal(len(clean[0])) * 1e-6  # -120 dBFS
+    half = noisy[1][: len(noisy[1]) // 2]
+    a_hop_short = noisy[2][:-256]  # 16 ms: within the tolerance
+    res = evaluate([noisy[0], noisy[0], half, a_hop_short], [np.zeros_like(clean[0]), near_silent, clean[1], clean[2]],
+                   metrics=names, n_jobs=0, ids=["silent", "near_silent", "half", "hop"])
+    for row in res.rows[:3]:
+        assert all(math.isnan(row[m]) for m in names), row
+    assert all(np.isfinite(res.rows[3][m]) for m in names), res.rows[3]
+    assert res.counts == {m: 1 for m in names}
+    assert res.means["stoi"] == res.rows[3]["stoi"]
+    reasons = dict(res.failures)
+    assert "silent" in reasons["silent"] and "silent" in reasons["near_silent"]
+    assert "length mismatch" in reasons["half"] and "hop" not in reasons

@@ -35,6 +35,7 @@ from speechbrain.dataio.batch import PaddedBatch
 from sb_mal.audio import write_audio
 from sb_mal.brains.ddp import GlooFriendlyDDP, unwrap
 from sb_mal.brains.hparams import REQUIRED, HParam, HParams
+from sb_mal.brains.recoverables import EpochLog, register
 from sb_mal.metrics import evaluate as evaluate_metrics
 from sb_mal.fileio import atomic_write_text
 from sb_mal.losses.reconstruction import terms_to_floats
@@ -102,6 +103,9 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
         if not hasattr(self, "hparams"):  # SpeechBrain sets it only when hparams are given
             self.hparams = SimpleNamespace()
         self.HPARAMS.apply(self.hparams)
+        # the epoch's log line travels in its checkpoint (a kill between the two loses nothing)
+        self.epoch_log = EpochLog(lambda: [self.hparams.train_logger, self.hparams.tensorboard_logger])
+        register(self.checkpointer, {"epoch_log": self.epoch_log}, type(self).__name__, optional=["epoch_log"])
 
     # -- data --------------------------------------------------------------------------------
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
@@ -161,6 +165,7 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
     def on_fit_start(self):
         """Record the model configuration next to the checkpoints, then the usual start."""
         super().on_fit_start()
+        self.epoch_log.restore()
         self._fit_started = time.monotonic()
         for key in self.LOSS_KEYS:
             cost = getattr(self.hparams, key)
@@ -222,12 +227,12 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
             if key not in meta or meta[key] is None or math.isnan(meta[key]):
                 meta[key] = -math.inf if key != "loss" else math.inf  # never preferred
             keep = self.hparams.keep_checkpoints
+            self.epoch_log.stage({"epoch": epoch}, train_stats=getattr(self, "train_stats", None), valid_stats=stats)
             if key == "loss":
                 self.checkpointer.save_and_keep_only(meta=meta, min_keys=["loss"], num_to_keep=keep)
             else:
                 self.checkpointer.save_and_keep_only(meta=meta, max_keys=[key], num_to_keep=keep)
-            # logged after the checkpoint: an epoch redone after a kill appears once in the log
-            self._log({"epoch": epoch}, train_stats=getattr(self, "train_stats", None), valid_stats=stats)
+            self.epoch_log.commit()  # after the checkpoint: an epoch redone after a kill appears once in the log
             self._check_budget(epoch)
         elif stage == sb.Stage.TEST:
             counter = self.hparams.epoch_counter

@@ -49,7 +49,7 @@ from sb_mal.brains.ddp import GlooFriendlyDDP, unwrap
 from sb_mal.brains.hparams import REQUIRED, HParam, HParams, HParamsError
 from sb_mal.brains.metric_history import MetricHistory
 from sb_mal.brains.okd_discriminator import DiscriminatorPhase
-from sb_mal.brains.recoverables import RunningTotals, register
+from sb_mal.brains.recoverables import EpochLog, RunningTotals, register
 from sb_mal.fileio import atomic_write_text
 from sb_mal.metrics import evaluate as evaluate_metrics
 from sb_mal.metrics.targets import TARGET_METRICS
@@ -107,9 +107,10 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         self.history = MetricHistory(h.history_folder or os.path.join(h.output_folder, "history"), self.rate)
         self.totals = RunningTotals(metric_seconds=0.0)
         self.discriminator_phase = DiscriminatorPhase(self)
-        # generators and discriminator, whatever N is; the history and the running totals
-        register(self.checkpointer, {**self.modules, "history": self.history, "totals": self.totals},
-                 type(self).__name__, optional=["totals"])
+        self.epoch_log = EpochLog(lambda: [self.hparams.train_logger])  # the epoch's line, in its checkpoint
+        # generators and discriminator, whatever N is; the history, the running totals, the log line
+        register(self.checkpointer, {**self.modules, "history": self.history, "totals": self.totals,
+                                     "epoch_log": self.epoch_log}, type(self).__name__, optional=["totals", "epoch_log"])
 
     @property
     def metric_seconds(self) -> float:
@@ -221,6 +222,7 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
     def on_fit_start(self):
         """Usual start (DDP, optimisers, recovery) plus the generator config for ``sb-mal export``."""
         super().on_fit_start()
+        self.epoch_log.restore()
         folder = self.hparams.output_folder
         if folder and sb.utils.distributed.if_main_process():
             gen = unwrap(self.modules[self.gen_names[0]])
@@ -267,10 +269,10 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
             return
         if stage == sb.Stage.VALID and not self._validating:
             # no validation this epoch: still a (recent) checkpoint, so a kill loses at most one epoch
+            self.epoch_log.stage({"epoch": epoch}, train_stats=self.train_stats)
             self.checkpointer.save_and_keep_only(meta={"end_of_epoch": True},
                                                  max_keys=[f"g{i}_{m}" for i, m in enumerate(self.targets)])
-            if self.hparams.train_logger is not None:
-                self.hparams.train_logger.log_stats({"epoch": epoch}, train_stats=self.train_stats)
+            self.epoch_log.commit()
         elif stage == sb.Stage.VALID:
             names = list(self.hparams.valid_metrics or dict.fromkeys([*self.targets, "stoi"]))
             stats = {}
@@ -279,9 +281,9 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
                 stats.update({f"g{i}_{m}": v for m, v in means.items()})
             meta = {k: (-math.inf if v is None or math.isnan(v) else v) for k, v in stats.items()}
             keys = [f"g{i}_{m}" for i, m in enumerate(self.targets)]
+            self.epoch_log.stage({"epoch": epoch}, train_stats=self.train_stats, valid_stats=stats)
             self.checkpointer.save_and_keep_only(meta=meta, max_keys=keys)
-            if self.hparams.train_logger is not None:  # after the checkpoint: a redone epoch is logged once
-                self.hparams.train_logger.log_stats({"epoch": epoch}, train_stats=self.train_stats, valid_stats=stats)
+            self.epoch_log.commit()  # after the checkpoint: a redone epoch is logged once
         elif stage == sb.Stage.TEST:
             i = self._eval_generators[0]
             names = list(self.hparams.test_metrics)

@@ -7,7 +7,8 @@ parallel; a failing utterance gives NaN and a warning and is left out of the mea
 This package imports no torch, so metric workers start quickly.
 """
 
-from sb_mal.metrics.pool import METRIC_GROUPS, METRICS, MetricPool, evaluate, get_pool, resolve_metrics, score_utterance
+from sb_mal.metrics.pool import (METRIC_GROUPS, METRICS, MetricPool, MetricWorkerError, evaluate, get_pool,
+                                 resolve_metrics, score_utterance)
 from sb_mal.metrics.results import EvalResult, format_table
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "METRIC_GROUPS",
     "EvalResult",
     "MetricPool",
+    "MetricWorkerError",
     "evaluate",
     "format_table",
     "get_pool",

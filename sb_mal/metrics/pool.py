@@ -8,6 +8,10 @@ Design
   always knows which utterance a worker is on and since when. A worker that exceeds ``timeout``
   is killed and replaced, and only that utterance becomes NaN. A worker that crashes is replaced
   the same way. Nothing is ever retried.
+* Every worker says it is ready before it gets work. A worker that dies or stays silent while
+  starting is an immediate :class:`MetricWorkerError` (the usual cause: a script that calls
+  :func:`evaluate` at top level, without ``if __name__ == "__main__":``, which ``spawn``
+  re-imports in every worker), never a loop of respawns.
 * A metric that raises on one utterance (PESQ "no utterances detected", silence, too short) gives
   NaN for that metric and utterance plus a logged warning; means leave NaNs out.
 * The pool is persistent: :func:`get_pool` keeps one per ``n_jobs`` for the life of the process
@@ -35,7 +39,17 @@ from sb_mal.metrics.results import EvalResult
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRICS", "METRIC_GROUPS", "MetricPool", "evaluate", "get_pool", "resolve_metrics", "score_utterance"]
+__all__ = ["METRICS", "METRIC_GROUPS", "MetricPool", "MetricWorkerError", "evaluate", "get_pool", "resolve_metrics",
+           "score_utterance"]
+
+
+class MetricWorkerError(RuntimeError):
+    """Metric worker processes could not be started (the message says why and what to do)."""
+
+
+_START_HINT = ("Metric workers are started with 'spawn', which imports your main script again in each worker: a "
+               "script that calls sb_mal.metrics.evaluate (or trains) at top level must do it under "
+               "`if __name__ == \"__main__\":`. Or pass n_jobs=0 to compute the metrics in this process.")
 
 #: Every metric name the pool understands, in report order.
 METRICS = (
@@ -64,6 +78,13 @@ METRIC_GROUPS = {
 }
 #: Rate every metric is computed at (inputs at other rates are resampled).
 METRIC_RATE = 16000
+#: A clean reference whose RMS is below this (dBFS) is silent or near-silent: every intrusive
+#: metric is undefined on it (NaN), STOI/ESTOI included (pystoi returns 0 there, not an error).
+SILENT_REFERENCE_DBFS = -80.0
+#: Enhanced and clean lengths may differ by this fraction of the reference or these seconds,
+#: whichever is larger (a model's frame hop, a codec's padding): both are trimmed to the shorter.
+#: Beyond it the pair is not scored (NaN for the intrusive metrics, reported, left out of the means).
+LENGTH_TOLERANCE = (0.01, 0.064)
 
 
 def resolve_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
@@ -116,6 +137,25 @@ def _load(item, sample_rate: int, what: str) -> np.ndarray:
     return wav
 
 
+def _undefined_reason(ref: np.ndarray) -> str | None:
+    """Why the intrusive metrics are undefined on this reference (None if they are defined)."""
+    rms = float(np.sqrt(np.mean(ref**2)))
+    level = 20 * math.log10(rms) if rms > 0 else -math.inf
+    if level < SILENT_REFERENCE_DBFS:
+        return (f"the clean reference is silent or near-silent (RMS {level:.0f} dBFS < {SILENT_REFERENCE_DBFS:.0f} "
+                f"dBFS)")
+    return None
+
+
+def _length_problem(n_ref: int, n_enh: int) -> str | None:
+    fraction, seconds = LENGTH_TOLERANCE
+    allowed = max(fraction * n_ref, seconds * METRIC_RATE)
+    if abs(n_ref - n_enh) <= allowed:
+        return None
+    return (f"length mismatch: clean {n_ref / METRIC_RATE:.3f} s vs enhanced {n_enh / METRIC_RATE:.3f} s, beyond the "
+            f"tolerance of {allowed / METRIC_RATE:.3f} s")
+
+
 def score_utterance(enhanced, clean, sample_rate: int, metrics: Sequence[str]) -> tuple[dict, list[str]]:
     """Score one utterance; never raises.
 
@@ -132,24 +172,33 @@ def score_utterance(enhanced, clean, sample_rate: int, metrics: Sequence[str]) -
     -------
     (scores, problems)
         ``scores`` maps every requested metric to a float (NaN on failure); ``problems`` lists
-        human-readable failure messages.
+        human-readable failure messages (one for every NaN).
+
+    Policy: lengths within :data:`LENGTH_TOLERANCE` are trimmed to the shorter signal; beyond it,
+    and on a reference quieter than :data:`SILENT_REFERENCE_DBFS`, every intrusive metric is NaN
+    (undefined, so never averaged) with a problem saying why; DNSMOS, which needs no reference,
+    is still computed.
     """
     scores = {m: math.nan for m in metrics}
     problems: list[str] = []
+    ref = mismatch = None
     try:
         enh = _load(enhanced, sample_rate, "enhanced")
-        ref = None
         if any(m in _INTRUSIVE for m in metrics):
             if clean is None:
                 raise ValueError("intrusive metrics need a clean reference")
             ref = _load(clean, sample_rate, "clean")
+            mismatch = _length_problem(len(ref), len(enh))
             n = min(len(ref), len(enh))
-            if abs(len(ref) - len(enh)) > 0.01 * max(len(ref), len(enh)):
-                problems.append(f"length mismatch: clean {len(ref)} vs enhanced {len(enh)} samples; trimmed to {n}")
             ref, enh_i = ref[:n], enh[:n]
     except Exception as err:
         problems.append(f"could not load audio: {err}")
         return scores, problems
+    intrusive = [m for m in metrics if m in _INTRUSIVE]
+    undefined = (mismatch or _undefined_reason(ref)) if ref is not None else None
+    if undefined:  # not scored: NaN for every intrusive metric (left out of the means), DNSMOS still runs
+        problems.append(f"{'/'.join(intrusive)} not scored: {undefined}")
+        metrics = [m for m in metrics if m not in _INTRUSIVE]
 
     def attempt(names, fn):
         try:
@@ -204,7 +253,11 @@ def score_utterance(enhanced, clean, sample_rate: int, metrics: Sequence[str]) -
 
 
 def _worker_main(conn) -> None:
-    """Worker loop: receive (key, enhanced, clean, rate, metrics), send (key, scores, problems)."""
+    """Worker loop: say ready, then receive (key, enhanced, clean, rate, metrics), send (key, scores, problems)."""
+    try:
+        conn.send("ready")
+    except (EOFError, OSError, BrokenPipeError):
+        return
     while True:
         try:
             task = conn.recv()
@@ -284,6 +337,9 @@ class MetricPool:
     True
     """
 
+    #: seconds a new worker may take to import its packages and say it is ready
+    start_timeout = 120.0
+
     def __init__(self, n_jobs: int = 2, timeout: float = 120.0, start_method: str = "spawn"):
         if n_jobs < 0:
             raise ValueError(f"n_jobs must be >= 0, got {n_jobs}")
@@ -297,8 +353,34 @@ class MetricPool:
     # -- lifecycle ---------------------------------------------------------------------------
     def _ensure_workers(self):
         self._workers = [w for w in self._workers if w.process.is_alive()]
-        while len(self._workers) < self.n_jobs:
-            self._workers.append(_Worker(self._ctx))
+        fresh = [_Worker(self._ctx) for _ in range(self.n_jobs - len(self._workers))]
+        self._await_ready(fresh)
+        self._workers.extend(fresh)
+
+    def _await_ready(self, workers: list[_Worker]) -> None:
+        """Wait for every new worker's ready message; a worker that dies or stays silent is an error."""
+        waiting = {w.conn: w for w in workers}
+        deadline = time.monotonic() + self.start_timeout
+        try:
+            while waiting:
+                ready = mp_wait(list(waiting), timeout=max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    raise MetricWorkerError(f"{len(waiting)} metric worker process(es) did not start within "
+                                            f"{self.start_timeout:.0f} s. {_START_HINT}")
+                for conn in ready:
+                    worker = waiting.pop(conn)
+                    try:
+                        message = conn.recv()
+                    except (EOFError, OSError):
+                        message = None
+                    if message != "ready":
+                        worker.process.join(timeout=5)
+                        raise MetricWorkerError(f"a metric worker process exited while starting (exit code "
+                                                f"{worker.process.exitcode}). {_START_HINT}")
+        except BaseException:
+            for worker in workers:
+                worker.kill()
+            raise
 
     def close(self):
         """Stop all workers."""
@@ -381,6 +463,7 @@ class MetricPool:
     def _run_parallel(self, enhanced, clean, rate, names, results, problems, bar):
         self._ensure_workers()
         pending = list(range(len(enhanced)))[::-1]  # pop() from the end = in order
+        resent: set[int] = set()  # utterances whose worker died before taking them (sent once more, no more)
         idle = list(self._workers)
         busy: dict = {}  # conn -> worker
         while pending or busy:
@@ -391,10 +474,16 @@ class MetricPool:
                 try:
                     worker.conn.send((i, enhanced[i], ref, rate, names))
                 except (OSError, BrokenPipeError):
-                    pending.append(i)
                     worker.kill()
-                    self._replace(worker)
-                    idle.append(self._workers[-1])
+                    idle.append(self._replace(worker))
+                    if i in resent:
+                        results[i] = {m: math.nan for m in names}
+                        problems[i].append("two metric workers died before taking this utterance; left out")
+                        if bar is not None:
+                            bar.update(1)
+                    else:
+                        resent.add(i)
+                        pending.append(i)
                     continue
                 worker.task = (i, time.monotonic())
                 busy[worker.conn] = worker
@@ -432,8 +521,10 @@ class MetricPool:
                         bar.update(1)
 
     def _replace(self, worker: _Worker) -> _Worker:
+        """A started, ready worker in place of ``worker`` (MetricWorkerError if it cannot start)."""
         self._workers = [w for w in self._workers if w is not worker]
         fresh = _Worker(self._ctx)
+        self._await_ready([fresh])
         self._workers.append(fresh)
         return fresh
 
