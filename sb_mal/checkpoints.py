@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -35,14 +36,53 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AtomicCheckpointer", "ExportError", "Pretrained", "build_model", "find_best_checkpoint", "load_model_config", "load_pretrained",
-           "load_run_model", "load_verified", "toy_run"]
+__all__ = ["AtomicCheckpointer", "ExportError", "ModelLoadError", "Pretrained", "build_model", "find_best_checkpoint",
+           "load_model_config", "load_pretrained", "load_run_model", "load_verified", "resolve_source", "toy_run"]
 
 _META_SKIP = ("unixtime", "end-of-epoch")
 
 
 class ExportError(ValueError):
     """A run folder or checkpoint cannot be used (names the file and what is wrong)."""
+
+
+class ModelLoadError(ExportError):
+    """A model source cannot be loaded: one line naming the file (or hub id) and the cause."""
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def resolve_source(source) -> tuple[str, object]:
+    """``("local", Path)`` for an existing file or folder, ``("hub", id)`` for a hub id ``org/name``.
+
+    A path that does not exist is an error here, not a hub lookup: only a string of the form
+    ``org/name`` (no leading ``.``, ``/`` or ``~``) that is not a local path is taken as a hub id.
+
+    Example
+    -------
+    >>> resolve_source("speechbrain/metricgan-plus-voicebank")
+    ('hub', 'speechbrain/metricgan-plus-voicebank')
+    >>> resolve_source("./no/such/folder")
+    Traceback (most recent call last):
+    ...
+    sb_mal.checkpoints.ModelLoadError: ./no/such/folder: no such file or folder (and not a hub id of the form org/name)
+    """
+    if not isinstance(source, (str, os.PathLike)):  # e.g. SpeechBrain's FetchSource
+        return "hub", source
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.exists():
+        return "local", path
+    if _HUB_ID.match(text):
+        return "hub", text
+    raise ModelLoadError(f"{text}: no such file or folder (and not a hub id of the form org/name)")
+
+
+def one_line(err: BaseException, limit: int = 400) -> str:
+    """``Type: message`` on one line (whitespace folded), at most ``limit`` characters."""
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _list_checkpoints(save_dir: Path) -> list[tuple[Path, dict]]:
@@ -111,7 +151,12 @@ def load_model_config(run_dir: Path) -> dict:
     return cfg
 
 
-def build_model(cfg: dict, where: Path) -> torch.nn.Module:
+def build_model(cfg: dict, where: Path, trust_code: bool = True) -> torch.nn.Module:
+    """The model ``cfg`` names (``class``, ``kwargs``); with ``trust_code=False`` only an allow-listed class."""
+    if not trust_code:
+        from sb_mal.trust import check_callable
+
+        check_callable(cfg["class"], str(where))
     module_name, _, class_name = cfg["class"].rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
@@ -131,7 +176,8 @@ def load_verified(model: torch.nn.Module, ckpt_file: Path) -> None:
     try:
         state = torch_patched_state_dict_load(ckpt_file, "cpu")
     except Exception as err:
-        raise ExportError(f"{ckpt_file}: unreadable checkpoint ({type(err).__name__}: {err})") from err
+        cause = "empty file" if ckpt_file.is_file() and ckpt_file.stat().st_size == 0 else one_line(err, 200)
+        raise ExportError(f"{ckpt_file}: unreadable checkpoint ({cause})") from err
     if not isinstance(state, dict):
         raise ExportError(f"{ckpt_file}: expected a state_dict, found {type(state).__name__}")
     if state and all(isinstance(k, str) and k.startswith("module.") for k in state):  # saved from a DDP wrapper
@@ -139,8 +185,8 @@ def load_verified(model: torch.nn.Module, ckpt_file: Path) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ExportError(f"{ckpt_file}: does not match {type(model).__name__} built from model_config.json: "
-                          f"{err}") from err
+        raise ExportError(f"{ckpt_file}: does not match {type(model).__name__} built from its configuration "
+                          f"({one_line(err, 300)})") from err
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ExportError(f"{ckpt_file}: non-finite weights in {', '.join(bad[:5])}")
@@ -217,7 +263,7 @@ _MODEL_FOLDER_FILES = ("hyperparams.yaml", "enhance_model.ckpt")
 
 
 def load_pretrained(source, *, key: str = "pesq", mode: str = "max", checkpoint=None, recoverable: str = "model",
-                    savedir=None) -> Pretrained:
+                    savedir=None, trust_code: bool = False) -> Pretrained:
     """Load a pretrained model from any source (see the module docstring).
 
     Arguments
@@ -232,6 +278,9 @@ def load_pretrained(source, *, key: str = "pesq", mode: str = "max", checkpoint=
         Checkpointer name of the model in a run (``generator_1`` for an OKD generator).
     savedir : path, optional
         Where a hub model's files are kept (default: the hub cache).
+    trust_code : bool
+        Let a model folder's ``hyperparams.yaml`` / ``export_info.json`` call what is outside
+        :data:`sb_mal.trust.ALLOWED` (default: refused with :class:`sb_mal.trust.UntrustedCodeError`).
 
     Example
     -------
@@ -240,18 +289,15 @@ def load_pretrained(source, *, key: str = "pesq", mode: str = "max", checkpoint=
     >>> found.kind, found.meta["pesq"], type(found.model).__name__
     ('run', 2.0, 'SpectralUNetSE')
     """
-    text = str(source)
-    path = Path(text).expanduser()
-    if path.exists():
+    kind, where = resolve_source(source)
+    if kind == "local":
+        path = where
         if path.is_dir() and all((path / f).is_file() for f in _MODEL_FOLDER_FILES):
-            return _load_model_folder(path)
+            return _load_model_folder(path, trust_code=trust_code)
         model, ckpt, meta = load_run_model(path, key=key, mode=mode, checkpoint=checkpoint, recoverable=recoverable)
         kind = "checkpoint" if (path.is_file() or (path / "CKPT.yaml").is_file()) else "run"
         return Pretrained(model.eval(), f"checkpoint {ckpt}", meta, kind, sample_rate=_run_rate(ckpt), checkpoint=ckpt)
-    if text.startswith((".", "/", "~")) or text.count("/") != 1:
-        raise ExportError(f"{text}: no such file or folder (expected a run folder, a CKPT+* folder, its .ckpt file, a "
-                          "model folder with hyperparams.yaml and enhance_model.ckpt, or a hub id like org/name)")
-    return _load_model_folder(_fetch_hub(text, savedir), where=f"hub model {text}")
+    return _load_model_folder(_fetch_hub(where, savedir), where=f"hub model {where}", trust_code=trust_code)
 
 
 def _run_rate(ckpt: Path) -> int | None:
@@ -272,11 +318,13 @@ def _fetch_hub(repo: str, savedir) -> Path:
         except Exception as err:  # noqa: BLE001 - the hub raises many kinds; name the source instead
             if name == "export_info.json":
                 continue
-            raise ExportError(f"hub model {repo}: could not fetch {name} ({type(err).__name__}: {err})") from err
+            raise ModelLoadError(f"hub model {repo}: could not fetch {name} ({one_line(err, 200)})") from err
     return folder
 
 
-def _load_model_folder(folder: Path, where: str | None = None) -> Pretrained:
+def _load_model_folder(folder: Path, where: str | None = None, trust_code: bool = False) -> Pretrained:
+    from sb_mal.trust import check_hparams_file
+
     where = where or f"model folder {folder}"
     info_file = folder / "export_info.json"
     if info_file.is_file():
@@ -286,18 +334,19 @@ def _load_model_folder(folder: Path, where: str | None = None) -> Pretrained:
             raise ExportError(f"{info_file}: not valid JSON ({err})") from err
         cfg = info.get("model_config") if isinstance(info, dict) else None
         if isinstance(cfg, dict) and isinstance(cfg.get("class"), str) and isinstance(cfg.get("kwargs"), dict):
-            model = build_model(cfg, info_file)
+            model = build_model(cfg, info_file, trust_code=trust_code)
             load_verified(model, folder / "enhance_model.ckpt")
             return Pretrained(model.eval(), where, dict(info.get("meta") or {}), "exported",
                               sample_rate=cfg.get("sample_rate"))
     from hyperpyyaml import load_hyperpyyaml
 
     hp_file = folder / "hyperparams.yaml"
+    check_hparams_file(hp_file, trust_code)
     try:
         with open(hp_file, encoding="utf-8") as fin:
             hparams = load_hyperpyyaml(fin)
     except Exception as err:  # noqa: BLE001 - a broken YAML: name the file
-        raise ExportError(f"{hp_file}: cannot be loaded ({type(err).__name__}: {err})") from err
+        raise ModelLoadError(f"{hp_file}: cannot be loaded ({one_line(err, 300)})") from err
     model = hparams.get("enhance_model") if isinstance(hparams, dict) else None
     if not isinstance(model, torch.nn.Module):
         raise ExportError(f"{hp_file}: defines no `enhance_model` (a torch.nn.Module)")
@@ -335,6 +384,8 @@ class AtomicCheckpointer(Checkpointer):
 
         final_root = Path(self.checkpoints_dir)
         staging = final_root / self.STAGING
+        if name is None:  # SpeechBrain's time-stamped name, unique among the final folders (not the staging one)
+            name = self._new_checkpoint_dirpath().name.split("+", 1)[1]
         if if_main_process():
             shutil.rmtree(staging, ignore_errors=True)  # what a killed write left behind
             staging.mkdir(parents=True, exist_ok=True)

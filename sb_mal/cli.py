@@ -159,7 +159,7 @@ def _enhance_for_evaluation(spec: str, noisy_input, out: Path, args: argparse.Na
     ids, noisy_files, clean = noisy_input
     folder = out / f"enhanced_{name}"
     run_opts = {"device": args.device} if args.device else {}
-    enhancer = Enhancer.from_hparams(source=source, run_opts=run_opts)
+    enhancer = Enhancer.from_hparams(source=source, run_opts=run_opts, trust_code=args.trust_code)
     files = []
     for uid, noisy in tqdm(list(zip(ids, noisy_files)), desc=f"enhance ({name})", unit="file"):
         target = folder / f"{uid}.wav"
@@ -214,7 +214,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     _quiet_speechbrain(args)
 
     out = export_run(args.run_dir, args.output, key=args.key, mode="min" if args.min else "max",
-                     checkpoint=args.checkpoint, overwrite=args.overwrite, recoverable=args.recoverable)
+                     checkpoint=args.checkpoint, overwrite=args.overwrite, recoverable=args.recoverable,
+                     trust_code=args.trust_code)
     info = json.loads((out / "export_info.json").read_text(encoding="utf-8"))
     print(f"exported {info['checkpoint']} ({args.key}={info['meta'].get(args.key)}) -> {out}")
     return 0
@@ -270,7 +271,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     if not jobs:
         raise ValueError(f"no audio files to enhance in {', '.join(args.inputs)}")
     run_opts = {k: v for k, v in (("device", args.device), ("precision", args.precision)) if v}
-    enhancer = Enhancer.from_hparams(source=args.source, savedir=args.savedir, run_opts=run_opts)
+    enhancer = Enhancer.from_hparams(source=args.source, savedir=args.savedir, run_opts=run_opts,
+                                     trust_code=args.trust_code)
     log = logging.getLogger("sb_mal")
     failed = []
     for src, dst in tqdm(jobs, desc="enhance", unit="file", disable=args.quiet):
@@ -326,7 +328,7 @@ def _cmd_iterate(args: argparse.Namespace) -> int:
     noisy = [read_audio(f, rate, as_numpy=True)[0] for f in noisy_files]
     clean = [read_audio(f, rate, as_numpy=True)[0] for f in clean_files]
     metrics = resolve_metrics([m.strip() for m in args.metrics.split(",") if m.strip()])
-    rows = iterate_models(load_enhancers(sources, args.device), noisy, clean, passes=args.passes, metrics=metrics,
+    rows = iterate_models(load_enhancers(sources, args.device, args.trust_code), noisy, clean, passes=args.passes, metrics=metrics,
                           sample_rate=rate, ids=ids, out_dir=args.output, n_jobs=args.jobs)
     print(format_table(rows, ["model", "pass", *metrics]))
     print(f"\ntables and figures written to {args.output}/")
@@ -361,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--device", default="cpu")
     it.add_argument("--jobs", type=int, default=2)
     it.add_argument("-o", "--output", default="sb_mal_iterate")
+    it.add_argument("--trust-code", action="store_true",
+                    help="let the model folder's hyperparams.yaml call code outside sb_mal's allow-list (read it first)")
     it.set_defaults(func=_cmd_iterate)
 
     ev = sub.add_parser("evaluate", help="score noisy/enhanced audio against clean references")
@@ -381,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--strict", action="store_true",
                     help="stop (exit 2) when a file has no partner instead of warning and leaving it out")
     ev.add_argument("-o", "--output", default="sb_mal_eval", help="folder for CSV/JSON results")
+    ev.add_argument("--trust-code", action="store_true",
+                    help="let the model folder's hyperparams.yaml call code outside sb_mal's allow-list (read it first)")
     ev.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("prepare", help="write SpeechBrain manifests for a corpus")
@@ -409,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     ex.add_argument("--recoverable", default="model",
                     help="checkpointed module to export (MetricGAN-OKD: generator_<i>; default: model)")
+    ex.add_argument("--trust-code", action="store_true",
+                    help="let the model folder's hyperparams.yaml call code outside sb_mal's allow-list (read it first)")
     ex.set_defaults(func=_cmd_export)
 
     en = sub.add_parser("enhance", help="enhance audio files or folders with an exported model")
@@ -422,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--overlap-seconds", type=float, help="cross-faded overlap between chunks (default 0.5 s)")
     en.add_argument("--ext", default="wav", help="output format by extension: wav, flac, ogg, ... (default wav)")
     en.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    en.add_argument("--trust-code", action="store_true",
+                    help="let the model folder's hyperparams.yaml call code outside sb_mal's allow-list (read it first)")
     en.set_defaults(func=_cmd_enhance)
     return parser
 
@@ -433,7 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError, ImportError) as err:  # bad input or a missing extra: one line (traceback: -v)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -101,6 +101,12 @@ def load_recipe_hparams(argv: list[str], brain_class=None):
                 lines.append(f"  {key}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
             raise SystemExit(f"error: {hparams_file}: key(s) that no part of the recipe reads ({declared.brain}, the "
                              "recipe skeleton, SpeechBrain's run options, or a !ref in the file):\n" + "\n".join(lines))
+        from sb_mal.brains.hparams import HParamsError
+
+        try:  # types, ranges, metric names and their optional packages: at start, before any data preparation
+            declared.check_values(hparams, hparams_file)
+        except HParamsError as err:
+            raise SystemExit(f"error: {err}") from None
     hparams["_hparams_file"] = hparams_file
     return hparams_file, run_opts, overrides, hparams
 

@@ -86,8 +86,10 @@ def test_misspelled_and_unknown_keys_are_errors_naming_them(tmp_path, fills):
 def test_wrong_types_and_ranges_are_errors_naming_key_and_file(override, message, fills):
     args, _ = fills
     path = REPO / "hparams/folders/mal_frozen.yaml"
-    *_, hparams = load_recipe_hparams([str(path), *args, override], MALBrain)
-    with pytest.raises(HParamsError, match=re.escape(str(path)) + ": " + message):
+    with pytest.raises(SystemExit, match="error: " + re.escape(str(path)) + ": " + message):  # at start, no traceback
+        load_recipe_hparams([str(path), *args, override], MALBrain)
+    *_, hparams = load_recipe_hparams([str(path), *args, override])  # not checked without a Brain...
+    with pytest.raises(HParamsError, match=re.escape(str(path)) + ": " + message):  # ...the Brain checks them too
         MALBrain.HPARAMS.apply(SimpleNamespace(**hparams))
 
 

@@ -34,7 +34,7 @@ class _Required:
 #: The default of a key that must be given.
 REQUIRED: Any = _Required()
 
-_KINDS = ("int", "float", "bool", "str", "list", "callable", "any")
+_KINDS = ("int", "float", "bool", "str", "list", "callable", "any", "metrics")
 
 
 class HParamsError(ValueError):
@@ -72,12 +72,23 @@ class HParam:
             "list": isinstance(value, (list, tuple)),
             "callable": callable(value),
             "any": True,
+            "metrics": isinstance(value, (list, tuple, str)),
         }[kind]
         if not ok:
             raise HParamsError(f"{where}: {self.name} must be {_article(kind)}, got {value!r} "
                                f"({type(value).__name__})")
         if kind == "float":
             value = float(value)
+        if kind == "metrics":
+            from sb_mal.metrics import check_dependencies
+
+            try:
+                check_dependencies(value, f"{where}: {self.name}")
+            except ImportError as err:
+                raise HParamsError(str(err)) from err
+            except ValueError as err:
+                raise HParamsError(f"{where}: {self.name}: {err}") from err
+            value = [value] if isinstance(value, str) else list(value)
         if self.choices and value not in self.choices:
             raise HParamsError(f"{where}: {self.name} must be one of {list(self.choices)}, got {value!r}")
         if self.low is not None and value < self.low or self.high is not None and value > self.high:
@@ -97,7 +108,8 @@ class HParam:
 
 def _article(kind: str) -> str:
     return {"int": "an integer", "float": "a number", "bool": "True or False", "str": "a string",
-            "list": "a list", "callable": "a callable (e.g. !new: or !name:)", "any": "anything"}[kind]
+            "list": "a list", "callable": "a callable (e.g. !new: or !name:)", "any": "anything",
+            "metrics": "a list of metric names or groups"}[kind]
 
 
 def _num(x) -> str:
@@ -139,6 +151,12 @@ class HParams:
                 value = list(param.default) if isinstance(param.default, (list, tuple)) else param.default
             setattr(hparams, param.name, value)
         return hparams
+
+    def check_values(self, hparams: dict, where: str) -> None:
+        """Check the declared keys present in ``hparams`` (a loaded YAML) without changing them."""
+        for param in self.params:
+            if param.name in hparams:
+                param.check(hparams[param.name], where)
 
     def unknown_keys(self, keys: Iterable[str], yaml_text: str, also_read: Iterable[str] = ()) -> list[str]:
         """YAML top-level ``keys`` that nothing reads (see the module docstring)."""

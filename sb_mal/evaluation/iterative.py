@@ -36,13 +36,15 @@ __all__ = ["DEFAULT_ITERATE_METRICS", "iterate_models", "load_enhancers"]
 DEFAULT_ITERATE_METRICS = ("pesq", "stoi", "dnsmos_ovrl", "dnsmos_sig")
 
 
-def load_enhancers(sources: Mapping[str, str], device: str = "cpu") -> dict[str, Callable]:
-    """``{name: source}`` (exported folders or hub ids) -> ``{name: wav [T] -> wav [T]}``."""
+def load_enhancers(sources: Mapping[str, str], device: str = "cpu", trust_code: bool = False) -> dict[str, Callable]:
+    """``{name: source}`` (exported folders or hub ids) -> ``{name: wav [T] -> wav [T]}``.
+
+    ``trust_code`` as in :meth:`sb_mal.inference.Enhancer.from_hparams`."""
     from sb_mal.inference import Enhancer
 
     out = {}
     for name, source in sources.items():
-        enhancer = Enhancer.from_hparams(source=str(source), run_opts={"device": device})
+        enhancer = Enhancer.from_hparams(source=str(source), run_opts={"device": device}, trust_code=trust_code)
 
         def run(wav, _e=enhancer):
             with torch.no_grad():

@@ -75,6 +75,22 @@ def load_strict(module: torch.nn.Module, path) -> None:
         raise RuntimeError(f"{path}: checkpoint does not match {type(module).__name__}: {err}") from err
 
 
+def _diagnose_weights(paths: dict, where: str, err: Exception) -> str:
+    """One line saying which collected weight file failed to load, and why."""
+    from sb_mal.checkpoints import one_line
+
+    for path in paths.values():
+        path = str(path)
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            return f"{path}: empty file (a checkpoint cut short?)"
+        try:
+            torch_patched_state_dict_load(path, "cpu")
+        except Exception as load_err:  # noqa: BLE001
+            return f"{path}: unreadable checkpoint, truncated or not a PyTorch file ({one_line(load_err, 200)})"
+    files = ", ".join(str(p) for p in paths.values()) or "the weights"
+    return f"{files}: does not match the model built by {where} ({one_line(err, 300)})"
+
+
 def chunk_starts(total: int, chunk: int, overlap: int) -> list[int]:
     """Start samples of the chunks covering ``total`` samples (regular hop, last chunk end-aligned).
 
@@ -229,27 +245,72 @@ class Enhancer(Pretrained):
             self.audio_normalizer = AudioNormalizer(self.sample_rate)
 
     @classmethod
-    def from_hparams(cls, source, hparams_file: str = "hyperparams.yaml", **kwargs) -> Enhancer:
-        """Load from a local folder or a Hugging Face repo id (see ``Pretrained.from_hparams``).
+    def from_hparams(cls, source, hparams_file: str = "hyperparams.yaml", *, trust_code: bool = False,
+                     overrides: dict | None = None, overrides_must_match: bool = True, savedir=None,
+                     download_only: bool = False, local_strategy: LocalStrategy | None = None,
+                     fetch_config: FetchConfig | None = None, **kwargs) -> Enhancer | None:
+        """Load from a local folder or a Hugging Face repo id, as ``Pretrained.from_hparams`` does, with
+        three differences:
 
-        A local folder never touches the network (``FetchConfig(allow_network=False)`` unless a
-        ``fetch_config`` is given). On Windows, files are copied rather than symlinked into
-        ``savedir`` unless ``local_strategy`` is given.
+        - the hyperparameter file is checked before it runs: a tag calling anything outside
+          :data:`sb_mal.trust.ALLOWED` is refused (:class:`sb_mal.trust.UntrustedCodeError`) unless
+          ``trust_code=True``;
+        - a local folder never touches the network (``FetchConfig(allow_network=False)`` unless a
+          ``fetch_config`` is given), and a path that does not exist is an error, not a hub lookup;
+        - every failure is a :class:`sb_mal.checkpoints.ModelLoadError` whose one-line message
+          names the file (or hub id) and the cause: an unreadable, empty or truncated checkpoint, a
+          checkpoint that does not match the model the hyperparameters build, a broken YAML.
+
+        On Windows, files are copied rather than symlinked into ``savedir`` unless ``local_strategy``
+        is given. Other keyword arguments (``run_opts``, ``freeze_params``) go to the constructor.
         """
-        local = os.path.isdir(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else False
-        if local:
-            kwargs.setdefault("fetch_config", FetchConfig(allow_network=False))
-        if platform.system() == "Windows":
-            kwargs.setdefault("local_strategy", LocalStrategy.COPY)
-        where = os.path.join(os.fspath(source), hparams_file) if local else f"{source}/{hparams_file}"
-        kwargs.setdefault("hparams_source", where)
+        from hyperpyyaml import load_hyperpyyaml
+        from speechbrain.utils.fetching import fetch
+
+        from sb_mal.checkpoints import ModelLoadError, one_line, resolve_source
+        from sb_mal.trust import check_hparams_file
+
+        kind, src = resolve_source(source)
+        if kind == "local":
+            if not src.is_dir():
+                raise ModelLoadError(f"{src}: is a file; a model source is a folder (with {hparams_file}) or a hub id")
+            src = os.fspath(src)
+            fetch_config = fetch_config or FetchConfig(allow_network=False)
+        fetch_config = fetch_config or FetchConfig()
+        if local_strategy is None:
+            local_strategy = LocalStrategy.COPY if platform.system() == "Windows" else LocalStrategy.SYMLINK
+        origin = src if kind == "local" else f"hub model {src}"
         try:
-            return super().from_hparams(source=os.fspath(source) if local else source, hparams_file=hparams_file,
-                                        **kwargs)
-        except KeyError as err:
-            if err.args and err.args[0] in ("pretrainer", "modules"):
-                raise ValueError(f"{where}: no {err.args[0]!r} defined (see sb_mal.inference.export_run)") from err
-            raise
+            hparams_path = fetch(filename=hparams_file, source=src, savedir=savedir, save_filename=None,
+                                 local_strategy=local_strategy, fetch_config=fetch_config)
+        except Exception as err:  # noqa: BLE001 - the hub and the file system raise many kinds
+            raise ModelLoadError(f"{origin}: cannot fetch {hparams_file} ({one_line(err, 200)})") from err
+        check_hparams_file(hparams_path, trust_code)
+        where = os.path.join(src, hparams_file) if kind == "local" else f"{src}/{hparams_file}"
+        try:
+            with open(hparams_path, encoding="utf-8") as fin:
+                hparams = load_hyperpyyaml(fin, overrides or {}, overrides_must_match)
+        except Exception as err:  # noqa: BLE001 - anything a YAML program raises: name the file
+            raise ModelLoadError(f"{where}: cannot be loaded ({one_line(err, 300)})") from err
+        for key in ("pretrainer", "modules"):
+            if not isinstance(hparams, dict) or key not in hparams:
+                raise ModelLoadError(f"{where}: no {key!r} defined (see sb_mal.inference.export_run)")
+        hparams["savedir"] = savedir
+        pretrainer = hparams["pretrainer"]
+        pretrainer.set_collect_in(savedir)
+        try:
+            paths = pretrainer.collect_files(default_source=src, local_strategy=local_strategy,
+                                             fetch_config=fetch_config)
+        except Exception as err:  # noqa: BLE001
+            raise ModelLoadError(f"{origin}: cannot fetch the files named by {hparams_file} ({one_line(err, 300)})") from err
+        if download_only:
+            return None
+        try:
+            pretrainer.load_collected()
+        except Exception as err:  # noqa: BLE001 - name the file that is at fault
+            raise ModelLoadError(_diagnose_weights(paths, where, err)) from err
+        kwargs.setdefault("hparams_source", where)
+        return cls(modules=hparams["modules"], hparams=hparams, **kwargs)
 
     # -- chunking ------------------------------------------------------------------------------
     def _chunk_params(self, chunk_seconds, overlap_seconds) -> tuple[int, int]:

@@ -183,7 +183,8 @@ def _resolve_checkpoint(run_dir: Path, checkpoint) -> tuple[Path, dict]:
 
 
 def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkpoint=None, overwrite: bool = False,
-               recoverable: str = "model", chunk_seconds: float = 10.0, overlap_seconds: float = 0.5) -> Path:
+               recoverable: str = "model", chunk_seconds: float = 10.0, overlap_seconds: float = 0.5,
+               trust_code: bool = False) -> Path:
     """Export the best checkpoint of a training run to an inference folder; returns ``out_dir``.
 
     Arguments
@@ -200,6 +201,9 @@ def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkp
         Checkpointer name of the model (its weights are ``<recoverable>.ckpt``).
     chunk_seconds, overlap_seconds : float
         Chunking written to ``hyperparams.yaml``.
+    trust_code : bool
+        Export a model whose class (``model_config.json``) is outside :data:`sb_mal.trust.ALLOWED`,
+        e.g. your own; the exported folder then needs ``trust_code`` to load too.
 
     Example
     -------
@@ -218,6 +222,10 @@ def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkp
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise ExportError(f"{out_dir}: exists and is not an empty folder; pass overwrite=True (--overwrite)")
     cfg = load_model_config(run_dir)
+    if not trust_code:
+        from sb_mal.trust import check_callable
+
+        check_callable(cfg["class"], str(run_dir / "model_config.json"))
     sample_rate = int(cfg.get("sample_rate", 16000))
     ckpt_dir = _resolve_checkpoint(run_dir, checkpoint)[0] if checkpoint is not None else None
     found = load_pretrained(run_dir, key=key, mode=mode, checkpoint=ckpt_dir, recoverable=recoverable)
@@ -247,7 +255,7 @@ def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkp
                 "versions": {"sb_mal": sb_mal.__version__, "speechbrain": speechbrain.__version__,
                              "torch": torch.__version__, "python": platform.python_version()}}
         (tmp / "export_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
-        _check_roundtrip(Enhancer, tmp, model, sample_rate)
+        _check_roundtrip(Enhancer, tmp, model, sample_rate, trust_code)
         _move_into_place(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -256,9 +264,10 @@ def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkp
     return out_dir
 
 
-def _check_roundtrip(enhancer_cls, folder: Path, model: torch.nn.Module, sample_rate: int) -> None:
+def _check_roundtrip(enhancer_cls, folder: Path, model: torch.nn.Module, sample_rate: int, trust_code: bool) -> None:
     """Load ``folder`` as users will and check it computes what ``model`` computes."""
-    enhancer = enhancer_cls.from_hparams(source=str(folder), savedir=None, run_opts={"device": "cpu"})
+    enhancer = enhancer_cls.from_hparams(source=str(folder), savedir=None, run_opts={"device": "cpu"},
+                                         trust_code=trust_code)
     loaded = enhancer.mods.enhance_model.state_dict()
     for name, value in model.state_dict().items():
         if name not in loaded or not torch.equal(loaded[name].cpu(), value):

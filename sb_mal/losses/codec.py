@@ -178,19 +178,20 @@ class CodecApproximationLoss(LossTerms, FrozenNetworks):
 
     @classmethod
     def from_pretrained(cls, source, key: str = "loss", mode: str = "min", checkpoint=None,
-                        recoverable: str = "model", **kwargs) -> CodecApproximationLoss:
+                        recoverable: str = "model", trust_code: bool = False, **kwargs) -> CodecApproximationLoss:
         """The loss around a codec net trained by an sb_mal run.
 
         ``source`` is a run folder (``model_config.json`` + ``save/CKPT+*/``; the checkpoint with the
         best ``key`` is used), a ``CKPT+*`` folder in one or its ``<recoverable>.ckpt`` file (see
-        :func:`sb_mal.checkpoints.load_pretrained`). ``kwargs`` go to the constructor.
+        :func:`sb_mal.checkpoints.load_pretrained`; ``trust_code`` as there). ``kwargs`` go to the constructor.
         """
         from sb_mal.checkpoints import ExportError, load_pretrained
 
         if source is None:
             raise ValueError("CodecApproximationLoss.from_pretrained: no codec-net run given (set `codec_run` to a "
                              "run of recipes/codec/train_codec_net.py)")
-        found = load_pretrained(source, key=key, mode=mode, checkpoint=checkpoint, recoverable=recoverable)
+        found = load_pretrained(source, key=key, mode=mode, checkpoint=checkpoint, recoverable=recoverable,
+                                trust_code=trust_code)
         net = found.model
         if not hasattr(net, "forward_features"):
             raise ExportError(f"{source}: the run's model is a {type(net).__name__}, not a codec net "

@@ -218,17 +218,18 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
     # -- snapshot and frozen encoder ---------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, source: str, taps: Sequence[str] | None = None, savedir: str | None = None,
-                        run_opts: dict | None = None, **kwargs) -> ModelAsLoss:
+                        run_opts: dict | None = None, trust_code: bool = False, **kwargs) -> ModelAsLoss:
         """A frozen MAL loss from a trained model: a run folder, a checkpoint, an exported folder, a
         SpeechBrain enhancement folder or a hub id (:func:`sb_mal.checkpoints.load_pretrained`).
 
         For a spectral-mask folder, ``input_fn`` defaults to the folder's own feature computation.
         ``run_opts`` is accepted for compatibility and not needed: the loss follows its inputs.
+        ``trust_code`` lets a model folder call what is outside :data:`sb_mal.trust.ALLOWED`.
         """
         from sb_mal.checkpoints import load_pretrained
 
         del run_opts
-        found = load_pretrained(source, savedir=savedir)
+        found = load_pretrained(source, savedir=savedir, trust_code=trust_code)
         if found.input_fn is not None:
             kwargs.setdefault("input_fn", found.input_fn)
         return cls(found.model, taps=taps, encoder="snapshot", snapshot_now=True, **kwargs)

@@ -7,8 +7,8 @@ parallel; a failing utterance gives NaN and a warning and is left out of the mea
 This package imports no torch, so metric workers start quickly.
 """
 
-from sb_mal.metrics.pool import (METRIC_GROUPS, METRICS, MetricPool, MetricWorkerError, evaluate, get_pool,
-                                 resolve_metrics, score_utterance)
+from sb_mal.metrics.pool import (METRIC_GROUPS, METRICS, MetricPool, MetricWorkerError, MissingDependencyError,
+                                 check_dependencies, evaluate, get_pool, resolve_metrics, score_utterance)
 from sb_mal.metrics.results import EvalResult, format_table
 
 __all__ = [
@@ -17,6 +17,8 @@ __all__ = [
     "EvalResult",
     "MetricPool",
     "MetricWorkerError",
+    "MissingDependencyError",
+    "check_dependencies",
     "evaluate",
     "format_table",
     "get_pool",

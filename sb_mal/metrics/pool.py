@@ -39,8 +39,8 @@ from sb_mal.metrics.results import EvalResult
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRICS", "METRIC_GROUPS", "MetricPool", "MetricWorkerError", "evaluate", "get_pool", "resolve_metrics",
-           "score_utterance"]
+__all__ = ["METRICS", "METRIC_GROUPS", "MetricPool", "MetricWorkerError", "MissingDependencyError",
+           "check_dependencies", "evaluate", "get_pool", "resolve_metrics", "score_utterance"]
 
 
 class MetricWorkerError(RuntimeError):
@@ -85,6 +85,43 @@ SILENT_REFERENCE_DBFS = -80.0
 #: whichever is larger (a model's frame hop, a codec's padding): both are trimmed to the shorter.
 #: Beyond it the pair is not scored (NaN for the intrusive metrics, reported, left out of the means).
 LENGTH_TOLERANCE = (0.01, 0.064)
+
+
+#: Metrics that need an optional extra: metric -> (extra, the packages it installs).
+OPTIONAL_METRICS = {m: ("dnsmos", ("onnxruntime", "speechmos")) for m in _DNSMOS}
+
+
+class MissingDependencyError(ImportError):
+    """A metric needs an optional extra that is not installed (the message gives the pip command)."""
+
+
+def check_dependencies(metrics: str | Sequence[str], where: str = "") -> tuple[str, ...]:
+    """Resolve ``metrics`` and check their optional packages are installed; returns the names.
+
+    Called where a metric list is built (a Brain's hparams, the start of :func:`evaluate`), so a
+    missing extra stops the run at its start instead of turning every score into NaN at its end.
+
+    Example
+    -------
+    >>> check_dependencies(["pesq", "stoi"])
+    ('pesq', 'stoi')
+    """
+    import importlib.util
+
+    names = resolve_metrics(metrics)
+    missing: dict[str, list[str]] = {}
+    for name in names:
+        extra, packages = OPTIONAL_METRICS.get(name, (None, ()))
+        if any(importlib.util.find_spec(p) is None for p in packages):
+            missing.setdefault(extra, []).append(name)
+    if missing:
+        extra, wanted = next(iter(missing.items()))
+        packages = " and ".join(OPTIONAL_METRICS[wanted[0]][1])
+        raise MissingDependencyError(
+            f"{where + ': ' if where else ''}metric(s) {', '.join(wanted)} need the '{extra}' extra ({packages}), "
+            f"which is not installed: pip install \"sb_mal[{extra}]\" (from a clone: pip install -e \".[{extra}]\"), "
+            "or leave them out of the metric list")
+    return names
 
 
 def resolve_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
@@ -427,7 +464,7 @@ class MetricPool:
         EvalResult
             Per-utterance rows, NaN-free means, counts and the failures.
         """
-        names = resolve_metrics(metrics)
+        names = check_dependencies(metrics)
         n = len(enhanced)
         if clean is not None and len(clean) != n:
             raise ValueError(f"got {n} enhanced but {len(clean)} clean utterances")
