@@ -1,0 +1,113 @@
+"""The experiment protocol every paradigm's evidence follows (RESULTS.md, "Evidence" sections).
+
+1. **Equal budgets.** Every arm of a comparison gets the same number of optimiser steps on the
+   same data stream (same seed, same on-the-fly mixtures); arms differ only in the loss.
+2. **Tuning on validation only.** A method's key hyperparameters are chosen by the validation
+   score of the recipe's own best checkpoint (devset ``pairs/valid``), at the first seed; the test
+   split is read once, by the final runs.
+3. **Seeds.** At least three seeds per arm; a seed changes the model's initialisation and the
+   training mixtures.
+4. **Paired differences with intervals.** On the test split, each arm's per-utterance score minus
+   the baseline's (same seed, same utterance), pooled over seeds; a 95 % interval by a two-level
+   bootstrap that resamples seeds and utterances (the same utterances for every seed, so the
+   correlation between seeds on one utterance is kept).
+5. **Verdicts.** ``better`` / ``worse`` when the interval excludes 0 in the metric's good / bad
+   direction, ``level`` otherwise.
+
+Runs are resumable: a run folder holding its outputs and a ``seconds`` file is not run again, so a
+driver killed at any point picks up where it stopped, and tables can be written from the runs
+finished so far (``--report-only``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sb_mal.metrics.stats import LOWER_IS_BETTER, paired_bootstrap, verdict
+
+__all__ = ["LOWER_IS_BETTER", "compare", "evidence_table", "paired_bootstrap", "read_scores", "run_once", "verdict"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_once(cmd: Sequence[str], folder: Path, log: Path, threads: int = 1,
+             outputs: Sequence[str] = ("test_summary.json",)) -> float:
+    """Wall seconds of the command ``cmd`` writing into ``folder``; not run again once its
+    ``outputs`` and the recorded ``seconds`` are there (a killed driver resumes). A failure names
+    the log."""
+    done = Path(folder) / "seconds"
+    if done.exists() and all((Path(folder) / name).exists() for name in outputs):
+        return float(done.read_text())
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    started = time.monotonic()
+    with open(log, "w", encoding="utf-8") as fout:
+        proc = subprocess.run(list(map(str, cmd)), stdout=fout, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed (exit {proc.returncode}): {' '.join(map(str, cmd))}; see {log}")
+    seconds = time.monotonic() - started
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(f"{seconds:.1f}")
+    return seconds
+
+
+def read_scores(path: Path) -> dict[str, dict[str, float]]:
+    """Per-utterance scores of a ``*_scores.csv`` (``id`` column + one column per metric; empty or
+    ``nan`` cells are NaN)."""
+    rows = {}
+    with open(path, newline="", encoding="utf-8") as fin:
+        for row in csv.DictReader(fin):
+            uid = row.pop("id")
+            rows[uid] = {k: (float(v) if v not in ("", "nan") else math.nan) for k, v in row.items()}
+    return rows
+
+
+def compare(baseline: dict[int, Path], arm: dict[int, Path], metrics: Sequence[str], n_boot: int = 4000
+            ) -> dict[str, dict]:
+    """Paired comparison of two arms' per-utterance test scores, pooled over their common seeds.
+
+    ``baseline`` and ``arm`` map seed -> scores CSV. Returns, per metric: arm mean, baseline mean,
+    mean difference, interval, verdict, seeds and utterances used.
+    """
+    seeds = sorted(set(baseline) & set(arm))
+    if not seeds:
+        raise ValueError("no seed has both arms finished")
+    base = {s: read_scores(baseline[s]) for s in seeds}
+    other = {s: read_scores(arm[s]) for s in seeds}
+    utts = sorted(set.intersection(*(set(base[s]) & set(other[s]) for s in seeds)))
+    out = {}
+    for m in metrics:
+        a = np.array([[other[s][u].get(m, math.nan) for u in utts] for s in seeds])
+        b = np.array([[base[s][u].get(m, math.nan) for u in utts] for s in seeds])
+        mean, lo, hi = paired_bootstrap(a - b, n_boot=n_boot)
+        out[m] = {"arm": float(np.nanmean(a)), "baseline": float(np.nanmean(b)), "diff": mean, "lo": lo, "hi": hi,
+                  "verdict": verdict(lo, hi, m), "seeds": len(seeds), "utterances": len(utts)}
+    return out
+
+
+def evidence_table(rows: Sequence[tuple[str, dict, str]], metrics: Sequence[str]) -> str:
+    """Markdown table: one row per arm, per metric ``arm mean (diff [lo, hi]) verdict``; ``rows``
+    are ``(arm label, compare() result, extra text such as steps and minutes)``."""
+    head = "| arm | " + " | ".join(metrics) + " | seeds | budget |"
+    sep = "|---" * (len(metrics) + 3) + "|"
+    lines = [head, sep]
+    for label, result, extra in rows:
+        cells = []
+        for m in metrics:
+            r = result.get(m)
+            if r is None:
+                cells.append("")
+                continue
+            cells.append(f"{r['arm']:.3f} ({r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]) **{r['verdict']}**")
+        seeds = next(iter(result.values()))["seeds"] if result else 0
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {seeds} | {extra} |")
+    return "\n".join(lines)
