@@ -9,6 +9,9 @@ Systems, all computing ``soft_dtw(x, y).sum()`` and its gradient wrt ``x`` and `
 * autograd, wavefront: the same anti-diagonal recursion written without in-place ops, backward by autograd;
 * autograd, cell loop: the straightforward recursion, one cell at a time (row by row), vectorised over the
   batch only, backward by autograd;
+* pysdtw: ``pysdtw.SoftDTW`` (its CPU path, numba), and tslearn: ``tslearn.metrics.SoftDTWLossPyTorch``,
+  the soft-DTW losses published as Python packages (``pip install pysdtw tslearn``; a peer that is
+  not installed is left out with a message);
 * naive reference: ``soft_dtw_naive`` from tests/test_soft_dtw.py (one pair at a time, a python double
   loop over torch scalars, float64, with its own per-cell cost), backward by autograd. It is run on B=1
   only and its time and memory are multiplied by B (items are independent: linear in B), as stated
@@ -20,6 +23,10 @@ then repeats until ``--repeats`` runs or ``--budget`` seconds; median reported. 
 process's peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs`` after the inputs exist) during
 the first run; torch's CPU tensors are plain malloc/mmap memory, so this counts them (plus allocator
 slack). On CUDA, ``torch.cuda.max_memory_allocated`` is used instead.
+
+Exactness: before timing, every system's value and gradients on a small float64 case (B=2, N=60,
+M=50, D=16) are compared with the naive float64 reference; the largest absolute differences are
+reported with the table.
 
 Usage: python benchmarks/bench_soft_dtw.py [--repeats 5] [--sizes 100 250 500] [--dims 64 768] [--batch 8]
 """
@@ -44,7 +51,9 @@ from sb_mal.losses.soft_dtw import _skew_index, pairwise_cost, soft_dtw, soft_dt
 from sb_mal.metrics import format_table
 
 GAMMA = 0.1
-SYSTEMS = ("ours", "ours, divergence", "autograd, wavefront", "autograd, cell loop", "naive reference")
+SYSTEMS = ("ours", "ours, divergence", "autograd, wavefront", "pysdtw", "tslearn", "autograd, cell loop",
+           "naive reference")
+PEERS = {"pysdtw": "pysdtw", "tslearn": "tslearn"}  # system -> the package it needs
 
 
 def autograd_cells(x, y, gamma=GAMMA):
@@ -87,13 +96,56 @@ def naive_batch(x, y, gamma=GAMMA):
     return torch.stack([soft_dtw_naive(x[b], y[b], gamma) for b in range(x.shape[0])])
 
 
+def pysdtw_loss(x, y, gamma=GAMMA):
+    import pysdtw
+
+    return pysdtw.SoftDTW(gamma=gamma, dist_func=pysdtw.distance.pairwise_l2_squared, use_cuda=x.is_cuda)(x, y)
+
+
+def tslearn_loss(x, y, gamma=GAMMA):
+    from tslearn.metrics import SoftDTWLossPyTorch
+
+    return SoftDTWLossPyTorch(gamma=gamma)(x, y)
+
+
 FUNCTIONS = {
     "ours": lambda x, y: soft_dtw(x, y, gamma=GAMMA),
+    "pysdtw": pysdtw_loss,
+    "tslearn": tslearn_loss,
     "ours, divergence": lambda x, y: soft_dtw_divergence(x, y, gamma=GAMMA),
     "autograd, wavefront": autograd_wavefront,
     "autograd, cell loop": autograd_cells,
     "naive reference": naive_batch,
 }
+
+
+def available(system: str) -> bool:
+    import importlib.util
+
+    return system not in PEERS or importlib.util.find_spec(PEERS[system]) is not None
+
+
+def exactness(systems) -> list[dict]:
+    """Largest |difference| of value and gradients from the naive float64 reference, small case."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 60, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 50, 16, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def run(fn):
+        x.grad = y.grad = None
+        value = fn(x, y)
+        value.sum().backward()
+        return value.detach().clone(), x.grad.clone(), y.grad.clone()
+
+    ref = run(naive_batch)
+    rows = []
+    for system in systems:
+        if system in ("naive reference", "ours, divergence"):
+            continue
+        got = run(FUNCTIONS[system])
+        rows.append({"system": system, "value": float((got[0] - ref[0]).abs().max()),
+                     "grad x": float((got[1] - ref[1]).abs().max()), "grad y": float((got[2] - ref[2]).abs().max())})
+    return rows
 
 
 def _status_kb(key: str) -> int:
@@ -153,11 +205,17 @@ def main():
         return
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    missing = [s for s in SYSTEMS if not available(s)]
+    for system in missing:
+        print(f"{system}: not installed (pip install {PEERS[system]}); left out")
+    systems = [s for s in SYSTEMS if s not in missing]
+    exact = exactness(systems)
+    print(format_table(exact, ["system", "value", "grad x", "grad y"]))
     load_before = os.getloadavg()[0]
     loads, rows, by = [load_before], [], {}
     for dim in args.dims:
         for frames in args.sizes:
-            for system in SYSTEMS:
+            for system in systems:
                 slow = system in ("autograd, cell loop", "naive reference")
                 if slow and dim not in args.slow_dims:
                     continue
@@ -180,7 +238,7 @@ def main():
     for dim in args.dims:
         for frames in args.sizes:
             ours = by.get(("ours", frames, dim))
-            for other in SYSTEMS[2:]:
+            for other in systems[2:]:
                 ref = by.get((other, frames, dim))
                 if ours and ref:
                     ratios.append({"N=M": frames, "D": dim, "ours vs": other, "speed-up (time ratio)": ref[0] / ours[0],
@@ -205,7 +263,11 @@ def main():
         + "it computes in float64\n"
         + f"- 1-min load average (2 cores, a training job shares them): {load_before:.2f} before, "
         + f"{min(loads):.2f}-{max(loads):.2f} during\n"
-        + goal_line + "\n" + table + "\n\n" + ratio_table + "\n"
+        + (f"- left out (not installed): {', '.join(missing)}\n" if missing else "")
+        + goal_line + "\n" + table + "\n\n" + ratio_table + "\n\n"
+        + "Exactness: largest |difference| from the naive float64 reference (B=2, N=60, M=50, D=16, float64 "
+        + "inputs); the peers compute in float32 inside, whatever the input precision:\n\n"
+        + format_table(exact, ["system", "value", "grad x", "grad y"]) + "\n"
     )
     print(body)
     if not args.no_write:
