@@ -20,7 +20,7 @@ A smaller backbone than the recipes' default and shorter phases make 3 seeds x 4
 tuning grid affordable on 2 CPU cores; the sizes are in the table header. Every run is resumable
 (``--report-only`` writes the tables from the runs finished so far).
 
-Usage: python benchmarks/mal_experiment.py [--seeds 1 2 3] [--epochs1 6] [--epochs2 4] [--report-only]
+Usage: python benchmarks/mal_experiment.py [--seeds 1 2 3] [--epochs1 8] [--epochs2 6] [--report-only]
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def best_valid(folder: Path, key: str = "pesq") -> float:
 def main():
     parser = experiment_parser(__doc__, "results/mal_experiment")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--epochs1", type=int, default=6)
-    parser.add_argument("--epochs2", type=int, default=4)
+    parser.add_argument("--epochs1", type=int, default=8)
+    parser.add_argument("--epochs2", type=int, default=6)
     parser.add_argument("--examples", type=int, default=200, help="training mixtures per epoch (batch 8)")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.3, 1.0, 3.0, 10.0])
     parser.add_argument("--valid-limit", type=int, default=30, help="validation pairs (tuning and checkpoints)")
@@ -144,7 +144,7 @@ def report(out: Path, args, tuned: dict, finished) -> None:
                              f"{steps} steps, {sum(base_times) / len(base_times):.1f} min/run"), *rows], METRICS)
     tuning = "\n".join(f"- {v}: valid PESQ by lambda_mal {json.dumps(c['valid_pesq_by_lambda'])}; by taps "
                        f"{json.dumps(c.get('valid_pesq_by_taps', {}))}" for v, c in tuned.items())
-    body = (header("Model as Loss against reconstruction-only, 3 seeds (mal_experiment.py)")
+    body = (header(f"Model as Loss against reconstruction-only, {len(base)} seed(s) (mal_experiment.py)")
             + f"- protocol: benchmarks/protocol.py; phase 1 {args.epochs1} epochs, then {args.epochs2} epochs "
             f"({steps} steps of batch 8, 2 s segments) per arm from the same phase-1 model; seeds {args.seeds}\n"
             f"- model: the backbone at a reduced size ({' '.join(SMALL)}) so that 3 seeds fit on 2 CPU cores\n"
