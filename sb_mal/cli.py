@@ -5,7 +5,7 @@ Subcommands
 ``sb-mal demo``       train the baseline briefly, continue it with and without Model as Loss, compare
 ``sb-mal evaluate``   score noisy and/or enhanced audio against clean references
 ``sb-mal prepare``    write SpeechBrain manifests (folders of pairs, VoiceBank-DEMAND, mini corpus)
-``sb-mal export``     turn a training run into an inference folder (local or Hugging Face hub)
+``sb-mal export``     turn a training run into an inference folder (publish it with ``hf upload``)
 ``sb-mal enhance``    enhance audio files or folders with an exported model
 ``sb-mal iterate``    self-consistency study: enhance K times, metrics and spectrograms per pass
 
@@ -72,6 +72,18 @@ def _enhanced_for_manifest(manifest: dict, folder: str):
     return ids, enh, clean, _drop_empty(unmatched)
 
 
+def _existing_entries(manifest: dict, path: str, root: str) -> tuple[dict, dict]:
+    """The entries whose audio files exist, and the others (as ``unmatched``); none existing is an error."""
+    keys = ("clean_wav", "noisy_wav")
+    ok = {u: e for u, e in manifest.items() if all(os.path.isfile(e[k]) for k in keys if k in e)}
+    if not ok:
+        first = next(iter(manifest.values()))
+        raise SystemExit(f"error: none of the audio files of {path} exists (e.g. {first.get('clean_wav')}); its "
+                         f"{{data_root}} was {root} (--data-root; default: the manifest's folder)")
+    absent = [u for u in manifest if u not in ok]
+    return ok, _drop_empty({f"audio file missing ({path})": absent})
+
+
 def _drop_empty(unmatched: dict) -> dict:
     return {k: v for k, v in unmatched.items() if v}
 
@@ -93,13 +105,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.manifest:
         from sb_mal.data.manifest import load_manifest
 
-        manifest = load_manifest(args.manifest, args.data_root or os.path.dirname(os.path.abspath(args.manifest)))
+        root = args.data_root or os.path.dirname(os.path.abspath(args.manifest))
+        manifest = load_manifest(args.manifest, root)
         if not manifest:
             raise SystemExit(f"error: {args.manifest} has no entries")
+        manifest, absent = _existing_entries(manifest, args.manifest, root)
         ids = list(manifest)
         clean = [manifest[u]["clean_wav"] for u in ids]
         if all("noisy_wav" in e for e in manifest.values()) and not args.no_noisy:
-            systems.append(("noisy", ids, [manifest[u]["noisy_wav"] for u in ids], clean, {}))
+            systems.append(("noisy", ids, [manifest[u]["noisy_wav"] for u in ids], clean, absent))
         for folder in args.enhanced or []:
             systems.append((Path(folder).name or folder, *_enhanced_for_manifest(manifest, folder)))
         if args.source and not all("noisy_wav" in e for e in manifest.values()):
@@ -175,7 +189,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     if args.corpus == "pairs":
         from sb_mal.data.manifest import prepare_pairs
 
-        entries = prepare_pairs(args.noisy, args.clean, args.output, match=args.match, data_root=args.data_root)
+        # the default {data_root} is the manifest's folder, as `sb-mal evaluate --manifest` assumes;
+        # files outside it are stored with absolute paths
+        root = args.data_root or os.path.dirname(os.path.abspath(args.output))
+        entries = prepare_pairs(args.noisy, args.clean, args.output, match=args.match, data_root=root,
+                                sample_rate=args.sample_rate)
         print(f"{len(entries)} pairs -> {args.output}")
     elif args.corpus == "voicebank":
         from sb_mal.data.voicebank import prepare_voicebank
@@ -365,14 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--clean", help="folder of clean references (same file names)")
     it.add_argument("--manifest", help="SpeechBrain JSON manifest instead of folders")
     it.add_argument("--data-root", help="value for {data_root} in the manifest (default: its folder)")
-    it.add_argument("--match", default="name", choices=["name", "fileid"])
+    it.add_argument("--match", default="name", choices=["name", "fileid"],
+                    help="pair files by name, or by the fileid_<n> tag of DNS-Challenge names")
     it.add_argument("--limit", type=int, help="use only the first N utterances")
-    it.add_argument("--passes", type=int, default=5)
-    it.add_argument("--metrics", default="pesq,stoi,dnsmos_ovrl,dnsmos_sig")
-    it.add_argument("--sample-rate", type=int, default=16000)
-    it.add_argument("--device", default="cpu")
-    it.add_argument("--jobs", type=int, default=2)
-    it.add_argument("-o", "--output", default="sb_mal_iterate")
+    it.add_argument("--passes", type=int, default=5, help="how many times each output is enhanced again (default 5)")
+    it.add_argument("--metrics", default="pesq,stoi,dnsmos_ovrl,dnsmos_sig",
+                    help="comma-separated metrics or groups, scored after every pass")
+    it.add_argument("--sample-rate", type=int, default=16000, help="rate the audio is read at (default 16000)")
+    it.add_argument("--device", default="cpu", help="device of the models, e.g. cuda:0 (default cpu)")
+    it.add_argument("--jobs", type=int, default=2, help="metric worker processes (0: in-process)")
+    it.add_argument("-o", "--output", default="sb_mal_iterate", help="folder for the table, scores and spectrograms")
     it.add_argument("--trust-code", action="store_true",
                     help="let the model folder's hyperparams.yaml call code outside sb_mal's allow-list (read it first)")
     it.set_defaults(func=_cmd_iterate)
@@ -389,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-root", help="value for {data_root} in the manifest (default: its folder)")
     ev.add_argument("--no-noisy", action="store_true", help="with --manifest: do not score the noisy inputs")
     ev.add_argument("--match", default="name", choices=["name", "fileid"], help="how files are paired")
-    ev.add_argument("--metrics", default="intrusive", help="comma-separated metrics or groups (intrusive, dnsmos, all)")
+    ev.add_argument("--metrics", default="intrusive",
+                    help="comma-separated metrics or groups (intrusive, composite, dnsmos, all); default intrusive")
     ev.add_argument("--jobs", type=int, default=2, help="metric worker processes (0: in-process)")
     ev.add_argument("--timeout", type=float, default=120.0, help="seconds per utterance before its worker is replaced")
     ev.add_argument("--strict", action="store_true",
@@ -402,21 +423,28 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="write SpeechBrain manifests for a corpus")
     prs = pr.add_subparsers(dest="corpus", required=True)
     p = prs.add_parser("pairs", help="a folder of noisy files and a folder of same-named clean files")
-    p.add_argument("--noisy", required=True)
-    p.add_argument("--clean", required=True)
+    p.add_argument("--noisy", required=True, help="folder of noisy files (searched recursively)")
+    p.add_argument("--clean", required=True, help="folder of clean files with the same names (or fileid tags)")
     p.add_argument("-o", "--output", required=True, help="manifest JSON to write")
-    p.add_argument("--data-root", help="root for {data_root} placeholders (default: common parent)")
-    p.add_argument("--match", default="name", choices=["name", "fileid"])
-    p = prs.add_parser("voicebank", help="VoiceBank-DEMAND (downloaded if absent)")
-    p.add_argument("--data-folder", required=True)
-    p.add_argument("--save-folder", required=True)
-    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--data-root", help="root for {data_root} placeholders (default: the manifest's folder, the "
+                                       "default of `sb-mal evaluate --manifest` too; files outside it get absolute "
+                                       "paths)")
+    p.add_argument("--match", default="name", choices=["name", "fileid"],
+                   help="pair by file name, or by the fileid_<n> tag of DNS-Challenge names")
+    p.add_argument("--sample-rate", type=int,
+                   help="every file must have this rate (default: any, but a noisy file and its clean file must agree)")
+    p = prs.add_parser("voicebank", help="VoiceBank-DEMAND (downloaded from Edinburgh DataShare if absent)")
+    p.add_argument("--data-folder", required=True,
+                   help="where the corpus is (or is downloaded to); its *_16k resampled copies are written there")
+    p.add_argument("--save-folder", required=True, help="where the train/valid/test manifests are written")
+    p.add_argument("--no-download", action="store_true",
+                   help="never download: fail with the list of missing folders (offline machines)")
     p = prs.add_parser("mini", help="the embedded synthetic mini corpus")
     p.add_argument("-o", "--output", help="folder (default: the sb_mal cache)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the corpus (sentences, voices, noises, SNRs)")
     pr.set_defaults(func=_cmd_prepare)
 
-    ex = sub.add_parser("export", help="export a training run to an inference folder (local or HF hub)")
+    ex = sub.add_parser("export", help="export a training run to an inference folder (publish it with `hf upload`)")
     ex.add_argument("run_dir", help="the run's output folder (model_config.json, save/CKPT+*)")
     ex.add_argument("-o", "--output", required=True, help="folder to create")
     ex.add_argument("--key", default="pesq", help="CKPT.yaml metric that picks the checkpoint (default: pesq)")

@@ -95,3 +95,38 @@ def test_unmatched_files_are_listed_never_fatal_unless_strict(small_pairs, tmp_p
     assert sorted(listed) == ["stray.wav", "test_002"]
     with pytest.raises(SystemExit, match="unmatched"):
         main(["evaluate", "--manifest", str(manifest), "--no-noisy", *args, "--strict"])
+
+
+def test_prepare_then_evaluate_a_manifest_written_elsewhere(small_pairs, tmp_path, monkeypatch, capsys):
+    """The README's `sb-mal prepare pairs ... -o test.json` then `sb-mal evaluate --manifest test.json`, from
+    another folder: one default {data_root} for both; a wrong --data-root is an error, not an all-NaN table."""
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["prepare", "pairs", "--noisy", str(small_pairs / "noisy"), "--clean", str(small_pairs / "clean"),
+                 "-o", "test.json"]) == 0
+    assert main(["evaluate", "--manifest", "test.json", "--metrics", "si_sdr", "--jobs", "0", "-o", "ev"]) == 0
+    summary = json.loads((work / "ev" / "summary.json").read_text())
+    assert summary["noisy"]["counts"]["si_sdr"] == 3
+    manifest = tmp_path / "m.json"  # placeholders relative to the pairs folder
+    assert main(["prepare", "pairs", "--noisy", str(small_pairs / "noisy"), "--clean", str(small_pairs / "clean"),
+                 "-o", str(manifest), "--data-root", str(small_pairs)]) == 0
+    with pytest.raises(SystemExit, match="none of the audio files of .* exists .*--data-root"):
+        main(["evaluate", "--manifest", str(manifest), "--data-root", str(work), "--jobs", "0", "-o", "ev2"])
+
+
+def test_prepare_pairs_refuses_a_pair_of_different_rates_and_an_unexpected_rate(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    for sub, rate in (("noisy", 16000), ("clean", 8000)):
+        (tmp_path / sub).mkdir()
+        sf.write(tmp_path / sub / "u1.wav", np.zeros(rate // 2), rate)
+    args = ["prepare", "pairs", "--noisy", str(tmp_path / "noisy"), "--clean", str(tmp_path / "clean"),
+            "-o", str(tmp_path / "m.json")]
+    assert main(args) == 2
+    assert "u1.wav: sample rate 16000 Hz differs from its clean file" in capsys.readouterr().err
+    sf.write(tmp_path / "clean" / "u1.wav", np.zeros(8000), 16000)
+    assert main([*args, "--sample-rate", "8000"]) == 2
+    assert "sample rate is 16000 Hz, expected 8000 Hz" in capsys.readouterr().err
+    assert main(args) == 0 and (tmp_path / "m.json").is_file()

@@ -106,3 +106,12 @@ def test_the_declarations_are_documented():
     for brain in (EnhanceBrain, MALBrain, PositionInvariantBrain, MetricGANOKDBrain, SeparationBrain, CodecNetBrain):
         assert markdown([brain.HPARAMS]) in doc, f"docs/hparams.md is stale for {brain.__name__}: rerun " \
                                                  "python -m sb_mal.brains.hparams_doc"
+
+
+def test_every_brain_reads_the_training_budget():
+    """--max_train_minutes (README, training recipes) is declared by every recipe's Brain."""
+    from sb_mal.brains import CodecNetBrain, EnhanceBrain, MALBrain, MetricGANOKDBrain, PositionInvariantBrain
+    from sb_mal.brains.separation import SeparationBrain
+
+    for brain in (EnhanceBrain, MALBrain, MetricGANOKDBrain, PositionInvariantBrain, CodecNetBrain, SeparationBrain):
+        assert "max_train_minutes" in brain.HPARAMS.index, brain.__name__

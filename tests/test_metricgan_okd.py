@@ -320,3 +320,13 @@ def test_discriminator_phase_skips_an_utterance_whose_metric_failed(tmp_path, mo
     assert sorted(e["id"] for e in brain.history.entries) == ["u0", "u2"]  # the failed one never enters the history
     assert any(not torch.equal(a, b) for a, b in zip(d_before, brain.modules.discriminator.parameters()))
     assert stats["d_target_csig"] == pytest.approx(0.375)  # (2.5 - 1) / 4, the NaN left out
+
+
+@pytest.mark.recipe
+def test_max_train_minutes_stops_the_okd_recipe_after_the_epoch_that_passes_it(devset, tmp_path):
+    out = tmp_path / "okd"
+    proc = run_recipe(devset, out, "--number_of_epochs=3", "--max_train_minutes=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "train_log.txt").read_text()
+    assert [int(e) for e in re.findall(r"^epoch: (\d+)", log, re.M)] == [1]  # the budget ended it after epoch 1
+    assert json.loads((out / "test_summary_g0.json").read_text())["counts"]["pesq"] == 2

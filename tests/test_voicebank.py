@@ -312,3 +312,21 @@ def test_interrupted_download_is_fetched_again(tmp_path, monkeypatch):
     assert not any(seen)  # the broken zip was removed before download_file ran
     assert sorted(load_manifest(paths["test"], data)) == ["p232_001", "p257_001"]
     assert not list(data.glob("*.zip")) and not list(data.glob(".unpack-*"))
+
+
+def test_offline_download_is_one_line_naming_the_url_and_the_manual_route(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    from speechbrain.utils import data_utils
+
+    from sb_mal.cli import main
+
+    def offline(source, dest, **kwargs):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(data_utils, "download_file", offline)
+    rc = main(["prepare", "voicebank", "--data-folder", str(tmp_path / "vb"), "--save-folder", str(tmp_path / "m")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "cannot download https://datashare.ed.ac.uk/" in err and "--no-download" in err and "Traceback" not in err

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import time
 from types import SimpleNamespace
 
 import speechbrain as sb
@@ -33,6 +32,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 
 from sb_mal.audio import write_audio
+from sb_mal.brains.budget import TrainingBudget
 from sb_mal.brains.ddp import GlooFriendlyDDP, unwrap
 from sb_mal.brains.hparams import REQUIRED, HParam, HParams
 from sb_mal.brains.recoverables import EpochLog, register
@@ -105,6 +105,7 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
         self.HPARAMS.apply(self.hparams)
         # the epoch's log line travels in its checkpoint (a kill between the two loses nothing)
         self.epoch_log = EpochLog(lambda: [self.hparams.train_logger, self.hparams.tensorboard_logger])
+        self.budget = TrainingBudget()
         register(self.checkpointer, {"epoch_log": self.epoch_log}, type(self).__name__, optional=["epoch_log"])
 
     # -- data --------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
         """Record the model configuration next to the checkpoints, then the usual start."""
         super().on_fit_start()
         self.epoch_log.restore()
-        self._fit_started = time.monotonic()
+        self.budget.start()
         for key in self.LOSS_KEYS:
             cost = getattr(self.hparams, key)
             if isinstance(cost, torch.nn.Module):
@@ -233,7 +234,7 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
             else:
                 self.checkpointer.save_and_keep_only(meta=meta, max_keys=[key], num_to_keep=keep)
             self.epoch_log.commit()  # after the checkpoint: an epoch redone after a kill appears once in the log
-            self._check_budget(epoch)
+            self.budget.check(self.hparams.max_train_minutes, epoch, self.hparams.epoch_counter)
         elif stage == sb.Stage.TEST:
             counter = self.hparams.epoch_counter
             self._log({"epoch loaded": counter.current if counter is not None else None}, test_stats=stats)
@@ -242,19 +243,6 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
                 result.to_csv(os.path.join(folder, "test_scores.csv"))
                 result.to_json(os.path.join(folder, "test_summary.json"))
             self.test_stats = stats
-
-    def _check_budget(self, epoch):
-        budget = self.hparams.max_train_minutes
-        if budget is None or epoch is None:
-            return
-        elapsed = (time.monotonic() - getattr(self, "_fit_started", time.monotonic())) / 60
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            decision = [elapsed]  # every rank follows the main process's clock
-            torch.distributed.broadcast_object_list(decision, src=0)
-            elapsed = decision[0]
-        if elapsed >= float(budget):
-            logger.info("training budget of %.1f min used (%.1f min); stopping after epoch %d", budget, elapsed, epoch)
-            self.hparams.epoch_counter.limit = epoch
 
     def _log(self, meta, **stats):
         for logger_name in ("train_logger", "tensorboard_logger"):

@@ -45,6 +45,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.sampler import ReproducibleWeightedRandomSampler
 
+from sb_mal.brains.budget import TrainingBudget
 from sb_mal.brains.ddp import GlooFriendlyDDP, unwrap
 from sb_mal.brains.hparams import REQUIRED, HParam, HParams, HParamsError
 from sb_mal.brains.metric_history import MetricHistory
@@ -85,6 +86,7 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         HParam("sample_rate", "int", 16000, "rate of the audio", low=1),
         HParam("seed", "int", 0, "seed of the utterance draws and the generator choice"),
         HParam("train_logger", "any", None, "a SpeechBrain train logger"),
+        HParam("max_train_minutes", "float", None, "stop after the first epoch that ends past this budget", low=0),
     ])
 
     def __init__(self, *args, **kwargs):
@@ -108,6 +110,7 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         self.totals = RunningTotals(metric_seconds=0.0)
         self.discriminator_phase = DiscriminatorPhase(self)
         self.epoch_log = EpochLog(lambda: [self.hparams.train_logger])  # the epoch's line, in its checkpoint
+        self.budget = TrainingBudget()
         # generators and discriminator, whatever N is; the history, the running totals, the log line
         register(self.checkpointer, {**self.modules, "history": self.history, "totals": self.totals,
                                      "epoch_log": self.epoch_log}, type(self).__name__, optional=["totals", "epoch_log"])
@@ -223,6 +226,7 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         """Usual start (DDP, optimisers, recovery) plus the generator config for ``sb-mal export``."""
         super().on_fit_start()
         self.epoch_log.restore()
+        self.budget.start()
         folder = self.hparams.output_folder
         if folder and sb.utils.distributed.if_main_process():
             gen = unwrap(self.modules[self.gen_names[0]])
@@ -273,6 +277,7 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
             self.checkpointer.save_and_keep_only(meta={"end_of_epoch": True},
                                                  max_keys=[f"g{i}_{m}" for i, m in enumerate(self.targets)])
             self.epoch_log.commit()
+            self.budget.check(self.hparams.max_train_minutes, epoch, self.hparams.epoch_counter)
         elif stage == sb.Stage.VALID:
             names = list(self.hparams.valid_metrics or dict.fromkeys([*self.targets, "stoi"]))
             stats = {}
@@ -284,6 +289,7 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
             self.epoch_log.stage({"epoch": epoch}, train_stats=self.train_stats, valid_stats=stats)
             self.checkpointer.save_and_keep_only(meta=meta, max_keys=keys)
             self.epoch_log.commit()  # after the checkpoint: a redone epoch is logged once
+            self.budget.check(self.hparams.max_train_minutes, epoch, self.hparams.epoch_counter)
         elif stage == sb.Stage.TEST:
             i = self._eval_generators[0]
             names = list(self.hparams.test_metrics)

@@ -155,7 +155,8 @@ def prepare_pairs(
     match : "name", "fileid" or callable
         How files are paired (see :func:`pair_key`).
     sample_rate : int, optional
-        If given, every file must have this rate (else an error names the file).
+        If given, every file must have this rate (else an error names the file). A noisy file and
+        its clean partner must have the same rate in any case.
     allow_unpaired : bool
         Skip (with a warning) files without a partner instead of failing.
 
@@ -202,6 +203,9 @@ def prepare_pairs(
         for info in (n_info, c_info):
             if sample_rate is not None and info.sample_rate != sample_rate:
                 raise AudioError(f"{info.path}: sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz")
+        if n_info.sample_rate != c_info.sample_rate:
+            raise AudioError(f"{noisy[key]}: sample rate {n_info.sample_rate} Hz differs from its clean file "
+                             f"{clean[key]} ({c_info.sample_rate} Hz)")
         if abs(n_info.duration - c_info.duration) > 0.01:
             raise AudioError(
                 f"{noisy[key]}: duration {n_info.duration:.3f} s differs from its clean file "

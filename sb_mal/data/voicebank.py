@@ -241,7 +241,15 @@ def _download_zip(data_folder: str, name: str) -> None:
     scratch = os.path.join(data_folder, f".unpack-{name}")
     shutil.rmtree(scratch, ignore_errors=True)
     logger.info("downloading %s", url)
-    data_utils.download_file(url, archive, unpack=True, dest_unpack=scratch)
+    try:
+        data_utils.download_file(url, archive, unpack=True, dest_unpack=scratch)
+    except (OSError, ValueError) as err:  # offline, DNS, HTTP errors (urllib's are OSErrors)
+        shutil.rmtree(scratch, ignore_errors=True)
+        reason = " ".join(str(getattr(err, "reason", err)).split())[:200]
+        raise ConnectionError(
+            f"cannot download {url} ({type(err).__name__}: {reason}); offline, download it by hand, unzip it into "
+            f"{data_folder} (giving {os.path.join(data_folder, name)}/) and run again with --no-download "
+            "(download=False)") from err
     candidates = [p for p in (Path(scratch) / name, *Path(scratch).glob(f"*/{name}")) if p.is_dir()]
     if not candidates:
         found = sorted(p.name for p in Path(scratch).iterdir()) if os.path.isdir(scratch) else []
