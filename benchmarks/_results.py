@@ -11,7 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+#: The results file the benchmarks update (their own section each); $SB_MAL_BENCH_RESULTS moves it (and the
+#: figures, written to ``figures/`` beside it), e.g. to try a benchmark without touching the committed results.
+RESULTS = Path(os.environ.get("SB_MAL_BENCH_RESULTS") or Path(__file__).resolve().parent / "RESULTS.md")
+FIGURES = RESULTS.parent / "figures"
 DEVSET = Path(os.environ.get("SB_MAL_DEVSET", Path(__file__).resolve().parents[2] / "shared" / "data" / "devset"))
 
 

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from _results import DEVSET, header, update_section
+from _results import DEVSET, FIGURES, header, update_section
 from sb_mal.audio import list_audio_files, read_audio
 from sb_mal.checkpoints import load_pretrained
 from sb_mal.evaluation.codec_imitation import imitation_report, save_imitation_figure
 from sb_mal.fileio import atomic_write_text
 from sb_mal.metrics import format_table
 
-FIGURE = Path(__file__).resolve().parent / "figures" / "codec_imitation.png"
+FIGURE = FIGURES / "codec_imitation.png"
 COLUMNS = ["set", "files", "seconds", "net L1", "identity L1", "ratio", "net LSD dB", "identity LSD dB"]
 
 

@@ -25,12 +25,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
+from _results import DEVSET, FIGURES, experiment_parser, header, parse_with_overrides, update_section
 from mal_experiment import run_once
 from sb_mal.metrics import format_table
 
 REPO = Path(__file__).resolve().parents[1]
-FIGURES = Path(__file__).resolve().parent / "figures"
 TASKS = {"speech": ("speech denoising", "hparams/folders/separation_speech.yaml"),
          "music": ("speech/music separation", "hparams/folders/separation_music.yaml")}
 LOSSES = ("l1", "codec")

@@ -14,14 +14,13 @@ import argparse
 import shutil
 from pathlib import Path
 
-from _results import DEVSET, header, update_section
+from _results import DEVSET, FIGURES, header, update_section
 from sb_mal.audio import read_audio
 from sb_mal.evaluation.iterative import DEFAULT_ITERATE_METRICS, iterate_models, load_enhancers
 from sb_mal.inference import export_run
 from sb_mal.metrics import format_table
 
 REPO = Path(__file__).resolve().parents[1]
-FIGURES = Path(__file__).resolve().parent / "figures"
 SYSTEMS = {"baseline": "baseline", "MAL frozen": "frozen", "MAL frozen_fe": "frozen_fe", "MAL dynamic": "dynamic"}
 
 

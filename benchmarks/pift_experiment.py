@@ -29,12 +29,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
+from _results import DEVSET, FIGURES, experiment_parser, header, parse_with_overrides, update_section
 from mal_experiment import COLUMNS, noisy_scores, run_once
 from sb_mal.metrics import format_table
 
 REPO = Path(__file__).resolve().parents[1]
-FIGURES = Path(__file__).resolve().parent / "figures"
 LOSSES = {"mse": "ssl_mse", "pad": "ssl_mse_pad", "softdtw": "ssl_softdtw"}
 
 
