@@ -130,3 +130,27 @@ def test_prepare_pairs_refuses_a_pair_of_different_rates_and_an_unexpected_rate(
     assert main([*args, "--sample-rate", "8000"]) == 2
     assert "sample rate is 16000 Hz, expected 8000 Hz" in capsys.readouterr().err
     assert main(args) == 0 and (tmp_path / "m.json").is_file()
+
+
+def test_every_command_and_option_has_help():
+    """`sb-mal --help` and each subcommand's help describe every option (no bare flags)."""
+    import argparse
+
+    from sb_mal.cli import build_parser
+
+    parser = build_parser()
+    missing = []
+
+    def walk(p, path):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                for name, sub in action.choices.items():
+                    if not helps.get(name):
+                        missing.append(f"{path} {name} (no summary)")
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(parser, "sb-mal")
+    assert not missing, missing
