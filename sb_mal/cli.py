@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--minutes", type=float, default=2.5, help="budget of the reconstruction-only baseline, minutes")
     de.add_argument("--continue-minutes", type=float, default=1.0,
                     help="budget of each continuation (turned into the same number of epochs for both), minutes")
-    de.add_argument("--variant", default="dynamic", choices=["frozen", "frozen_fe", "dynamic"],
+    de.add_argument("--variant", default="frozen", choices=["frozen", "frozen_fe", "dynamic"],
                     help="Model-as-Loss variant of the second continuation")
     de.add_argument("--lambda-mal", type=float, default=1.0, help="weight of the Model-as-Loss term")
     de.add_argument("--extra", action="append", default=[], metavar="--KEY=VALUE",
