@@ -6,6 +6,8 @@ Used by the experiment drivers in ``benchmarks/`` (see ``benchmarks/protocol.py`
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 __all__ = ["LOWER_IS_BETTER", "paired_bootstrap", "verdict"]
@@ -38,8 +40,10 @@ def paired_bootstrap(diffs: np.ndarray, n_boot: int = 4000, seed: int = 0, level
     seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
     utts = rng.integers(0, n_utts, size=(n_boot, n_utts))
     stats = np.empty(n_boot)
-    for b in range(n_boot):
-        stats[b] = np.nanmean(diffs[seeds[b]][:, utts[b]])
+    with warnings.catch_warnings():  # a replicate that drew only NaN cells is NaN and left out
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for b in range(n_boot):
+            stats[b] = np.nanmean(diffs[seeds[b]][:, utts[b]])
     alpha = (1 - level) / 2
     lo, hi = np.nanquantile(stats, [alpha, 1 - alpha])
     return mean, float(lo), float(hi)
