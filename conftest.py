@@ -1,8 +1,9 @@
-"""Every test and doctest writes its temporary files inside its own tmp_path.
+"""Every test and doctest writes its temporary files inside pytest's temporary folders.
 
 ``tempfile`` (``mkdtemp``, ``TemporaryDirectory``, SpeechBrain's debug checkpoints) and the
-subprocesses a test starts (``$TMPDIR``) are pointed at the test's ``tmp_path``, so a run leaves
-nothing behind outside pytest's own temporary folders.
+subprocesses a test starts (``$TMPDIR``) are pointed at a fresh folder from ``tmp_path_factory``
+(beside the test's ``tmp_path``, which stays as the test made it), so a run leaves nothing behind
+outside pytest's own temporary folders.
 """
 
 import tempfile
@@ -11,9 +12,8 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _temporary_files_in_tmp_path(tmp_path, monkeypatch):
-    scratch = tmp_path / "tmp"
-    scratch.mkdir(exist_ok=True)
+def _temporary_files_in_pytest_folders(tmp_path_factory, monkeypatch):
+    scratch = tmp_path_factory.mktemp("tmp")
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     monkeypatch.setenv("TMPDIR", str(scratch))
     yield
