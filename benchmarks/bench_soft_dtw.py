@@ -143,8 +143,8 @@ def exactness(systems) -> list[dict]:
         if system in ("naive reference", "ours, divergence"):
             continue
         got = run(FUNCTIONS[system])
-        rows.append({"system": system, "value": float((got[0] - ref[0]).abs().max()),
-                     "grad x": float((got[1] - ref[1]).abs().max()), "grad y": float((got[2] - ref[2]).abs().max())})
+        errors = [float((a - b).abs().max()) for a, b in zip(got, ref)]
+        rows.append({"system": system, **{k: f"{e:.1e}" for k, e in zip(("value", "grad x", "grad y"), errors)}})
     return rows
 
 
