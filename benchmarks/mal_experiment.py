@@ -142,16 +142,27 @@ def report(out: Path, args, tuned: dict, finished) -> None:
     base_times = minutes("baseline")
     table = evidence_table([("reconstruction only (baseline)", base_rows,
                              f"{steps} steps, {sum(base_times) / len(base_times):.1f} min/run"), *rows], METRICS)
+    verdicts = []
+    for label, result, _ in rows:
+        better = [m for m, r in result.items() if r["verdict"] == "better"]
+        worse = [m for m, r in result.items() if r["verdict"] == "worse"]
+        verdicts.append(f"- {label}: PESQ {result['pesq']['diff']:+.3f} [{result['pesq']['lo']:+.3f}, "
+                        f"{result['pesq']['hi']:+.3f}] ({result['pesq']['verdict']}); better on "
+                        f"{', '.join(better) or 'no metric'}; worse on {', '.join(worse) or 'no metric'}")
     tuning = "\n".join(f"- {v}: valid PESQ by lambda_mal {json.dumps(c['valid_pesq_by_lambda'])}; by taps "
                        f"{json.dumps(c.get('valid_pesq_by_taps', {}))}" for v, c in tuned.items())
     body = (header(f"Model as Loss against reconstruction-only, {len(base)} seed(s) (mal_experiment.py)")
+            + ("- the runs were made by the same command without --report-only (which only reads them)\n"
+               if args.report_only else "")
             + f"- protocol: benchmarks/protocol.py; phase 1 {args.epochs1} epochs, then {args.epochs2} epochs "
             f"({steps} steps of batch 8, 2 s segments) per arm from the same phase-1 model; seeds {args.seeds}\n"
             f"- model: the backbone at a reduced size ({' '.join(SMALL)}) so that 3 seeds fit on 2 CPU cores\n"
             f"- tuned on the validation split ({args.valid_limit} devset valid pairs, best-checkpoint PESQ, first "
             f"seed only):\n{tuning}\n"
             "- test: 120 devset test pairs; each cell: arm mean (paired difference from the baseline [95 % "
-            "bootstrap interval over seeds and utterances]) verdict\n\n" + table + "\n")
+            "bootstrap interval over seeds and utterances]) verdict\n\n" + table + "\n\n"
+            + "Against the reconstruction-only continuation of the same model, at these sizes and budgets:\n"
+            + "\n".join(verdicts) + "\n")
     print(body)
     update_section("mal_experiment", body)
 
