@@ -223,8 +223,14 @@ def main():
                 repeats = 1 if system == "naive reference" else args.repeats
                 cmd = [sys.executable, __file__, "--budget", str(args.budget), "--device", args.device,
                        "--case", system, str(batch), str(frames), str(dim), str(repeats)]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-                res = json.loads(out.strip().splitlines()[-1])
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if proc.returncode != 0:  # e.g. killed for memory: recorded, the other cases go on
+                    why = (f"killed by signal {-proc.returncode} (out of memory?)" if proc.returncode < 0
+                           else f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:120]}")
+                    rows.append({"system": system, "N=M": frames, "D": dim, "runs": 0, "runs s": why})
+                    print(rows[-1], flush=True)
+                    continue
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
                 loads.append(os.getloadavg()[0])
                 scale = args.batch / batch
                 med = statistics.median(res["times"]) * scale
