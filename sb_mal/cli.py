@@ -122,13 +122,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         if not args.clean:
             raise SystemExit("error: give --clean DIR (with --noisy and/or --enhanced) or --manifest JSON")
-        if args.noisy:
-            systems.append(("noisy", *_pairs_from_folders(args.clean, args.noisy, args.match)))
-        for folder in args.enhanced or []:
-            systems.append((Path(folder).name or folder, *_pairs_from_folders(args.clean, folder, args.match)))
         if args.source and not args.noisy:
             raise SystemExit("error: --source needs --noisy DIR (the inputs the model enhances)")
-        noisy_input = _pairs_from_folders(args.clean, args.noisy, args.match)[:3] if args.source else None
+        noisy_pairs = _pairs_from_folders(args.clean, args.noisy, args.match) if args.noisy else None
+        if noisy_pairs:
+            systems.append(("noisy", *noisy_pairs))
+        for folder in args.enhanced or []:
+            systems.append((Path(folder).name or folder, *_pairs_from_folders(args.clean, folder, args.match)))
+        noisy_input = noisy_pairs[:3] if args.source else None
     if not systems and not args.source:
         raise SystemExit("error: nothing to evaluate: give --noisy, --enhanced and/or --source")
     for name, *_, unmatched in systems:
