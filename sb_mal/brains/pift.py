@@ -164,11 +164,11 @@ class PositionInvariantBrain(EnhanceBrain):
 
     def _dtw_metric(self, gamma: float):
         from sb_mal.losses.ssl import SSLSoftDTWLoss
-        from sb_mal.models.ssl import SSLFeatureExtractor
+        from sb_mal.models.frame_features import FrameFeatureExtractor
 
         extractor = getattr(self.ssl_loss, "extractor", None)
-        if not isinstance(extractor, SSLFeatureExtractor):
-            logger.info("ssl_loss has no SSLFeatureExtractor: the ssl_dtw metric is not logged")
+        if not isinstance(extractor, FrameFeatureExtractor):
+            logger.info("ssl_loss has no FrameFeatureExtractor: the ssl_dtw metric is not logged")
             return None
         return SSLSoftDTWLoss(extractor, gamma=gamma)  # shares the frozen model: no second copy
 

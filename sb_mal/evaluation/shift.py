@@ -152,10 +152,10 @@ class DTWFeatureDistance(nn.Module):
 
     def __init__(self, extractor, distance: str = "sqeuclidean", dim_reduction: str = "mean"):
         super().__init__()
-        from sb_mal.models.ssl import SSLFeatureExtractor
+        from sb_mal.models.frame_features import FrameFeatureExtractor
 
-        if not isinstance(extractor, SSLFeatureExtractor):
-            raise TypeError("DTWFeatureDistance: extractor must be an SSLFeatureExtractor, "
+        if not isinstance(extractor, FrameFeatureExtractor):
+            raise TypeError("DTWFeatureDistance: extractor must be a FrameFeatureExtractor, "
                             f"got {type(extractor).__name__}")
         if distance not in ("sqeuclidean", "cosine"):
             raise ValueError(f"distance must be 'sqeuclidean' or 'cosine', got {distance!r}")

@@ -43,7 +43,8 @@ from torch import nn
 from sb_mal.dsp import relative_to_samples
 from sb_mal.losses.reconstruction import LossTerms, check_waveforms, reduce
 from sb_mal.losses.soft_dtw import DISTANCES, soft_dtw_divergence
-from sb_mal.models.ssl import DEFAULT_SSL_SOURCE, SSLFeatureExtractor
+from sb_mal.models.frame_features import FrameFeatureExtractor, build_frame_extractor
+from sb_mal.models.ssl import DEFAULT_SSL_SOURCE
 
 __all__ = ["SSLFeatureLoss", "SSLL1Loss", "SSLMSELoss", "SSLMSEPadLoss", "SSLSoftDTWLoss", "pad_frames"]
 
@@ -75,29 +76,33 @@ class SSLFeatureLoss(LossTerms, nn.Module):
 
     Arguments
     ---------
-    extractor : SSLFeatureExtractor, optional
-        The frozen SSL model; if omitted, one is built from ``source``, ``layers`` and
-        ``extractor_kwargs`` (any :class:`SSLFeatureExtractor` argument).
+    extractor : FrameFeatureExtractor, optional
+        The frozen feature model; if omitted, one is built by
+        :func:`~sb_mal.models.frame_features.build_frame_extractor` from ``source``, ``layers`` and
+        ``extractor_kwargs`` (the extractor's own arguments).
     source, layers
-        See :class:`SSLFeatureExtractor` (default ``microsoft/wavlm-base-plus``, ``"last"``).
+        A speech SSL model (hub id or ``save_pretrained`` folder, default ``microsoft/wavlm-base-plus``),
+        or ``"torchfcpe"`` / ``"resemblyzer"`` for the pretrained encoders inside those wheels;
+        ``layers`` default ``"last"``.
     dim_reduction : str
         ``"mean"`` or ``"sum"`` over the feature dimension (see module docstring).
     """
 
     name = "ssl"
 
-    def __init__(self, extractor: SSLFeatureExtractor | None = None, *, source=None,
+    def __init__(self, extractor: FrameFeatureExtractor | None = None, *, source=None,
                  layers: str | int | Sequence[int] | None = None, dim_reduction: str = "mean",
                  **extractor_kwargs):
         super().__init__()
         if extractor is None:
-            extractor = SSLFeatureExtractor(DEFAULT_SSL_SOURCE if source is None else source,
-                                            "last" if layers is None else layers, **extractor_kwargs)
+            extractor = build_frame_extractor(DEFAULT_SSL_SOURCE if source is None else source, layers,
+                                              **extractor_kwargs)
         elif source is not None or layers is not None or extractor_kwargs:
             raise ValueError(f"{type(self).__name__}: give either an extractor or source/layers/extractor "
                              "arguments, not both")
-        if not isinstance(extractor, SSLFeatureExtractor):
-            raise TypeError(f"{type(self).__name__}: extractor must be an SSLFeatureExtractor, "
+        if not isinstance(extractor, FrameFeatureExtractor):
+            raise TypeError(f"{type(self).__name__}: extractor must be a FrameFeatureExtractor (SSLFeatureExtractor, "
+                            "FCPEFeatureExtractor, ResemblyzerFeatureExtractor), "
                             f"got {type(extractor).__name__}")
         if dim_reduction not in ("mean", "sum"):
             raise ValueError(f"dim_reduction must be 'mean' or 'sum', got {dim_reduction!r}")
@@ -232,7 +237,7 @@ class SSLMSEPadLoss(SSLMSELoss):
 
     name = "ssl_mse_pad"
 
-    def __init__(self, extractor: SSLFeatureExtractor | None = None, *, p_range: Sequence[float] = (0.02, 0.05),
+    def __init__(self, extractor: FrameFeatureExtractor | None = None, *, p_range: Sequence[float] = (0.02, 0.05),
                  side: str = "start", min_pad_frames: int = 1, seed: int | None = None,
                  generator: torch.Generator | None = None, **kwargs):
         super().__init__(extractor, **kwargs)
@@ -328,7 +333,7 @@ class SSLSoftDTWLoss(SSLFeatureLoss):
 
     name = "ssl_softdtw"
 
-    def __init__(self, extractor: SSLFeatureExtractor | None = None, *, gamma: float = 0.1,
+    def __init__(self, extractor: FrameFeatureExtractor | None = None, *, gamma: float = 0.1,
                  distance: str = "sqeuclidean", **kwargs):
         super().__init__(extractor, **kwargs)
         if distance not in DISTANCES:

@@ -41,8 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sb_mal.dsp import relative_to_samples
-from sb_mal.models.frozen import FrozenNetworks
+from sb_mal.models.frame_features import FrameFeatureExtractor
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ def build_tiny_wavlm(folder: str | Path | None = None, *, num_layers: int = 2, h
     return model
 
 
-class SSLFeatureExtractor(FrozenNetworks):
+class SSLFeatureExtractor(FrameFeatureExtractor):
     """Frozen SSL speech model: ``[B, T]`` 16 kHz waveforms -> frame features (see module docstring).
 
     Arguments
@@ -200,6 +199,7 @@ class SSLFeatureExtractor(FrozenNetworks):
         self.freeze("_ssl", model.float(), in_state_dict=False)
         self.source = _name(source)
         self.num_layers = int(config.num_hidden_layers)
+        self.num_hidden_states = self.num_layers + 1
         self.layers = self._parse_layers(layers)
         self.normalize_input = bool(normalize_input)
         self.sample_rate = SSL_SAMPLE_RATE
@@ -210,35 +210,10 @@ class SSLFeatureExtractor(FrozenNetworks):
         self.receptive = 1 + sum((k - 1) * math.prod(config.conv_stride[:i]) for i, k in enumerate(config.conv_kernel))
         self.feature_dim = int(config.hidden_size)
 
-    # -- configuration ------------------------------------------------------------------------------
-    def _parse_layers(self, layers):
-        if isinstance(layers, str):
-            if layers not in ("last", "average"):
-                raise ValueError(f"layers must be 'last', 'average', an int or a list of ints, got {layers!r}")
-            return layers
-        if isinstance(layers, int) and not isinstance(layers, bool):
-            return self._check_index(layers)
-        layers = list(layers) if isinstance(layers, (list, tuple)) else []
-        if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
-            raise ValueError(f"layers must be 'last', 'average', an int or a non-empty list of ints, got {layers!r}")
-        return [self._check_index(i) for i in layers]
-
-    def _check_index(self, index: int) -> int:
-        n = self.num_layers + 1
-        if not -n <= index < n:
-            raise ValueError(f"layer index {index} out of range: {self.source} has {n} hidden states "
-                             f"(indices {-n}..{n - 1})")
-        return index
-
     @property
     def model(self) -> nn.Module:
         """The wrapped (frozen) transformers model."""
         return self._ssl
-
-    @property
-    def multi_layer(self) -> bool:
-        """Whether features come as ``[L, B, frames, D]`` (a list of layers)."""
-        return isinstance(self.layers, list)
 
     def frames(self, samples: int | torch.Tensor) -> int | torch.Tensor:
         """Valid frames for ``samples`` valid input samples (0 below the receptive field)."""
@@ -250,56 +225,14 @@ class SSLFeatureExtractor(FrozenNetworks):
                 f"attention_mask={self.uses_attention_mask}, per_item={self.per_item}")
 
     # -- features -------------------------------------------------------------------------------------
-    def normalize_waveform(self, wav: torch.Tensor, sample_counts: torch.Tensor) -> torch.Tensor:
-        """Zero mean, unit variance per row over its first ``sample_counts`` samples; padding set to 0."""
-        mask = (torch.arange(wav.shape[1], device=wav.device)[None, :] < sample_counts[:, None]).to(wav.dtype)
-        count = mask.sum(1, keepdim=True).clamp(min=1)
-        mean = (wav * mask).sum(1, keepdim=True) / count
-        var = ((wav - mean).pow(2) * mask).sum(1, keepdim=True) / count
-        return (wav - mean) / torch.sqrt(var + 1e-7) * mask
-
-    def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features ``[B, frames, D]`` (``[L, B, frames, D]`` for a list of layers) and valid frames ``[B]``.
-
-        ``lengths`` are SpeechBrain relative lengths (valid samples ``round(lengths * T)``).
-        Features of padded frames are zero.
-        """
-        wav = _as_batch(wav)
-        counts = relative_to_samples(lengths, wav.shape[1], wav.shape[0], wav.device)
-        return self.extract(wav, counts if lengths is not None else None)
-
-    def extract(self, wav: torch.Tensor, sample_counts: torch.Tensor | None = None,
-                normalize: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like :meth:`forward` with integer valid-sample counts; ``normalize`` overrides ``normalize_input``."""
-        wav = _as_batch(wav)
-        batch, total = wav.shape
-        if total < self.receptive:
-            raise ValueError(f"SSLFeatureExtractor: input has {total} samples, fewer than one frame's receptive "
-                             f"field ({self.receptive} samples at {self.sample_rate} Hz)")
-        padded = sample_counts is not None and bool((sample_counts < total).any())
-        counts = (torch.full((batch,), total, dtype=torch.long, device=wav.device) if sample_counts is None
-                  else sample_counts.to(wav.device).long().clamp(1, total))
-        wav = self.follow(wav)
-        if self._ssl.training:
-            self._ssl.eval()
-        with torch.autocast(device_type=wav.device.type, enabled=False):
-            normalize = self.normalize_input if normalize is None else normalize
-            if normalize:
-                wav = self.normalize_waveform(wav, counts)
-            elif padded:
-                wav = wav * (torch.arange(total, device=wav.device)[None, :] < counts[:, None])
-            frames = self.frames(counts).to(wav.device)
-            if self.per_item and padded:
-                # an item shorter than the receptive field has 0 frames: run it on a minimal slice
-                rows = [self._run(wav[i:i + 1, : max(int(counts[i]), self.receptive)], None) for i in range(batch)]
-                width = int(self.frames(total))
-                feats = torch.stack([nn.functional.pad(r[..., 0, :, :], (0, 0, 0, width - r.shape[-2])) for r in rows],
-                                    dim=-3)
-            else:
-                feats = self._run(wav, counts if padded and self.uses_attention_mask else None)
-        valid = torch.arange(feats.shape[-2], device=wav.device)[None, :] < frames[:, None]
-        feats = feats * valid[..., None].to(feats.dtype)
-        return (feats if self.multi_layer else feats[0]), frames
+    def _encode(self, wav, counts, padded):
+        if self.per_item and padded:
+            # an item shorter than the receptive field has 0 frames: run it on a minimal slice
+            rows = [self._run(wav[i:i + 1, : max(int(counts[i]), self.receptive)], None) for i in range(wav.shape[0])]
+            width = int(self.frames(wav.shape[1]))
+            return torch.stack([nn.functional.pad(r[..., 0, :, :], (0, 0, 0, width - r.shape[-2])) for r in rows],
+                               dim=-3)
+        return self._run(wav, counts if padded and self.uses_attention_mask else None)
 
     def _run(self, wav: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
         """Selected layers as ``[L, B, frames, D]`` (L = 1 unless a list of layers was asked for)."""
@@ -311,22 +244,7 @@ class SSLFeatureExtractor(FrozenNetworks):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask and attn_mask.*")
             out = self._ssl(wav, output_hidden_states=need_hidden, **kwargs)
-        if self.layers == "last":
-            return out.last_hidden_state[None]
-        hidden = out.hidden_states
-        if self.layers == "average":
-            return torch.stack(tuple(hidden)).mean(0)[None]
-        if isinstance(self.layers, int):
-            return hidden[self.layers][None]
-        return torch.stack([hidden[i] for i in self.layers])
-
-
-def _as_batch(wav: torch.Tensor) -> torch.Tensor:
-    if wav.dim() == 3 and wav.shape[-1] == 1:
-        wav = wav.squeeze(-1)
-    if wav.dim() != 2:
-        raise ValueError(f"SSLFeatureExtractor: expected waveforms [batch, samples], got {tuple(wav.shape)}")
-    return wav
+        return self._select(out.hidden_states, out.last_hidden_state)
 
 
 def _name(source) -> str:
