@@ -107,7 +107,7 @@ def main():
                           **{f"gain {m}": means["codec"][m] - means["l1"][m] for m in COLUMNS}})
     table = format_table(rows, ["task", "capacity", "parameters", "loss", *COLUMNS, "min"])
     gain_table = format_table(gains, ["task", "capacity", "parameters", *(f"gain {m}" for m in COLUMNS)])
-    FIGURES.mkdir(exist_ok=True)
+    FIGURES.mkdir(parents=True, exist_ok=True)
     gain_plot(FIGURES / "codec_ladder.png", gains)
     body = (header("Codec-approximation loss vs L1 across the separation ladder (codec_ladder.py)")
             + f"- codec net: `{args.codec_run}` (its imitation numbers are in the codec_imitation section)\n"

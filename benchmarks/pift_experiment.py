@@ -1,95 +1,75 @@
-"""Position-invariant SSL fine-tuning on the devset: ssl_mse vs ssl_mse_pad vs ssl_softdtw at equal budgets.
+"""Position-invariant fine-tuning through frozen feature models, under the protocol of benchmarks/protocol.py.
 
-Protocol:
+For each seed the starting model is that seed's reconstruction-only model of ``mal_experiment.py``
+(``<start>/seed<k>/baseline``, the backbone at the reduced size listed there). From it, at equal
+budgets (same steps, data stream, learning rate), ``recipes/pift/train.py`` fine-tunes:
 
-1. the starting model is a trained enhancer (default: the reconstruction-only baseline of
-   ``mal_experiment.py``, ``results/mal_experiment/baseline``);
-2. the frozen SSL model of the losses is a *random* WavLM built locally (``--wavlm-layers`` layers,
-   ``--wavlm-hidden`` hidden units, seed 0, saved with ``save_pretrained``): pretrained WavLM weights
-   cannot be downloaded here. Pass ``--wavlm /path/to/wavlm-base-plus`` to use real weights;
-3. three fine-tuning runs of ``recipes/pift/train.py`` (hparams/folders/pift_{mse,pad,softdtw}.yaml),
-   identical but for the loss (and speed perturbation, which only ssl_softdtw uses): same seed, data
-   stream, learning rate and number of steps; each keeps its checkpoint with the lowest validation loss
-   and is tested on the 120 devset test pairs (intrusive metrics + DNSMOS);
-4. convergence: training loss and validation SSL distance (``ssl_dtw``, the soft-DTW divergence per
-   frame, the same measure for every run) after every epoch, plotted against training steps;
-5. shift robustness: every loss (and the hard-DTW feature distance) evaluated on the starting model's
-   enhanced test utterances delayed / zero-padded by 0-100 ms against the clean reference, relative to
-   the loss of the noisy input.
+- ``rec``: the reconstruction loss only (``lambda_ssl=0, lambda_rec=1``), the baseline arm;
+- per feature model (``--encoders``): ``ssl_mse`` (frame-aligned MSE), ``ssl_mse_pad`` (reference
+  zero-padded by 2-5 %, padded frames dropped) and ``ssl_softdtw`` (soft-DTW with speed perturbation
+  0.8-1.2 of the noisy input), each ``lambda_ssl=1, lambda_rec=0`` as in the paper.
 
-Usage: python benchmarks/pift_experiment.py [--out results/pift_experiment] [--epochs 6] [--examples 96]
+Feature models: ``torchfcpe`` and ``resemblyzer`` (pretrained encoders shipped inside pip wheels,
+see :mod:`sb_mal.models.frame_features`: a supervised pitch estimator and a speaker encoder, neither a
+self-supervised transformer), and ``wavlm_random`` (a WavLM with random weights, built locally: no
+pretrained WavLM can be downloaded here; ``--wavlm PATH`` uses a real one).
+
+Each run keeps its checkpoint with the lowest validation loss and is tested on the 120 devset test
+pairs. Tables: each arm's paired per-utterance difference from the ``rec`` arm of the same seed,
+pooled over seeds, with two-level bootstrap 95 % intervals; and ssl_mse_pad / ssl_softdtw against
+ssl_mse of the same feature model (the paper's comparison). Nothing is tuned: the losses run at the
+paper's settings, so the validation split serves checkpoint selection only.
+
+Shift study (per feature model, on the first seed's starting model, first ``--shift-limit`` test
+utterances): every loss for the enhanced signal delayed or zero-padded by 0-100 ms against the clean
+reference, relative to the loss of the noisy input.
+
+Usage: python benchmarks/pift_experiment.py [--seeds 1 2 3] [--encoders torchfcpe resemblyzer wavlm_random]
+       [--epochs 4] [--examples 64] [--report-only]
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _results import DEVSET, FIGURES, experiment_parser, header, parse_with_overrides, update_section
-from mal_experiment import COLUMNS, noisy_scores, run_once
-from sb_mal.metrics import format_table
+from mal_experiment import METRICS, SMALL
+from protocol import compare, evidence_table, run_once
 
 REPO = Path(__file__).resolve().parents[1]
 LOSSES = {"mse": "ssl_mse", "pad": "ssl_mse_pad", "softdtw": "ssl_softdtw"}
+ENCODERS = {
+    "torchfcpe": "FCPE (torchfcpe wheel): supervised pitch estimator, 6 convolution-only conformer layers on "
+                 "log-mel, 10 ms frames, 512-dim, last layer",
+    "resemblyzer": "Resemblyzer: GE2E speaker encoder, 3-layer unidirectional LSTM on power mel, 10 ms frames, "
+                   "256-dim, last layer",
+    "wavlm_random": "WavLM with random weights (4 layers, hidden 128, LayerNorm front end, seed 0), 20 ms frames, "
+                    "last layer",
+}
 
 
-def parse_train_log(path: Path) -> tuple[list[dict], dict]:
-    """(per-epoch ``{"epoch", "train_loss", "valid_loss", "valid_ssl_dtw", "valid_pesq", ...}``, test stats)."""
-    epochs, test = [], {}
-    for line in path.read_text().splitlines():
-        parts = [p.strip() for p in line.split(" - ")]
-        if not parts or ":" not in parts[0]:
-            continue
-        key, value = (s.strip() for s in parts[0].split(":", 1))
-        stats = {}
-        for part in parts[1:]:
-            for item in part.split(", "):
-                m = re.match(r"(train|valid|test) (\S+): (\S+)", item.strip())
-                if m:
-                    stats[f"{m.group(1)}_{m.group(2)}"] = float(m.group(3))
-        if key == "epoch":
-            epochs.append({"epoch": int(value), **stats})
-        elif key == "epoch loaded":
-            test = stats
-    return epochs, test
+def encoder_source(name: str, out: Path, wavlm: str | None) -> str:
+    if name != "wavlm_random":
+        return name
+    if wavlm:
+        return wavlm
+    from sb_mal.models import build_tiny_wavlm
+
+    folder = out / "wavlm_random_L4_H128"
+    if not (folder / "config.json").exists():
+        build_tiny_wavlm(folder, num_layers=4, hidden_size=128, dropout=0.0)
+    return str(folder)
 
 
-def convergence_plot(path: Path, curves: dict[str, list[dict]], steps_per_epoch: int, start: dict) -> None:
-    from sb_mal.evaluation.plots import _pyplot, _save
-
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    panels = (("train_loss", "training loss (own scale)", True), ("valid_ssl_dtw", "valid SSL distance (ssl_dtw)", False),
-              ("valid_pesq", "valid PESQ", False))
-    for ax, (key, title, relative) in zip(axes, panels):
-        for name, rows in curves.items():
-            pts = [(r["epoch"] * steps_per_epoch, r[key]) for r in rows if key in r]
-            if not pts:
-                continue
-            if relative:
-                pts = [(s, v / pts[0][1]) for s, v in pts]
-            elif key in start:
-                pts = [(0, start[key])] + pts
-            ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o", markersize=3, label=LOSSES[name])
-        ax.set_title(title + (" / first epoch" if relative else ""), fontsize=9)
-        ax.set_xlabel("training steps")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def shift_study(start_run: Path, wavlm: str, limit: int) -> list[dict]:
+def shift_study(start_run: Path, source: str, limit: int) -> list[dict]:
     """Mean shift curves of the three losses + ssl_dtw on ``limit`` enhanced test utterances of ``start_run``."""
     from sb_mal.audio import read_audio
     from sb_mal.evaluation.shift import evaluate_shift_robustness
-    from sb_mal.models import SSLFeatureExtractor
+    from sb_mal.models import build_frame_extractor
 
-    extractor = SSLFeatureExtractor(wavlm)
     names = sorted(p.stem for p in (DEVSET / "pairs/test/noisy").glob("*.flac"))[:limit]
     pairs = []
     for name in names:
@@ -98,125 +78,146 @@ def shift_study(start_run: Path, wavlm: str, limit: int) -> list[dict]:
             raise SystemExit(f"{enhanced} not found: the starting run has no enhanced test output for {name}")
         pairs.append(tuple(read_audio(path, 16000)[0] for path in (
             enhanced, DEVSET / f"pairs/test/clean/{name}.flac", DEVSET / f"pairs/test/noisy/{name}.flac")))
-    return evaluate_shift_robustness(pairs, extractor=extractor)
+    return evaluate_shift_robustness(pairs, extractor=build_frame_extractor(source))
 
 
 def main():
     parser = experiment_parser(__doc__, "results/pift_experiment")
-    parser.add_argument("--init", default="results/mal_experiment/baseline", help="the starting run (or exported model)")
-    parser.add_argument("--wavlm", default=None, help="a local WavLM folder (default: a random one built in --out)")
-    parser.add_argument("--wavlm-layers", type=int, default=4)
-    parser.add_argument("--wavlm-hidden", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--examples", type=int, default=96, help="training mixtures per epoch (batch 8)")
-    parser.add_argument("--valid-limit", type=int, default=30)
+    parser.add_argument("--start", default="results/mal_experiment",
+                        help="the mal_experiment.py output folder (its seed<k>/baseline runs are the starting models)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
+    parser.add_argument("--wavlm", default=None, help="a local pretrained WavLM folder instead of the random one")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--examples", type=int, default=64, help="training mixtures per epoch (batch 8)")
+    parser.add_argument("--valid-limit", type=int, default=20)
     parser.add_argument("--shift-limit", type=int, default=20, help="test utterances of the shift study")
+    parser.add_argument("--report-only", action="store_true", help="write the tables from the finished runs")
     args, extra = parse_with_overrides(parser)
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    init = (REPO / args.init).resolve()
-    if not init.exists():
-        raise SystemExit(f"--init {init} not found: run benchmarks/mal_experiment.py first, or give a trained run")
-    wavlm = args.wavlm
-    if wavlm is None:
-        from sb_mal.models import build_tiny_wavlm
+    start = (REPO / args.start).resolve()
+    sources = {name: encoder_source(name, out, args.wavlm) for name in args.encoders}
+    common = [f"--data_folder={DEVSET}", f"--examples_per_epoch={args.examples}", f"--number_of_epochs={args.epochs}",
+              f"--valid_limit={args.valid_limit}", "--n_jobs=1", *SMALL, *extra]
 
-        wavlm_dir = out / f"wavlm_random_L{args.wavlm_layers}_H{args.wavlm_hidden}"
-        if not (wavlm_dir / "config.json").exists():
-            build_tiny_wavlm(wavlm_dir, num_layers=args.wavlm_layers, hidden_size=args.wavlm_hidden, dropout=0.0)
-        wavlm = str(wavlm_dir)
-        wavlm_label = (f"a random WavLM ({args.wavlm_layers} layers, hidden {args.wavlm_hidden}, LayerNorm front end, "
-                       "seed 0; no pretrained SSL weights can be downloaded here), last layer")
-    else:
-        wavlm_label = f"WavLM from {wavlm}, last layer"
-    common = [f"--data_folder={DEVSET}", f"--init_from={init}", f"--ssl_source={wavlm}",
-              f"--examples_per_epoch={args.examples}", f"--number_of_epochs={args.epochs}",
-              f"--valid_limit={args.valid_limit}", f"--seed={args.seed}", "--n_jobs=1", *extra]
+    def run(job: tuple[int, str, str]) -> None:
+        seed, encoder, loss = job
+        init = start / f"seed{seed}" / "baseline"
+        if not (init / "save").exists():
+            raise SystemExit(f"{init}: no starting model; run benchmarks/mal_experiment.py first (or give --start)")
+        folder = out / f"seed{seed}" / (loss if encoder == "-" else f"{encoder}_{loss}")
+        cmd = [sys.executable, "recipes/pift/train.py", f"hparams/folders/pift_{'mse' if loss == 'rec' else loss}.yaml",
+               f"--output_folder={folder}", f"--init_from={init}", f"--seed={seed}", *common]
+        if loss == "rec":  # the equal-budget baseline: reconstruction only (its SSL term has weight 0)
+            cmd += ["--lambda_ssl=0", "--lambda_rec=1", f"--ssl_source={sources[args.encoders[0]]}"]
+        else:
+            cmd.append(f"--ssl_source={sources[encoder]}")
+        run_once(cmd, folder, out / "logs" / f"{folder.name}_{seed}.log", args.threads,
+                 outputs=("test_scores.csv",))
 
-    def finetune(name: str) -> tuple[str, float]:
-        folder = out / name
-        cmd = [sys.executable, "recipes/pift/train.py", f"hparams/folders/pift_{name}.yaml",
-               f"--output_folder={folder}", *common]
-        return name, run_once(cmd, folder, out / f"{name}.log", args.threads)
+    if not args.report_only:
+        jobs = [(s, "-", "rec") for s in args.seeds]  # one encoder after the other: partial reports stay whole
+        jobs += [(s, e, loss) for e in args.encoders for s in args.seeds for loss in LOSSES]
+        with ThreadPoolExecutor(args.parallel) as pool:
+            list(pool.map(run, jobs))
+        for encoder in args.encoders:
+            cache = out / f"shift_{encoder}.json"
+            if not cache.exists():
+                cache.write_text(json.dumps(shift_study(start / f"seed{args.seeds[0]}" / "baseline", sources[encoder],
+                                                        args.shift_limit)))
+    report(out, args)
 
-    t0 = time.monotonic()
-    with ThreadPoolExecutor(args.parallel) as pool:
-        times = dict(pool.map(finetune, LOSSES))
-    print(f"fine-tuning done in {(time.monotonic() - t0) / 60:.1f} min", flush=True)
 
-    steps = args.examples // 8
-    curves, tests = {}, {}
-    for name in LOSSES:
-        curves[name], tests[name] = parse_train_log(out / name / "train_log.txt")
+def _scores(out: Path, seeds, name: str) -> dict[int, Path]:
+    return {s: out / f"seed{s}" / name / "test_scores.csv" for s in seeds
+            if (out / f"seed{s}" / name / "test_scores.csv").exists() and (out / f"seed{s}" / name / "seconds").exists()}
 
-    shift_cache = out / "shift_rows.json"
-    if shift_cache.exists():
-        shift_rows = json.loads(shift_cache.read_text())
-    else:
-        t1 = time.monotonic()
-        shift_rows = shift_study(init, wavlm, args.shift_limit)
-        shift_cache.write_text(json.dumps(shift_rows))
-        print(f"shift study done in {(time.monotonic() - t1) / 60:.1f} min", flush=True)
-    start_dtw = next(r["value"] for r in shift_rows if r["mode"] == "delay" and r["loss"] == "ssl_dtw"
-                     and r["shift_ms"] == 0)
 
+def _minutes(out: Path, seeds, name: str) -> str:
+    times = [float((out / f"seed{s}" / name / "seconds").read_text()) / 60 for s in _scores(out, seeds, name)]
+    return f"{sum(times) / len(times):.1f} min/run" if times else ""
+
+
+def report(out: Path, args) -> None:
+    steps = args.epochs * args.examples // 8
+    budget = lambda name: f"{steps} steps, {_minutes(out, args.seeds, name)}"  # noqa: E731
+    rec = _scores(out, args.seeds, "rec")
+    sections = []
+    for encoder in args.encoders:
+        rows, against_mse = [], []
+        if rec:
+            rows.append(("reconstruction only (baseline)", compare(rec, rec, METRICS), budget("rec")))
+        for loss, label in LOSSES.items():
+            arm = _scores(out, args.seeds, f"{encoder}_{loss}")
+            if arm and set(arm) & set(rec):
+                rows.append((label, compare(rec, arm, METRICS), budget(f"{encoder}_{loss}")))
+        mse = _scores(out, args.seeds, f"{encoder}_mse")
+        for loss in ("pad", "softdtw"):
+            arm = _scores(out, args.seeds, f"{encoder}_{loss}")
+            if arm and set(arm) & set(mse):
+                against_mse.append((f"{LOSSES[loss]} vs ssl_mse", compare(mse, arm, METRICS), budget(f"{encoder}_{loss}")))
+        if len(rows) < 2:
+            continue
+        text = (f"### Through {encoder}\n\n- feature model: {ENCODERS[encoder]}\n\n"
+                "Against the reconstruction-only fine-tuning of the same starting model (paired difference [95 % "
+                "interval]):\n\n" + evidence_table(rows, METRICS) + "\n")
+        if against_mse:
+            text += ("\nThe position-invariant losses against the frame-aligned ssl_mse (same feature model; the "
+                     "difference is arm - ssl_mse):\n\n" + evidence_table(against_mse, METRICS) + "\n")
+        lines = []
+        for label, result, _ in rows[1:] + against_mse:
+            better = [m for m, r in result.items() if r["verdict"] == "better"]
+            worse = [m for m, r in result.items() if r["verdict"] == "worse"]
+            base = "" if " vs " in label else " vs reconstruction only"
+            lines.append(f"- {label}{base}: PESQ {result['pesq']['diff']:+.3f} [{result['pesq']['lo']:+.3f}, "
+                         f"{result['pesq']['hi']:+.3f}]; better on {', '.join(better) or 'no metric'}; worse on "
+                         f"{', '.join(worse) or 'no metric'}")
+        text += "\n" + "\n".join(lines) + "\n"
+        shift_file = out / f"shift_{encoder}.json"
+        if shift_file.exists():
+            text += "\n" + shift_table(json.loads(shift_file.read_text()), encoder, args.shift_limit) + "\n"
+        sections.append(text)
+    if not sections:
+        print("no finished arm yet")
+        return
+    body = (header(f"Position-invariant fine-tuning through frozen feature models (pift_experiment.py)")
+            + ("- the runs were made by the same command without --report-only (which only reads them)\n"
+               if args.report_only else "")
+            + f"- protocol: benchmarks/protocol.py; seeds {args.seeds}; every arm {args.epochs} epochs x "
+            f"{args.examples} on-the-fly devset mixtures ({steps} steps of batch 8, 2 s segments), Adam lr 1e-4, from "
+            f"the seed's reconstruction-only model of mal_experiment.py (backbone at {' '.join(SMALL)})\n"
+            "- losses at the paper's settings (lambda_ssl 1, lambda_rec 0; padding 2-5 % at the start; soft-DTW "
+            "gamma 0.1 with speed perturbation 0.8-1.2): nothing tuned; the validation split "
+            f"({args.valid_limit} devset valid pairs) only selects each run's checkpoint (lowest validation loss)\n"
+            "- test: 120 devset test pairs; each cell: arm mean (paired difference [95 % bootstrap interval over "
+            "seeds and utterances]) verdict\n\n" + "\n".join(sections))
+    print(body)
+    update_section("pift_experiment", body)
+
+
+def shift_table(rows: list[dict], encoder: str, limit: int) -> str:
     from sb_mal.evaluation.shift import save_shift_plot
+    from sb_mal.metrics import format_table
 
-    FIGURES.mkdir(exist_ok=True)
-    save_shift_plot(FIGURES / "pift_shift.png", shift_rows,
-                    title="SSL losses vs a time shift of the enhanced signal (relative to the noisy input's loss)")
-    convergence_plot(FIGURES / "pift_convergence.png", curves, steps, {})
-
-    start_summary = init / "test_summary.json"
-    rows = [{"system": "noisy input", **noisy_scores(out)}]
-    if start_summary.exists():
-        rows.append({"system": "starting model (no fine-tuning)", **json.loads(start_summary.read_text())["means"]})
-    for name, loss in LOSSES.items():
-        summary = json.loads((out / name / "test_summary.json").read_text())
-        rows.append({"system": f"fine-tuned with {loss}", **summary["means"],
-                     "test ssl_dtw": tests[name].get("test_ssl_dtw"), "min": times[name] / 60})
-    table = format_table(rows, ["system", *COLUMNS, "test ssl_dtw", "min"])
-
-    conv_rows = []
-    for name, loss in LOSSES.items():
-        for r in curves[name]:
-            conv_rows.append({"loss": loss, "step": r["epoch"] * steps, "train loss": r.get("train_loss"),
-                              "valid loss": r.get("valid_loss"), "valid ssl_dtw": r.get("valid_ssl_dtw"),
-                              "valid pesq": r.get("valid_pesq"), "valid stoi": r.get("valid_stoi")})
-    conv = format_table(conv_rows, ["loss", "step", "train loss", "valid loss", "valid ssl_dtw", "valid pesq",
-                                    "valid stoi"])
-
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    save_shift_plot(FIGURES / f"pift_shift_{encoder}.png", rows,
+                    title=f"Feature losses through {encoder} vs a time shift (relative to the noisy input's loss)")
     picks = (0, 20, 50, 100)
-    shift_table_rows = []
+    table_rows = []
     for mode in ("delay", "pad"):
         for loss in ("ssl_mse", "ssl_mse_pad", "ssl_softdtw", "ssl_dtw"):
             row = {"mode": mode, "loss": loss}
-            for r in shift_rows:
+            for r in rows:
                 if r["mode"] == mode and r["loss"] == loss and r["shift_ms"] in picks:
                     row[f"{int(r['shift_ms'])} ms"] = r["relative"]
-            shift_table_rows.append(row)
-    shift_table = format_table(shift_table_rows, ["mode", "loss", *(f"{p} ms" for p in picks)])
-
-    body = (header("Position-invariant SSL fine-tuning on the devset (pift_experiment.py)")
-            + f"- SSL model: {wavlm_label}\n"
-            + f"- starting model: `{args.init}` (best-validation-PESQ checkpoint)\n"
-            + f"- budget: every run {args.epochs} epochs x {args.examples} on-the-fly devset mixtures (batch 8, "
-            + f"3 s segments: {args.epochs * steps} steps), Adam lr 1e-4, lambda_ssl 1, lambda_rec 0, seed {args.seed}; "
-            + "speed perturbation 0.8-1.2 for ssl_softdtw only (gamma 0.1); ssl_mse_pad pads 2-5 % at the start\n"
-            + f"- checkpoint: lowest validation loss ({args.valid_limit} devset valid pairs); test: 120 devset test "
-            + f"pairs; {args.threads} torch thread(s) per run, {args.parallel} runs at a time (minutes only indicative)\n"
-            + f"- ssl_dtw: soft-DTW divergence per frame (gamma 0.1) between SSL features of enhanced and clean; "
-            + f"the starting model's hard-DTW feature distance on the first {args.shift_limit} test utterances is "
-            + f"{start_dtw:.4f}\n\n"
-            + table + "\n\nConvergence (after each epoch; the training loss is each run's own loss):\n\n" + conv
-            + "\n\n![convergence](figures/pift_convergence.png)\n\n"
-            + f"Shift robustness on the starting model's enhanced output ({args.shift_limit} test utterances): "
-            + "each loss for the enhanced signal delayed (zeros in front, end cut) or padded (zeros in front, "
-            + "longer) against the clean reference, divided by the same loss for the noisy input; the "
-            + "frame-aligned losses crop a padded signal, so for them pad = delay:\n\n"
-            + shift_table + "\n\n![shift robustness](figures/pift_shift.png)\n")
-    print(body)
-    update_section("pift_experiment", body)
+            table_rows.append(row)
+    return (f"Shift study through {encoder} ({limit} test utterances of the seed-1 starting model): each loss for "
+            "the enhanced signal delayed (zeros in front, end cut) or padded (zeros in front, longer) against the "
+            "clean reference, divided by the same loss for the noisy input (below 1: the shifted enhanced signal "
+            "still looks better than the noisy input):\n\n"
+            + format_table(table_rows, ["mode", "loss", *(f"{p} ms" for p in picks)])
+            + f"\n\n![shift {encoder}](figures/pift_shift_{encoder}.png)")
 
 
 if __name__ == "__main__":
