@@ -1,103 +1,283 @@
-"""MetricGAN+ vs MetricGAN-OKD on the devset at an equal budget (epochs x utterances per epoch).
+"""MetricGAN+ vs MetricGAN-OKD (and SpeechBrain's own MetricGAN+ recipe) under the protocol of benchmarks/protocol.py.
 
-Three runs of ``recipes/metricgan_okd/train.py``, identical but for the number of generators,
-their target metrics and the distillation weight (hparams/folders/*.yaml):
+Part 1, sb_mal's recipes (``recipes/metricgan_okd/train.py``, hparams/folders): for every seed,
+MetricGAN+ (one generator driven by PESQ) and MetricGAN-OKD (PESQ, CSIG; ``--systems`` may add the
+4-metric one) trained from scratch at an equal budget of generator steps (``--epochs`` x
+``--samples`` utterances drawn from the same pool of on-the-fly devset mixtures; a seed changes
+initialisation and draws). Each generator keeps the checkpoint with the best validation score of its
+own target metric (validation split only) and is tested on the devset test pairs. Tables:
+each generator against the noisy input, and each OKD generator against MetricGAN+ of the same seed,
+as paired per-utterance differences pooled over seeds with bootstrap 95 % intervals.
 
-* MetricGAN+: one generator driven by PESQ (N = 1, alpha = 0);
-* OKD (PESQ, CSIG): two generators, alpha 5;
-* OKD (PESQ, CSIG, CBAK, COVL): four generators, alpha 5.
+Part 2, only with ``--speechbrain-recipes PATH`` (a SpeechBrain checkout, or its ``recipes``
+folder): SpeechBrain's ``recipes/Voicebank/enhance/MetricGAN`` and sb_mal's MetricGAN+
+(``hparams/voicebank/metricgan_plus.yaml``) trained on the same data, written once as a
+VoiceBank-style folder (``--sb-pool`` fixed devset training mixtures, the devset valid and test
+pairs), for the same epochs and samples per epoch, validating every epoch as SpeechBrain does. Both
+tests are scored by the same code (``sb_mal.metrics.evaluate`` on the enhanced files), and the
+wall time per epoch of each is reported with their ratio. Without the option, part 2 is skipped
+with a message.
 
-Every generator is trained from scratch for ``--epochs`` epochs of ``--samples`` utterances drawn
-from the same pool of on-the-fly devset mixtures (same seed, so the same draws in every run), is
-validated every ``--valid-every`` epochs on ``--valid-limit`` devset valid pairs, keeps the
-checkpoint with the best validation score of its own target metric, and is tested on
-``--test-limit`` devset test pairs (intrusive metrics + DNSMOS). The claim to check (Shin et al.
-2023): OKD improves several metrics at once over single-metric MetricGAN+.
-
-Usage: python benchmarks/okd_experiment.py [--out results/okd_experiment] [--epochs 10] [--samples 24]
+Usage: python benchmarks/okd_experiment.py [--seeds 1 2 3] [--epochs 40] [--samples 48]
+       [--speechbrain-recipes ~/speechbrain] [--report-only]
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
-from mal_experiment import run_once
-from sb_mal.metrics import format_table
+from protocol import compare, evidence_table, run_once
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = {"metricgan_plus": ("MetricGAN+", ["pesq"]), "okd_pesq_csig": ("OKD (PESQ, CSIG)", ["pesq", "csig"]),
            "okd_4metrics": ("OKD (PESQ, CSIG, CBAK, COVL)", ["pesq", "csig", "cbak", "covl"])}
-COLUMNS = ["pesq", "csig", "cbak", "covl", "stoi", "si_sdr", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak"]
+METRICS = ["pesq", "csig", "cbak", "covl", "stoi", "estoi", "si_sdr", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak"]
+SB_RECIPE = Path("Voicebank/enhance/MetricGAN")
 
 
-def noisy_scores(out: Path, ids: list[str]) -> dict:
-    """Means of the metrics on the noisy inputs of the test pairs ``ids`` (cached)."""
-    cache = out / "noisy_scores.json"
-    if cache.exists():
-        cached = json.loads(cache.read_text())
-        if cached.get("ids") == ids:
-            return cached["means"]
+def score_folder(enhanced: dict[str, Path], out_csv: Path, metrics=("intrusive", "dnsmos")) -> Path:
+    """Score enhanced files against the devset test clean speech (cached in ``out_csv``)."""
+    if out_csv.exists():
+        return out_csv
     from sb_mal.metrics import evaluate
 
-    noisy = [str(DEVSET / "pairs/test/noisy" / f"{u}.flac") for u in ids]
+    ids = sorted(enhanced)
     clean = [str(DEVSET / "pairs/test/clean" / f"{u}.flac") for u in ids]
-    result = evaluate(noisy, clean, metrics=["intrusive", "dnsmos"], n_jobs=2, ids=ids, progress=True)
-    cache.write_text(json.dumps({"ids": ids, "means": result.means}))
-    return result.means
+    result = evaluate([str(enhanced[u]) for u in ids], clean, metrics=list(metrics), n_jobs=1, ids=ids, progress=True)
+    result.to_csv(out_csv)
+    return out_csv
+
+
+def noisy_scores(out: Path, ids: list[str]) -> Path:
+    """Per-utterance scores of the noisy inputs of the devset test pairs ``ids`` (cached; rescored when
+    the cache lacks one of them)."""
+    path = out / "noisy_scores.csv"
+    if path.exists():
+        from protocol import read_scores
+
+        if set(ids) <= set(read_scores(path)):
+            return path
+        path.unlink()
+    return score_folder({u: DEVSET / "pairs/test/noisy" / f"{u}.flac" for u in ids}, path)
 
 
 def main():
     parser = experiment_parser(__doc__, "results/okd_experiment")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--samples", type=int, default=24, help="utterances drawn per epoch")
-    parser.add_argument("--valid-every", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--systems", nargs="+", default=["metricgan_plus", "okd_pesq_csig"], choices=list(SYSTEMS))
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--samples", type=int, default=48, help="utterances drawn per epoch (generator steps)")
+    parser.add_argument("--valid-every", type=int, default=5)
     parser.add_argument("--valid-limit", type=int, default=20)
-    parser.add_argument("--test-limit", type=int, default=60)
+    parser.add_argument("--test-limit", type=int, default=None, help="devset test pairs (default: all 120)")
+    parser.add_argument("--speechbrain-recipes", default=None,
+                        help="a SpeechBrain checkout (or its recipes folder): also run its MetricGAN+ recipe")
+    parser.add_argument("--sb-pool", type=int, default=200, help="fixed training mixtures written for part 2")
+    parser.add_argument("--sb-epochs", type=int, default=10)
+    parser.add_argument("--report-only", action="store_true", help="write the tables from the finished runs")
     args, extra = parse_with_overrides(parser)
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     common = [f"--data_folder={DEVSET}", f"--number_of_epochs={args.epochs}", f"--samples_per_epoch={args.samples}",
-              f"--valid_every={args.valid_every}", f"--valid_limit={args.valid_limit}",
-              f"--test_limit={args.test_limit}", f"--seed={args.seed}", "--n_jobs=1", *extra]
+              f"--valid_every={args.valid_every}", f"--valid_limit={args.valid_limit}", "--n_jobs=1", *extra]
+    if args.test_limit:
+        common.append(f"--test_limit={args.test_limit}")
 
-    def train(name: str) -> tuple[str, float]:
-        folder = out / name
+    def train(job: tuple[int, str]) -> None:
+        seed, name = job
+        folder = out / f"seed{seed}" / name
         cmd = [sys.executable, "recipes/metricgan_okd/train.py", f"hparams/folders/{name}.yaml",
-               f"--output_folder={folder}", *common]
-        outputs = tuple(f"test_summary_g{i}.json" for i in range(len(SYSTEMS[name][1])))
-        return name, run_once(cmd, folder, out / f"{name}.log", args.threads, outputs)
+               f"--output_folder={folder}", f"--seed={seed}", *common]
+        outputs = tuple(f"test_scores_g{i}.csv" for i in range(len(SYSTEMS[name][1])))
+        run_once(cmd, folder, out / "logs" / f"{name}_{seed}.log", args.threads, outputs)
 
-    t0 = time.monotonic()
-    with ThreadPoolExecutor(args.parallel) as pool:  # the 4-generator run first: it is the longest
-        times = dict(pool.map(train, sorted(SYSTEMS, key=lambda s: -len(SYSTEMS[s][1]))))
-    print(f"training done in {(time.monotonic() - t0) / 60:.1f} min", flush=True)
+    sb_root = _speechbrain_recipe(args.speechbrain_recipes)
+    if not args.report_only:
+        jobs = [(s, name) for s in args.seeds for name in sorted(args.systems, key=lambda n: -len(SYSTEMS[n][1]))]
+        with ThreadPoolExecutor(args.parallel) as pool:
+            list(pool.map(train, jobs))
+        from protocol import read_scores
 
-    with open(out / "metricgan_plus" / "test_scores_g0.csv", newline="") as f:
-        ids = [row["id"] for row in csv.DictReader(f)]
-    rows = [{"system": "noisy input", **noisy_scores(out, ids)}]
-    for name, (label, targets) in SYSTEMS.items():
-        for i, metric in enumerate(targets):
-            summary = json.loads((out / name / f"test_summary_g{i}.json").read_text())
-            rows.append({"system": label, "generator": f"G{i} ({metric.upper()})", **summary["means"],
-                         "run min": times[name] / 60 if i == 0 else None})
-    table = format_table(rows, ["system", "generator", *COLUMNS, "run min"])
-    body = (header("MetricGAN+ vs MetricGAN-OKD on the devset (okd_experiment.py)")
-            + f"- budget: every generator trained from scratch for {args.epochs} epochs x {args.samples} utterances "
-            + f"(3 s on-the-fly devset mixtures from a fixed pool of 2000, batch 1; epoch 1 trains only the "
-            + f"discriminator), the same draws in every run; model sizes of the YAMLs (BLSTM 200x2, discriminator "
-            + f"15x4) unless the command overrides them, alpha 5 for OKD, PESQ mapped by the sigmoid, seed {args.seed}\n"
-            + f"- checkpoint: each generator's best validation score of its own target metric (every "
-            + f"{args.valid_every} epochs, {args.valid_limit} devset valid pairs); test: {len(ids)} devset test pairs\n"
-            + f"- {args.threads} torch thread(s) per run, {args.parallel} runs at a time, wall times only indicative; "
-            + "a run's time covers all its generators, validation and test\n\n" + table + "\n")
+        tested = [p for name in args.systems for g in range(len(SYSTEMS[name][1]))
+                  for p in _finished(out, args.seeds, name, g).values()]
+        noisy_scores(out, sorted(set().union(*(read_scores(p) for p in tested))))
+        if sb_root is not None:
+            speechbrain_comparison(args, out, sb_root, extra)
+    if sb_root is None:
+        print("part 2 skipped: no --speechbrain-recipes PATH given (a SpeechBrain checkout to run its MetricGAN+ "
+              "recipe from)")
+    report(out, args)
+
+
+# -- part 2: SpeechBrain's recipe ------------------------------------------------------------------
+def _speechbrain_recipe(path: str | None) -> Path | None:
+    if path is None:
+        return None
+    root = Path(path).expanduser().resolve()
+    for candidate in (root / SB_RECIPE, root / "recipes" / SB_RECIPE):
+        if (candidate / "train.py").exists() and (candidate / "hparams" / "train.yaml").exists():
+            return candidate
+    raise SystemExit(f"--speechbrain-recipes {root}: no {SB_RECIPE}/train.py with hparams/train.yaml under it or "
+                     "under its recipes/ folder")
+
+
+def write_pool(folder: Path, pool: int, limits: dict[str, int | None], seed: int = 0) -> Path:
+    """A VoiceBank-style data folder: ``pool`` fixed devset training mixtures + the first ``limits[split]``
+    devset valid/test pairs, with SpeechBrain's ``train/valid/test.json`` (noisy_wav, clean_wav, length)."""
+    if (folder / "test.json").exists():
+        return folder
+    from sb_mal.audio import read_audio, write_audio
+    from sb_mal.data.mixing import OnTheFlyMixer
+
+    mixer = OnTheFlyMixer(DEVSET / "speech/train", DEVSET / "noise/train", segment_seconds=3.0, num_items=pool,
+                          seed=seed)
+    train = {}
+    for i in range(pool):
+        item = mixer[i]
+        uid = f"pool_{i:04d}"
+        for kind in ("noisy", "clean"):
+            path = folder / "train" / kind / f"{uid}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_audio(path, item[f"{kind}_sig"].numpy(), 16000)
+        train[uid] = {"noisy_wav": str(folder / "train/noisy" / f"{uid}.wav"),
+                      "clean_wav": str(folder / "train/clean" / f"{uid}.wav"), "length": 3.0}
+    splits = {"train": train}
+    for split in ("valid", "test"):
+        entries = {}
+        for noisy in sorted((DEVSET / "pairs" / split / "noisy").glob("*.flac"))[:limits[split]]:
+            clean = DEVSET / "pairs" / split / "clean" / noisy.name
+            entries[noisy.stem] = {"noisy_wav": str(noisy), "clean_wav": str(clean),
+                                   "length": len(read_audio(clean, 16000)[0]) / 16000}
+        splits[split] = entries
+    for split in ("train", "valid", "test"):  # test.json last: its presence marks a complete folder
+        (folder / f"{split}.json").write_text(json.dumps(splits[split], indent=1))
+    return folder
+
+
+def speechbrain_comparison(args, out: Path, recipe: Path, extra: list[str]) -> None:
+    data = write_pool(out / "sb_data", args.sb_pool, {"valid": args.valid_limit, "test": args.test_limit})
+    seed = args.seeds[0]
+    sizes = [f"--number_of_epochs={args.sb_epochs}"]
+    sb_folder = out / "speechbrain_metricgan" / str(seed)
+    cmd = [sys.executable, str(recipe / "train.py"), str(recipe / "hparams" / "train.yaml"), f"--data_folder={data}",
+           f"--output_folder={sb_folder}", "--skip_prep=True", "--use_tensorboard=False",
+           "--tensorboard_train_logger=null", f"--number_of_samples={args.samples}", f"--seed={seed}", *sizes]
+    run_once_in(cmd, sb_folder, out / "logs" / "speechbrain_metricgan.log", args.threads, recipe)
+    ours = out / "sbmal_metricgan_plus_pool" / str(seed)
+    cmd = [sys.executable, "recipes/metricgan_okd/train.py", "hparams/voicebank/metricgan_plus.yaml",
+           f"--data_folder={data}", f"--manifest_folder={data}", "--prepare=null", f"--output_folder={ours}",
+           f"--samples_per_epoch={args.samples}", "--valid_every=1", f"--seed={seed}", "--n_jobs=1", *sizes, *extra]
+    run_once(cmd, ours, out / "logs" / "sbmal_metricgan_plus_pool.log", args.threads, ("test_scores_g0.csv",))
+    test_ids = sorted(json.loads((data / "test.json").read_text()))
+    enhanced = {u: sb_folder / "enhanced_wavs" / f"{u}.wav" for u in test_ids}
+    missing = [u for u, p in enhanced.items() if not p.exists()]
+    if missing:
+        raise SystemExit(f"{sb_folder}/enhanced_wavs: SpeechBrain's recipe wrote no enhanced test file for "
+                         f"{missing[:3]}...")
+    score_folder(enhanced, sb_folder / "test_scores.csv")
+
+
+def run_once_in(cmd, folder: Path, log: Path, threads: int, cwd: Path) -> float:
+    """:func:`protocol.run_once` for a command that must run in ``cwd`` (SpeechBrain's recipe imports
+    its own helpers from its folder)."""
+    import os
+    import subprocess
+    import time
+
+    done = folder / "seconds"
+    if done.exists():
+        return float(done.read_text())
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    started = time.monotonic()
+    with open(log, "w", encoding="utf-8") as fout:
+        proc = subprocess.run(list(map(str, cmd)), stdout=fout, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed (exit {proc.returncode}): {' '.join(map(str, cmd))}; see {log}")
+    seconds = time.monotonic() - started
+    folder.mkdir(parents=True, exist_ok=True)
+    done.write_text(f"{seconds:.1f}")
+    return seconds
+
+
+# -- report ----------------------------------------------------------------------------------------
+def _finished(out: Path, seeds, name: str, g: int) -> dict[int, Path]:
+    return {s: out / f"seed{s}" / name / f"test_scores_g{g}.csv" for s in seeds
+            if (out / f"seed{s}" / name / f"test_scores_g{g}.csv").exists()
+            and (out / f"seed{s}" / name / "seconds").exists()}
+
+
+def report(out: Path, args) -> None:
+    budget = f"{args.epochs} x {args.samples} steps"
+    noisy_csv = out / "noisy_scores.csv"
+    sections = []
+    if noisy_csv.exists():
+        rows = []
+        for name in args.systems:
+            label, targets = SYSTEMS[name]
+            for g, metric in enumerate(targets):
+                arm = _finished(out, args.seeds, name, g)
+                if arm:
+                    noisy = {s: noisy_csv for s in arm}
+                    rows.append((f"{label} G{g} ({metric.upper()})", compare(noisy, arm, METRICS), budget))
+        if rows:
+            sections.append("Against the noisy input (paired difference [95 % interval]):\n\n"
+                            + evidence_table(rows, METRICS))
+    base = _finished(out, args.seeds, "metricgan_plus", 0)
+    rows = []
+    for name in args.systems:
+        if name == "metricgan_plus":
+            continue
+        label, targets = SYSTEMS[name]
+        for g, metric in enumerate(targets):
+            arm = _finished(out, args.seeds, name, g)
+            if set(arm) & set(base):
+                rows.append((f"{label} G{g} ({metric.upper()}) vs MetricGAN+", compare(base, arm, METRICS), budget))
+    if rows:
+        sections.append("Each OKD generator against MetricGAN+ of the same seed (difference = OKD - MetricGAN+):\n\n"
+                        + evidence_table(rows, METRICS))
+    sb_part = speechbrain_report(out, args)
+    if not sections and not sb_part:
+        print("no finished run yet")
+        return
+    body = (header("MetricGAN+ vs MetricGAN-OKD under the protocol (okd_experiment.py)")
+            + ("- the runs were made by the same command without --report-only (which only reads them)\n"
+               if args.report_only else "")
+            + f"- protocol: benchmarks/protocol.py; seeds {args.seeds}; every generator trained from scratch for "
+            f"{args.epochs} epochs x {args.samples} utterances (3 s on-the-fly devset mixtures from a fixed pool, batch "
+            "1; epoch 1 trains only the discriminator), the same draws for every system of a seed; YAML model sizes; "
+            "OKD alpha 5\n"
+            f"- checkpoint: each generator's best validation score of its own target metric (every {args.valid_every} "
+            f"epochs, {args.valid_limit} devset valid pairs); nothing else tuned; test: devset test pairs\n\n"
+            + "\n\n".join(sections) + "\n" + sb_part)
     print(body)
     update_section("okd_experiment", body)
+
+
+def speechbrain_report(out: Path, args) -> str:
+    seed = args.seeds[0]
+    sb_folder = out / "speechbrain_metricgan" / str(seed)
+    ours = out / "sbmal_metricgan_plus_pool" / str(seed)
+    if not ((sb_folder / "test_scores.csv").exists() and (ours / "test_scores_g0.csv").exists()):
+        return ""
+    from protocol import read_scores
+
+    sb_min = float((sb_folder / "seconds").read_text()) / 60 / args.sb_epochs
+    our_min = float((ours / "seconds").read_text()) / 60 / args.sb_epochs
+    result = compare({seed: sb_folder / "test_scores.csv"}, {seed: ours / "test_scores_g0.csv"}, METRICS)
+    n = len(read_scores(sb_folder / "test_scores.csv"))
+    return ("\nSpeechBrain's own MetricGAN+ recipe against sb_mal's MetricGAN+, same data (a fixed pool of "
+            f"{args.sb_pool} devset training mixtures + the devset valid/test pairs, written as a VoiceBank-style "
+            f"folder), {args.sb_epochs} epochs x {args.samples} samples, validation every epoch, seed {seed}, both "
+            f"tests ({n} utterances) scored by sb_mal.metrics.evaluate; difference = sb_mal - SpeechBrain:\n\n"
+            + evidence_table([("sb_mal MetricGAN+ vs SpeechBrain's recipe", result,
+                               f"{args.sb_epochs} epochs")], METRICS)
+            + f"\n\nWall time per epoch (training + validation + the end's test, divided by {args.sb_epochs}): "
+            f"SpeechBrain {sb_min:.2f} min, sb_mal {our_min:.2f} min, ratio {sb_min / our_min:.2f}x\n")
 
 
 if __name__ == "__main__":
