@@ -1,126 +1,206 @@
-"""Codec-approximation loss vs L1 across the separation ladder P1..P5 on the devset, at equal budgets.
+"""Codec-approximation loss vs L1 across the separation ladder, under the protocol of benchmarks/protocol.py.
 
-For each task and capacity, two runs of ``recipes/codec/train_separation.py`` identical but for the
-loss (same seed, data stream and number of steps):
+Arms, for each capacity (P1..P5) and seed, runs of ``recipes/codec/train_separation.py`` identical but
+for the loss (same data stream and number of steps):
 
-* ``l1``: waveform L1;
-* ``codec``: waveform L1 + the codec-approximation prediction and feature terms (layer set F) of a
-  codec net trained beforehand (``--codec-run``, e.g. by ``recipes/codec/train_codec_net.py``).
+* ``l1``: waveform L1, the baseline;
+* ``codec``: waveform L1 + prediction term + feature term (layer set F) of a trained codec net;
+* ``codec_nopred``: waveform L1 + feature term only (the prediction term's weight 0).
 
-Tasks: ``speech`` (speech denoising: devset speech + noise, tested on the devset test pairs) and
-``music`` (speech/music separation: devset speech over devset music, fixed held-out mixtures).
-Every run keeps its best-validation-PESQ checkpoint and is tested on ``--test-size`` utterances
-(PESQ, STOI, SI-SDR, DNSMOS). Writes a table, the gain (codec - l1) per capacity and a
-capacity-vs-gain figure. The paper's claim to check: the gain is largest for the smallest networks
-and fades with capacity.
+Loss weights. The raw terms differ in scale by more than an order of magnitude (the feature term
+was ~20x the waveform L1), so equal weights let one term dominate by accident. The weights are
+set in two steps: (1) *balanced*: ``lb`` and ``lc`` make the prediction and feature terms equal to
+the waveform L1 for a do-nothing separator (the noisy mixture as the estimate) over a fixed batch of
+devset training mixtures, measured once and written to ``weights.json``; (2) a multiplier ``m`` of
+both codec terms, chosen from ``--multipliers`` by validation PESQ (validation split only) at the
+first seed and the smallest capacity. ``codec_nopred`` uses the same ``m`` and ``lc``.
 
-Usage: python benchmarks/codec_ladder.py --codec-run results/codec_experiment/codec_net [--capacities P1 P3 P5]
+The codec net (``--codec-run``) is trained first by ``recipes/codec/train_codec_net.py`` when the
+folder holds no run (``--codec-epochs``; resumable). Every run keeps its best-validation-PESQ
+checkpoint and is tested on the devset test pairs (speech) or fixed held-out mixtures (music).
+Tables: each codec arm's paired per-utterance difference from ``l1`` of the same capacity and
+seed, pooled over seeds, with two-level bootstrap 95 % intervals; and the PESQ / SI-SDR gain
+against capacity (figure). The claim to check (the paper): the gain is largest for the smallest
+networks and fades with capacity.
+
+Usage: python benchmarks/codec_ladder.py [--codec-run results/codec_ladder/codec_net] [--capacities P1 P2 P3]
+       [--seeds 1 2 3] [--epochs 12] [--report-only]
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _results import DEVSET, FIGURES, experiment_parser, header, parse_with_overrides, update_section
-from mal_experiment import run_once
-from sb_mal.metrics import format_table
+from _results import DEVSET, FIGURES, devset_batch, experiment_parser, header, parse_with_overrides, update_section
+from mal_experiment import best_valid
+from protocol import compare, evidence_table, run_once
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {"speech": ("speech denoising", "hparams/folders/separation_speech.yaml"),
          "music": ("speech/music separation", "hparams/folders/separation_music.yaml")}
-LOSSES = ("l1", "codec")
-COLUMNS = ["pesq", "stoi", "si_sdr", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak"]
+ARMS = ("l1", "codec", "codec_nopred")
+METRICS = ["pesq", "stoi", "estoi", "si_sdr", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak"]
 
 
-def gain_plot(path: Path, rows: list[dict]) -> None:
-    from sb_mal.evaluation.plots import _pyplot, _save
+def balanced_weights(codec_run: Path, path: Path) -> dict:
+    """``lb``, ``lc`` making the prediction and feature terms equal to the waveform L1 for the noisy
+    mixture as the estimate (a fixed batch of 8 devset training mixtures); cached in ``path``."""
+    if path.exists():
+        return json.loads(path.read_text())
+    import torch
 
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, metric in zip(axes, ("pesq", "si_sdr", "dnsmos_ovrl")):
-        for task in dict.fromkeys(r["task"] for r in rows):
-            pts = sorted((r["parameters"], r[f"gain {metric}"]) for r in rows if r["task"] == task)
-            ax.plot([p for p, _ in pts], [g for _, g in pts], marker="o", label=task)
-        ax.axhline(0.0, color="grey", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("separator parameters (P1 .. P5)")
-        ax.set_title(f"{metric}: codec loss - L1", fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
+    from sb_mal.losses import CodecApproximationLoss
+
+    noisy, clean = devset_batch(8, 3.0)
+    loss = CodecApproximationLoss.from_pretrained(codec_run, layers="F")
+    with torch.no_grad():
+        loss(noisy, clean)
+    terms = {k: float(v) for k, v in loss.last_terms.items()}
+    weights = {"raw_terms": terms, "lb": terms["wave_l1"] / terms["codec_l1"], "lc": terms["wave_l1"] / terms["features"]}
+    path.write_text(json.dumps(weights, indent=2))
+    return weights
 
 
 def main():
-    parser = experiment_parser(__doc__, "results/codec_experiment")
-    parser.add_argument("--codec-run", required=True, help="a trained codec-net run folder")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--capacities", nargs="+", default=["P1", "P2", "P3", "P4", "P5"])
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--examples", type=int, default=200, help="training mixtures per epoch (batch 8)")
-    parser.add_argument("--valid-size", type=int, default=30)
-    parser.add_argument("--test-size", type=int, default=60)
+    parser = experiment_parser(__doc__, "results/codec_ladder")
+    parser.add_argument("--codec-run", default="results/codec_ladder/codec_net",
+                        help="a trained codec-net run folder (trained here first when it holds no run)")
+    parser.add_argument("--codec-epochs", type=int, default=20, help="epochs of the codec net when it is trained here")
+    parser.add_argument("--tasks", nargs="+", default=["speech"], choices=list(TASKS))
+    parser.add_argument("--capacities", nargs="+", default=["P1", "P2", "P3"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--examples", type=int, default=160, help="training mixtures per epoch (batch 8)")
+    parser.add_argument("--multipliers", type=float, nargs="+", default=[0.1, 0.3, 1.0])
+    parser.add_argument("--valid-size", type=int, default=20)
+    parser.add_argument("--test-size", type=int, default=None, help="test utterances (default: all)")
+    parser.add_argument("--report-only", action="store_true", help="write the tables from the finished runs")
     args, extra = parse_with_overrides(parser)
     from sb_mal.models.separation import LADDER, ladder_table
 
+    params = {r["name"]: r["parameters"] for r in ladder_table()}
     unknown = [c for c in args.capacities if c not in LADDER]
     if unknown:
         parser.error(f"unknown capacities {unknown}; choose from {sorted(LADDER)}")
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     codec_run = (REPO / args.codec_run).resolve()
-    if not (codec_run / "model_config.json").exists():
-        raise SystemExit(f"--codec-run {codec_run}: not a codec-net run (no model_config.json)")
-    params = {r["name"]: r["parameters"] for r in ladder_table()}
+    tuned_file = out / "tuned.json"
+    tuned = json.loads(tuned_file.read_text()) if tuned_file.exists() else {}
 
-    def job(spec: tuple[str, str, str]) -> tuple[tuple[str, str, str], float]:
-        task, capacity, loss = spec
-        folder = out / task / f"{capacity}_{loss}"
-        sizes = ([f"--valid_limit={args.valid_size}", f"--test_limit={args.test_size}"] if task == "speech"
-                 else [f"--valid_items={args.valid_size}", f"--test_items={args.test_size}"])
+    def train(task: str, capacity: str, arm: str, seed: int, name: str, m: float | None, test: bool) -> Path:
+        folder = out / task / f"seed{seed}" / name
+        sizes = ([f"--valid_limit={args.valid_size}"] + ([f"--test_limit={args.test_size}"] if args.test_size else [])
+                 if task == "speech" else
+                 [f"--valid_items={args.valid_size}"] + ([f"--test_items={args.test_size}"] if args.test_size else []))
+        loss = "l1" if arm == "l1" else "codec"
         cmd = [sys.executable, "recipes/codec/train_separation.py", TASKS[task][1], f"--data_folder={DEVSET}",
                f"--output_folder={folder}", f"--capacity={capacity}", f"--loss={loss}", f"--codec_run={codec_run}",
-               f"--number_of_epochs={args.epochs}", f"--examples_per_epoch={args.examples}", f"--seed={args.seed}",
-               "--n_jobs=1", "--test_metrics=[pesq,stoi,si_sdr,dnsmos]", *sizes, *extra]
-        return spec, run_once(cmd, folder, out / task / f"{capacity}_{loss}.log", args.threads)
+               f"--number_of_epochs={args.epochs}", f"--examples_per_epoch={args.examples}", f"--seed={seed}",
+               "--n_jobs=1", "--test_metrics=[intrusive,dnsmos]", *sizes, *extra]
+        if arm != "l1":
+            w = weights
+            cmd += [f"--codec_lb={0.0 if arm == 'codec_nopred' else m * w['lb']:.6g}", f"--codec_lc={m * w['lc']:.6g}"]
+        if not test:
+            cmd.append("--test_data=null")
+        run_once(cmd, folder, out / "logs" / f"{task}_{name}_{seed}.log", args.threads,
+                 outputs=("test_scores.csv",) if test else ("save",))
+        return folder
 
-    # the largest (slowest) networks first, so the pool's two slots stay busy to the end
-    specs = [(t, c, l) for c in sorted(args.capacities, reverse=True) for t in args.tasks for l in LOSSES]
-    t0 = time.monotonic()
-    with ThreadPoolExecutor(args.parallel) as pool:
-        times = dict(pool.map(job, specs))
-    print(f"ladder done in {(time.monotonic() - t0) / 60:.1f} min", flush=True)
+    if not args.report_only:
+        if not (codec_run / "model_config.json").exists():
+            cmd = [sys.executable, "recipes/codec/train_codec_net.py", "hparams/mp3codec/spectral.yaml",
+                   f"--data_folder={DEVSET}", f"--output_folder={codec_run}", f"--number_of_epochs={args.codec_epochs}"]
+            run_once(cmd, codec_run, out / "logs" / "codec_net.log", args.threads, outputs=("model_config.json",))
+        weights = balanced_weights(codec_run, out / "weights.json")
+        first, smallest = args.seeds[0], min(args.capacities, key=params.get)
+        with ThreadPoolExecutor(args.parallel) as pool:
+            for task in args.tasks:
+                if task not in tuned:  # the multiplier, on validation: first seed, smallest capacity
+                    list(pool.map(lambda m: train(task, smallest, "codec", first, f"tune_{smallest}_m{m:g}", m, False),
+                                  args.multipliers))
+                    scores = {m: best_valid(out / task / f"seed{first}" / f"tune_{smallest}_m{m:g}")
+                              for m in args.multipliers}
+                    tuned[task] = {"multiplier": max(scores, key=scores.get), "valid_pesq_by_multiplier": scores,
+                                   "capacity": smallest}
+                    tuned_file.write_text(json.dumps(tuned, indent=2))
+            jobs = [(t, c, a, s) for c in sorted(args.capacities, key=lambda c: -params[c])
+                    for t in args.tasks for s in args.seeds for a in ARMS]
+            list(pool.map(lambda j: train(*j, f"{j[1]}_{j[2]}", tuned[j[0]]["multiplier"], True), jobs))
+    report(out, args, tuned)
 
-    rows, gains = [], []
+
+def report(out: Path, args, tuned: dict) -> None:
+    from sb_mal.models.separation import ladder_table
+
+    params = {r["name"]: r["parameters"] for r in ladder_table()}
+    sections, gains = [], []
     for task in args.tasks:
-        for capacity in sorted(args.capacities):
-            means = {}
-            for loss in LOSSES:
-                means[loss] = json.loads((out / task / f"{capacity}_{loss}" / "test_summary.json").read_text())["means"]
-                rows.append({"task": TASKS[task][0], "capacity": capacity, "parameters": params[capacity], "loss": loss,
-                             **means[loss], "min": times[(task, capacity, loss)] / 60})
-            gains.append({"task": TASKS[task][0], "capacity": capacity, "parameters": params[capacity],
-                          **{f"gain {m}": means["codec"][m] - means["l1"][m] for m in COLUMNS}})
-    table = format_table(rows, ["task", "capacity", "parameters", "loss", *COLUMNS, "min"])
-    gain_table = format_table(gains, ["task", "capacity", "parameters", *(f"gain {m}" for m in COLUMNS)])
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    gain_plot(FIGURES / "codec_ladder.png", gains)
+        rows = []
+        for capacity in args.capacities:
+            runs = {a: {s: out / task / f"seed{s}" / f"{capacity}_{a}" / "test_scores.csv" for s in args.seeds
+                        if (out / task / f"seed{s}" / f"{capacity}_{a}" / "seconds").exists()} for a in ARMS}
+            if not runs["l1"]:
+                continue
+            rows.append((f"{capacity} ({params[capacity]} params) l1", compare(runs["l1"], runs["l1"], METRICS),
+                         f"{args.epochs * (args.examples // 8)} steps"))
+            for arm in ARMS[1:]:
+                if set(runs[arm]) & set(runs["l1"]):
+                    result = compare(runs["l1"], runs[arm], METRICS)
+                    rows.append((f"{capacity} {arm}", result, f"{args.epochs * (args.examples // 8)} steps"))
+                    gains.append({"task": TASKS[task][0], "arm": arm, "capacity": capacity,
+                                  "parameters": params[capacity], **{m: result[m] for m in ("pesq", "si_sdr")}})
+        if rows:
+            t = tuned.get(task, {})
+            sections.append(f"### {TASKS[task][0]}\n\n- multiplier of the codec terms chosen on validation "
+                            f"({t.get('capacity')}, seed {args.seeds[0]}): {t.get('multiplier')}; valid PESQ by "
+                            f"multiplier {json.dumps(t.get('valid_pesq_by_multiplier', {}))}\n\n"
+                            + evidence_table(rows, METRICS))
+    if not sections:
+        print("no finished run yet")
+        return
+    if gains:
+        gain_plot(FIGURES / "codec_ladder.png", gains)
+    w = json.loads((out / "weights.json").read_text()) if (out / "weights.json").exists() else {}
     body = (header("Codec-approximation loss vs L1 across the separation ladder (codec_ladder.py)")
-            + f"- codec net: `{args.codec_run}` (its imitation numbers are in the codec_imitation section)\n"
-            + f"- budget: every run {args.epochs} epochs x {args.examples} on-the-fly devset mixtures (batch 8, 3 s: "
-            + f"{args.epochs * (args.examples // 8)} steps), Adam lr 1e-3, seed {args.seed}; codec loss = waveform L1 "
-            + "+ prediction term + feature term, layer set F, all weights 1\n"
-            + f"- checkpoint: best validation PESQ ({args.valid_size} utterances); test: {args.test_size} utterances "
-            + "(speech denoising: the first devset test pairs; speech/music: fixed mixtures of held-out speech and "
-            + f"music at -5..5 dB); {args.threads} torch thread(s) per run, {args.parallel} runs at a time\n\n"
-            + table + "\n\nGain of the codec loss over L1 (codec - l1):\n\n" + gain_table
-            + "\n\n![capacity vs gain](figures/codec_ladder.png)\n")
+            + ("- the runs were made by the same command without --report-only (which only reads them)\n"
+               if args.report_only else "")
+            + f"- protocol: benchmarks/protocol.py; seeds {args.seeds}; every run {args.epochs} epochs x {args.examples} "
+            f"on-the-fly devset mixtures (batch 8, 3 s: {args.epochs * (args.examples // 8)} steps), Adam lr 1e-3\n"
+            f"- codec net: `{args.codec_run}`; layer set F; balanced weights (terms equal to the waveform L1 for "
+            f"the noisy mixture): lb {w.get('lb', float('nan')):.4g}, lc {w.get('lc', float('nan')):.4g} (raw terms "
+            f"{json.dumps({k: round(v, 4) for k, v in w.get('raw_terms', {}).items()})}), times the tuned multiplier\n"
+            f"- checkpoint: best validation PESQ ({args.valid_size} utterances); each cell: arm mean (paired "
+            "difference from l1 of the same capacity [95 % bootstrap interval over seeds and utterances]) verdict\n\n"
+            + "\n\n".join(sections) + "\n\n![capacity vs gain](figures/codec_ladder.png)\n")
     print(body)
     update_section("codec_ladder", body)
+
+
+def gain_plot(path: Path, gains: list[dict]) -> None:
+    from sb_mal.evaluation.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, metric in zip(axes, ("pesq", "si_sdr")):
+        for key in dict.fromkeys((g["task"], g["arm"]) for g in gains):
+            pts = sorted((g["parameters"], g[metric]) for g in gains if (g["task"], g["arm"]) == key)
+            x = [p for p, _ in pts]
+            ax.errorbar(x, [r["diff"] for _, r in pts], yerr=[[r["diff"] - r["lo"] for _, r in pts],
+                                                            [r["hi"] - r["diff"] for _, r in pts]],
+                        marker="o", capsize=3, label=" / ".join(key))
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("separator parameters")
+        ax.set_title(f"{metric}: codec arm - L1 (95 % interval)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    _save(fig, path)
 
 
 if __name__ == "__main__":
