@@ -411,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-noisy", action="store_true", help="with --manifest: do not score the noisy inputs")
     ev.add_argument("--match", default="name", choices=["name", "fileid"], help="how files are paired")
     ev.add_argument("--metrics", default="intrusive",
-                    help="comma-separated metrics or groups (intrusive, composite, dnsmos, all); default intrusive")
+                    help="comma-separated metrics (pesq, stoi, siib, ...) or groups (intrusive, composite, "
+                         "intelligibility, dnsmos, all); default intrusive")
     ev.add_argument("--jobs", type=int, default=2, help="metric worker processes (0: in-process)")
     ev.add_argument("--timeout", type=float, default=120.0, help="seconds per utterance before its worker is replaced")
     ev.add_argument("--strict", action="store_true",

@@ -62,16 +62,20 @@ METRICS = (
     "csig",
     "cbak",
     "covl",
+    "siib",
     "dnsmos_sig",
     "dnsmos_bak",
     "dnsmos_ovrl",
     "dnsmos_p808",
 )
-_INTRUSIVE = METRICS[:9]
-_DNSMOS = METRICS[9:]
-#: Names that expand to several metrics.
+#: Metrics that compare with a clean reference (the same undefined-reference and length policy).
+_INTRUSIVE = METRICS[:10]
+_DNSMOS = METRICS[10:]
+#: Names that expand to several metrics (SIIB^Gauss, meant for long or concatenated stimuli and
+#: listening enhancement, is asked for by name or through "intelligibility", not by "intrusive").
 METRIC_GROUPS = {
-    "intrusive": _INTRUSIVE,
+    "intrusive": tuple(m for m in _INTRUSIVE if m != "siib"),
+    "intelligibility": ("stoi", "estoi", "siib"),
     "composite": ("csig", "cbak", "covl"),
     "dnsmos": _DNSMOS,
     "all": METRICS,
@@ -265,6 +269,12 @@ def score_utterance(enhanced, clean, sample_rate: int, metrics: Sequence[str]) -
             value = attempt([name], lambda fn=fn: fn(ref, enh_i, METRIC_RATE))
             if value is not None:
                 scores[name] = value
+    if "siib" in metrics:
+        from sb_mal.metrics.siib import siib_gauss
+
+        value = attempt(["siib"], lambda: siib_gauss(ref, enh_i, METRIC_RATE))
+        if value is not None:
+            scores["siib"] = value
     if "ssnr" in metrics:
         value = attempt(["ssnr"], lambda: comp.segmental_snr(ref, enh_i, METRIC_RATE))
         if value is not None:

@@ -10,6 +10,7 @@ pesq           ``"sigmoid"``: 1 / (1 + exp(-1.5 (x - 2.5)))  (OKD code)      1.0
 csig/cbak/covl (x - 1) / 4                                                  1.0
 stoi/estoi     x (already in [0, 1])                                        1.0
 si_sdr         1 / (1 + exp(-x / 10))  (our choice: 0 dB -> 0.5, 20 dB -> 0.88)  1.0
+siib           x / 1335.8 b/s (SIIB^Gauss of clean vs clean), clipped        1.0
 =============  ==========================================================  ==================
 
 The discriminator learns to predict these values; the generator is pushed towards 1.
@@ -29,7 +30,7 @@ import math
 __all__ = ["TARGET_METRICS", "normalize_score", "normalize_scores"]
 
 #: Metrics a discriminator can be trained to predict.
-TARGET_METRICS = ("pesq", "csig", "cbak", "covl", "stoi", "estoi", "si_sdr")
+TARGET_METRICS = ("pesq", "csig", "cbak", "covl", "stoi", "estoi", "si_sdr", "siib")
 
 
 def normalize_score(metric: str, value: float, pesq_mapping: str = "sigmoid") -> float:
@@ -48,6 +49,10 @@ def normalize_score(metric: str, value: float, pesq_mapping: str = "sigmoid") ->
         return min(1.0, max(0.0, float(value)))
     if metric == "si_sdr":
         return 1.0 / (1.0 + math.exp(-value / 10.0))
+    if metric == "siib":
+        from sb_mal.metrics.siib import SIIB_MAX
+
+        return min(1.0, max(0.0, float(value) / SIIB_MAX))
     raise ValueError(f"no target normalisation for metric {metric!r}; choose from {TARGET_METRICS}")
 
 
