@@ -131,6 +131,7 @@ def run_recipe(brain_class, script: str | None = None, argv: list[str] | None = 
     argv : list of str, optional
         Command-line arguments (default ``sys.argv[1:]``).
     """
+    from sb_mal.audio import AudioError
     from sb_mal.brains.hparams import HParamsError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -141,7 +142,7 @@ def run_recipe(brain_class, script: str | None = None, argv: list[str] | None = 
         brain = _run(brain_class, script, hparams_file, run_opts, overrides, hparams)
         ok = True
         return brain
-    except HParamsError as err:
+    except (HParamsError, AudioError) as err:  # a bad setting or data path: one line naming it
         raise SystemExit(f"error: {err}") from None
     finally:
         _shutdown_process_group(wait_for_peers=ok)

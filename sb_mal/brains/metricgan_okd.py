@@ -24,6 +24,14 @@ One epoch (the MetricGAN+ schedule, in the order of the OKD code):
 
 With one generator and ``alpha = 0`` this is MetricGAN+ (our baseline, same code).
 
+Listening enhancement (``task: listening``, :mod:`sb_mal.listening`): the same loop, with the
+generator applied to the *clean* speech ``s`` of each pair; its output is rescaled to the power of
+``s`` (the equal-power rule) and the pair's noise ``n = noisy - clean``, rescaled to the
+utterance's SNR (``le_snr_range`` in training, one of ``le_eval_snrs`` in validation and test), is
+added. Every score, target and discriminator input then compares ``s`` with ``m + n`` (the
+unprocessed reference: ``s + n``); the targets must be intelligibility metrics (siib, estoi,
+stoi).
+
 Mixed precision (``--precision``), gradient accumulation, the non-finite checks, ``no_sync`` and
 clipping (``max_grad_norm``) are SpeechBrain's own, for the generators; the discriminator updates
 use the same ``training_ctx``, ``scaler`` and checks. No private method of SpeechBrain's Brain is
@@ -52,6 +60,7 @@ from sb_mal.brains.metric_history import MetricHistory
 from sb_mal.brains.okd_discriminator import DiscriminatorPhase
 from sb_mal.brains.recoverables import EpochLog, RunningTotals, register
 from sb_mal.fileio import atomic_write_text
+from sb_mal.listening import INTELLIGIBILITY_TARGETS, equal_power, noise_at_snr, utterance_snr
 from sb_mal.metrics import evaluate as evaluate_metrics
 from sb_mal.metrics.targets import TARGET_METRICS
 
@@ -87,6 +96,10 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         HParam("seed", "int", 0, "seed of the utterance draws and the generator choice"),
         HParam("train_logger", "any", None, "a SpeechBrain train logger"),
         HParam("max_train_minutes", "float", None, "stop after the first epoch that ends past this budget", low=0),
+        HParam("task", "str", "enhancement", "enhancement (noisy -> clean) or listening (clean speech modified "
+               "before noise is added)", choices=("enhancement", "listening")),
+        HParam("le_snr_range", "list", [-10.0, 5.0], "listening: training SNRs (dB), uniform in [low, high]"),
+        HParam("le_eval_snrs", "list", [-5.0, 0.0, 5.0], "listening: validation/test SNRs (dB), one per utterance"),
     ])
 
     def __init__(self, *args, **kwargs):
@@ -96,6 +109,16 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         bad = [m for m in self.targets if m not in TARGET_METRICS]
         if bad:
             raise HParamsError(f"unknown target metric(s) {bad}; choose from {TARGET_METRICS}")
+        self.listening = h.task == "listening"
+        if self.listening:
+            bad = [m for m in self.targets if m not in INTELLIGIBILITY_TARGETS]
+            if bad:
+                raise HParamsError(f"target_metrics: {bad} not an intelligibility metric; task 'listening' needs "
+                                   f"targets from {INTELLIGIBILITY_TARGETS}")
+            if len(h.le_snr_range) != 2 or float(h.le_snr_range[0]) > float(h.le_snr_range[1]):
+                raise HParamsError(f"le_snr_range must be [low, high] in dB, got {h.le_snr_range!r}")
+            if not h.le_eval_snrs:
+                raise HParamsError("le_eval_snrs must list at least one SNR (dB)")
         self.gen_names = sorted((k for k in self.modules if k.startswith("generator_")), key=lambda k: int(k.split("_")[1]))
         if len(self.gen_names) != len(self.targets):
             raise HParamsError(f"{len(self.gen_names)} generators but {len(self.targets)} target metrics "
@@ -149,8 +172,30 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         feats, _, valid = gen.features(wav, lengths)
         return feats * valid[:, :, None].to(feats.dtype)
 
-    def _enhance(self, i: int, wav, lengths=None, output="wav"):
-        return self.modules[self.gen_names[i]](wav, lengths, output=output)
+    def _enhance(self, i: int, noisy, clean=None, lengths=None, output="wav"):
+        """Generator ``i``'s output for a batch: the enhanced ``noisy`` speech; in listening
+        enhancement, ``m + n`` (``clean`` modified, equal power, plus ``n = noisy - clean``)."""
+        gen = self.modules[self.gen_names[i]]
+        if not self.listening:
+            return gen(noisy, lengths, output=output)
+        modified = equal_power(gen(clean, lengths, output="wav"), clean, lengths)
+        in_noise = modified + (noisy - clean)
+        if output == "features":
+            return unwrap(gen).features(in_noise, lengths)
+        return in_noise
+
+    def _listening_batch(self, batch, stage):
+        """Listening enhancement: the batch's noise rescaled to each utterance's SNR (``noisy = s + n``)."""
+        if not self.listening:
+            return batch
+        noisy, lens = batch.noisy_sig
+        clean, _ = batch.clean_sig
+        h = self.hparams
+        epoch = self.hparams.epoch_counter.current if stage == sb.Stage.TRAIN else None
+        snrs = [utterance_snr(uid, h.le_snr_range, h.le_eval_snrs, int(h.seed), epoch) for uid in batch.id]
+        noise = noise_at_snr(noisy - clean, clean, snrs, lens)
+        batch.noisy_sig = type(batch.noisy_sig)(clean + noise, lens)
+        return batch
 
     # -- generator step ----------------------------------------------------------------------
     def on_stage_start(self, stage, epoch=None):
@@ -170,13 +215,16 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         """Remember the batch for the discriminator phase; from epoch 2, SpeechBrain's ``fit_batch``
         updates every generator (mixed precision, gradient accumulation, non-finite checks, ``no_sync``
         and clipping all come from it). In epoch 1 only the discriminator learns, as in MetricGAN+."""
-        batch = batch.to(self.device)
+        batch = self._listening_batch(batch.to(self.device), sb.Stage.TRAIN)
         noisy, lens = batch.noisy_sig
         clean, _ = batch.clean_sig
         n_samples = noisy.shape[1]
+        epoch = self.hparams.epoch_counter.current
         for uid, x, y, rel in zip(batch.id, noisy, clean, lens):
             k = int(round(float(rel) * n_samples))
-            self._current.append((uid, x[:k].detach().cpu(), y[:k].detach().cpu()))
+            # listening: the noise level changes every epoch, so the cached unprocessed scores are per epoch
+            key = f"{uid}@epoch{epoch}" if self.listening else uid
+            self._current.append((key, x[:k].detach().cpu(), y[:k].detach().cpu()))
         if self.hparams.epoch_counter.current < 2:
             return torch.tensor(0.0)
         return super().fit_batch(batch)
@@ -184,7 +232,8 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
     def compute_forward(self, batch, stage):
         """Every generator's enhanced log1p magnitude ``[B, T, F]`` (with gradient) and the frame mask."""
         noisy, lens = batch.noisy_sig
-        outputs = [self._enhance(i, noisy, lens, output="features") for i in range(self.n)]
+        clean, _ = batch.clean_sig
+        outputs = [self._enhance(i, noisy, clean, lens, output="features") for i in range(self.n)]
         return [enh for enh, _, _ in outputs], outputs[0][2]
 
     def compute_objectives(self, predictions, batch, stage):
@@ -231,22 +280,22 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         if folder and sb.utils.distributed.if_main_process():
             gen = unwrap(self.modules[self.gen_names[0]])
             cfg = {"class": f"{type(gen).__module__}.{type(gen).__qualname__}", "kwargs": gen.config,
-                   "sample_rate": self.rate, "recoverables": {m: name for m, name in zip(self.targets, self.gen_names)}}
+                   "sample_rate": self.rate, "task": self.hparams.task, "recoverables": {m: name for m, name in zip(self.targets, self.gen_names)}}
             atomic_write_text(os.path.join(folder, "model_config.json"), json.dumps(cfg, indent=2) + "\n")
 
     # -- validation / test -------------------------------------------------------------------
     def evaluate_batch(self, batch, stage):
         """Enhance the batch with every generator and keep the outputs for the metric pool."""
-        batch = batch.to(self.device)
+        if stage == sb.Stage.VALID and not self._validating:
+            return torch.tensor(0.0)
+        batch = self._listening_batch(batch.to(self.device), stage)
         noisy, lens = batch.noisy_sig
         clean, _ = batch.clean_sig
         n_samples = noisy.shape[1]
-        if stage == sb.Stage.VALID and not self._validating:
-            return torch.tensor(0.0)
         gens = self._eval_generators if stage == sb.Stage.TEST else range(self.n)
         with torch.no_grad():
             for i in gens:
-                enhanced = self._enhance(i, noisy, lens)
+                enhanced = self._enhance(i, noisy, clean, lens)
                 for uid, e, c, rel in zip(batch.id, enhanced, clean, lens):
                     k = int(round(float(rel) * n_samples))
                     self._valid_outputs[i].append((uid, e[:k].float().cpu().numpy(), c[:k].float().cpu().numpy()))

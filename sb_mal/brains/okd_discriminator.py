@@ -73,13 +73,15 @@ class DiscriminatorPhase:
 
     # -- sub-steps ---------------------------------------------------------------------------------
     def enhance(self, generator: int, utterances: list) -> list[np.ndarray]:
-        """Enhance ``(id, noisy, clean)`` utterances with one generator (eval mode, no gradient)."""
+        """Enhance ``(id, noisy, clean)`` utterances with one generator (eval mode, no gradient); in
+        listening enhancement, the clean speech modified by it plus the noise."""
         b = self.brain
         gen = unwrap(b.modules[b.gen_names[generator]])
         gen.eval()
         try:
             with torch.no_grad():
-                return [gen(x[None].to(b.device))[0].float().cpu().numpy() for _, x, _ in utterances]
+                return [b._enhance(generator, x[None].to(b.device), c[None].to(b.device))[0].float().cpu().numpy()
+                        for _, x, c in utterances]
         finally:
             gen.train()
 

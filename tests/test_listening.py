@@ -1,0 +1,131 @@
+"""Listening enhancement: the equal-power rule, the noise at the utterance's SNR, the OKD Brain in
+``task: listening`` and its recipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sb_mal.listening import equal_power, noise_at_snr, utterance_snr
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--hidden_size=16", "--lin_dim=16", "--num_layers=1", "--d_channels=[4,4,4,4]"]
+
+
+@pytest.mark.unit
+def test_equal_power_holds_exactly_over_the_valid_samples():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(3, 4000, generator=g, dtype=torch.float64)
+    m = 5 * torch.randn(3, 4000, generator=g, dtype=torch.float64)
+    lens = torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)
+    out = equal_power(m, s, lens)
+    for b, n in enumerate((4000, 2000, 1000)):
+        assert torch.allclose(out[b, :n].pow(2).sum(), s[b, :n].pow(2).sum(), rtol=1e-12)
+        assert n == 4000 or out[b, n:].abs().max() == 0
+    assert equal_power(torch.zeros(1, 100), torch.ones(1, 100)).abs().max() == 0  # silence stays silence
+    x = m.clone().requires_grad_(True)
+    equal_power(x, s, lens).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.unit
+def test_noise_is_rescaled_to_the_utterance_snr():
+    g = torch.Generator().manual_seed(1)
+    s, n = torch.randn(2, 8000, generator=g, dtype=torch.float64), torch.randn(2, 8000, generator=g, dtype=torch.float64)
+    scaled = noise_at_snr(n, s, [-10.0, 5.0])
+    snr = 10 * torch.log10(s.pow(2).sum(1) / scaled.pow(2).sum(1))
+    assert torch.allclose(snr, torch.tensor([-10.0, 5.0], dtype=torch.float64))
+    assert utterance_snr("u", (-10, 5), (-5, 0, 5)) in (-5.0, 0.0, 5.0)  # evaluation: fixed by the id
+    train = {utterance_snr("u", (-10, 5), (-5, 0, 5), seed=0, epoch=e) for e in range(1, 6)}
+    assert len(train) == 5 and all(-10 <= v <= 5 for v in train)  # training: new every epoch
+
+
+def _le_brain(tmp_path, targets=("siib",)):
+    import speechbrain as sb
+    from speechbrain.utils.epoch_loop import EpochCounter
+
+    from sb_mal.brains import MetricGANOKDBrain
+    from sb_mal.models.metricgan import MetricDiscriminator, okd_modules
+
+    torch.manual_seed(0)
+    counter = EpochCounter(limit=5)
+    counter.current = 2
+    n = len(targets)
+    mods = okd_modules(n, MetricDiscriminator(n, channels=(4, 4, 4, 4)), hidden_size=8, num_layers=1, lin_dim=8)
+    hparams = {"target_metrics": list(targets), "alpha": 5.0, "epoch_counter": counter, "task": "listening",
+               "g_opt_class": lambda p: torch.optim.Adam(p, lr=1e-2), "d_opt_class": lambda p: torch.optim.Adam(p, lr=1e-2),
+               "output_folder": str(tmp_path), "n_jobs": 0}
+    brain = MetricGANOKDBrain(modules=mods, hparams=hparams, run_opts={"device": "cpu", "noprogressbar": True})
+    brain.init_optimizers()
+    brain.on_stage_start(sb.Stage.TRAIN, 2)
+    return brain
+
+
+@pytest.mark.integration
+def test_brain_modifies_clean_speech_at_equal_power_and_adds_the_noise(tmp_path):
+    from speechbrain.dataio.batch import PaddedBatch
+
+    brain = _le_brain(tmp_path, ("siib", "estoi"))
+    g = torch.Generator().manual_seed(2)
+    clean = 0.3 * torch.randn(2, 8000, generator=g)
+    noise = 0.1 * torch.randn(2, 8000, generator=g)
+    batch = PaddedBatch([{"id": f"u{i}", "noisy_sig": clean[i] + noise[i], "clean_sig": clean[i]} for i in range(2)])
+    import speechbrain as sb
+
+    batch = brain._listening_batch(batch, sb.Stage.TEST)
+    noisy, lens = batch.noisy_sig
+    for i in range(2):  # the noise now sits at the utterance's evaluation SNR
+        snr = 10 * torch.log10(clean[i].pow(2).sum() / (noisy[i] - clean[i]).pow(2).sum())
+        assert float(snr) == pytest.approx(utterance_snr(f"u{i}", [-10, 5], [-5, 0, 5]), abs=1e-3)
+    with torch.no_grad():
+        out = brain._enhance(0, noisy, clean, lens)
+        modified = out - (noisy - clean)  # m: what the generator made of the clean speech
+    assert torch.allclose(modified.pow(2).sum(1), clean.pow(2).sum(1), rtol=1e-4)
+    assert not torch.allclose(modified, clean, atol=1e-3)
+    # a generator step moves the generators, with the metric discriminator scoring m + n
+    before = [p.detach().clone() for p in brain.modules.generator_0.parameters()]
+    assert torch.isfinite(brain.fit_batch(batch))
+    assert any(not torch.equal(a, b) for a, b in zip(before, brain.modules.generator_0.parameters()))
+
+
+@pytest.mark.unit
+def test_a_listening_yaml_with_a_quality_target_is_an_error_naming_it(tmp_path):
+    from sb_mal.brains.hparams import HParamsError
+
+    with pytest.raises(HParamsError, match=r"target_metrics: \['pesq'\] not an intelligibility metric"):
+        _le_brain(tmp_path, ("pesq",))
+
+
+@pytest.mark.recipe
+def test_two_epoch_listening_recipe_on_the_mini_corpus(tmp_path):
+    out = tmp_path / "le"
+    cmd = [sys.executable, str(REPO / "recipes/metricgan_okd/train.py"), str(REPO / "hparams/mini/le_okd_siib_estoi.yaml"),
+           f"--output_folder={out}", "--number_of_epochs=2", "--samples_per_epoch=4", "--valid_limit=2",
+           "--test_limit=3", "--n_jobs=0", "--valid_every=1", *SMALL]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "train_log.txt").read_text()
+    assert "valid g0_siib" in log and "valid g1_estoi" in log
+    for i in (0, 1):
+        summary = json.loads((out / f"test_summary_g{i}.json").read_text())
+        assert {"stoi", "estoi", "siib"} <= set(summary["means"])
+    assert json.loads((out / "model_config.json").read_text())["task"] == "listening"
+
+
+@pytest.mark.integration
+def test_missing_noise_folder_is_an_error_naming_it(devset, tmp_path):
+    missing = tmp_path / "no_such_noise"
+    cmd = [sys.executable, str(REPO / "recipes/metricgan_okd/train.py"), str(REPO / "hparams/folders/le_metricgan_plus.yaml"),
+           f"--data_folder={devset}", f"--noise_folder={missing}", f"--output_folder={tmp_path / 'out'}",
+           "--number_of_epochs=1", "--n_jobs=0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0
+    last = (proc.stdout + proc.stderr).strip().splitlines()[-1]
+    assert str(missing) in last, last
