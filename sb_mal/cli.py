@@ -293,6 +293,9 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     enhancer = Enhancer.from_hparams(source=args.source, savedir=args.savedir, run_opts=run_opts,
                                      trust_code=args.trust_code)
     log = logging.getLogger("sb_mal")
+    if enhancer.task == "listening":
+        print("listening-enhancement model: the inputs must be clean speech; the outputs are that speech modified, "
+              "at its own power, to be played into noise (they are not denoised)", file=sys.stderr)
     failed = []
     for src, dst in tqdm(jobs, desc="enhance", unit="file", disable=args.quiet):
         try:
@@ -459,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="let the model folder's hyperparams.yaml call code outside sb_mal's allow-list (read it first)")
     ex.set_defaults(func=_cmd_export)
 
-    en = sub.add_parser("enhance", help="enhance audio files or folders with an exported model")
+    en = sub.add_parser("enhance", help="enhance audio files or folders with an exported model (a listening-enhancement "
+                                        "model, task: listening, modifies clean speech to be played into noise)")
     en.add_argument("inputs", nargs="+", help="audio files and/or folders (scanned recursively)")
     en.add_argument("-o", "--output", required=True, help="output folder (folder layouts are kept)")
     en.add_argument("--source", required=True, help="exported model folder or Hugging Face repo id")

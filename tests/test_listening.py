@@ -117,6 +117,24 @@ def test_two_epoch_listening_recipe_on_the_mini_corpus(tmp_path):
         summary = json.loads((out / f"test_summary_g{i}.json").read_text())
         assert {"stoi", "estoi", "siib"} <= set(summary["means"])
     assert json.loads((out / "model_config.json").read_text())["task"] == "listening"
+    # exported and used by `sb-mal enhance`: clean speech in, speech at the same power out
+    import numpy as np
+    import soundfile as sf
+
+    from sb_mal.cli import main
+
+    model = tmp_path / "le_model"
+    assert main(["export", str(out), "-o", str(model), "--key", "g0_siib", "--recoverable", "generator_0"]) == 0
+    assert "task: listening" in (model / "hyperparams.yaml").read_text()
+    assert "It does not remove noise" in (model / "README.md").read_text()
+    speech = tmp_path / "speech"
+    speech.mkdir()
+    rng = np.random.default_rng(0)
+    wav = (0.2 * np.sin(2 * np.pi * 200 * np.arange(24000) / 16000) * (1 + rng.random(24000))).astype("float32")
+    sf.write(speech / "s.wav", wav, 16000)
+    assert main(["enhance", str(speech), "-o", str(tmp_path / "modified"), "--source", str(model), "-q"]) == 0
+    modified, _ = sf.read(tmp_path / "modified" / "s.wav")
+    assert np.sum(modified**2) == pytest.approx(np.sum(wav.astype(np.float64) ** 2), rel=2e-3)  # 16-bit file
 
 
 @pytest.mark.integration

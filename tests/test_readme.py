@@ -130,6 +130,9 @@ def _setup(name: str, sandbox: Path, devset: Path) -> None:
     elif name == "speech.mp3":
         wav, rate = read_audio(noisy[0], as_numpy=True)
         write_audio(sandbox / "speech.mp3", wav, rate)
+    elif name == "my_speech":  # my_speech/: two clean devset utterances (input of a listening-enhancement model)
+        for p in sorted((devset / "pairs/test/clean").glob("*.flac"))[:2]:
+            _link(sandbox / "my_speech" / p.name, p)
     elif name == "my_outputs":  # "enhanced" outputs named like pairs/test/clean (here: the noisy inputs)
         for n in _pairs(sandbox, devset):
             _link(sandbox / "my_outputs" / n, devset / "pairs/test/noisy" / n)

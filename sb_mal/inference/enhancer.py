@@ -238,6 +238,9 @@ class Enhancer(Pretrained):
             from sb_mal.losses.model_taps import Log1pMagnitude
 
             self._features = Log1pMagnitude(hparams["compute_stft"], spectral_magnitude=hparams["spectral_magnitude"])
+        self.task = str(hparams.get("task", "enhancement"))
+        if self.task not in ("enhancement", "listening"):
+            raise ValueError(f"{where}: task must be 'enhancement' or 'listening', got {self.task!r}")
         self.chunk_seconds = float(hparams.get("chunk_seconds", DEFAULT_CHUNK_SECONDS))
         self.overlap_seconds = float(hparams.get("overlap_seconds", DEFAULT_OVERLAP_SECONDS))
         self._chunk_params(None, None)  # validate
@@ -387,6 +390,10 @@ class Enhancer(Pretrained):
             _overlap_add(total, chunk, overlap, lambda a, b: noisy[:, a:b], process, emit, self.device)
         if lengths is not None:
             out = out * (torch.arange(total, device=out.device)[None] < valid[:, None])
+        if self.task == "listening":  # a listening-enhancement model: the output keeps the input's power
+            from sb_mal.listening import equal_power
+
+            out = equal_power(out, noisy, lengths)
         return out[0] if squeeze else out
 
     def forward(self, noisy: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -421,7 +428,8 @@ class Enhancer(Pretrained):
         chunk, overlap = self._chunk_params(chunk_seconds, overlap_seconds)
         reader = _FileReader(path, info.frames, info.sample_rate, self.sample_rate)
         try:
-            if reader.total <= chunk:
+            # listening enhancement rescales the whole output to the input's power: one pass in memory
+            if reader.total <= chunk or self.task == "listening":
                 wav, _ = read_audio(path, self.sample_rate)
                 enhanced = self.enhance_batch(wav[None], chunk_seconds=chunk_seconds)[0].cpu()
                 if output_path is not None:

@@ -53,6 +53,10 @@ def _yaml_block(mapping: dict, indent: int = 4) -> str:
     return "\n".join(" " * indent + line for line in text.splitlines())
 
 
+_TASK_LINE = ("task: listening  # listening enhancement: input = clean speech, output = the same speech modified "
+              "(at its power) to be played into noise, not a denoised signal\n")
+
+
 def _render_hparams(cfg: dict, sample_rate: int, chunk_seconds: float, overlap_seconds: float, origin: str) -> str:
     kwargs = _yaml_block(cfg["kwargs"]) if cfg["kwargs"] else ""
     return f"""# Inference hyperparameters for sb_mal.inference.Enhancer (written by `sb-mal export`).
@@ -60,7 +64,7 @@ def _render_hparams(cfg: dict, sample_rate: int, chunk_seconds: float, overlap_s
 # Load with: Enhancer.from_hparams(source=<this folder or hub id>, savedir=...)
 
 sample_rate: {int(sample_rate)}
-chunk_seconds: {float(chunk_seconds)}    # long inputs are enhanced in chunks of this length
+{_TASK_LINE if cfg.get("task") == "listening" else ""}chunk_seconds: {float(chunk_seconds)}    # long inputs are enhanced in chunks of this length
 overlap_seconds: {float(overlap_seconds)}  # cross-faded overlap between chunks
 
 enhance_model: !new:{cfg["class"]}
@@ -76,6 +80,11 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
     custom_hooks:
         enhance_model: !name:sb_mal.inference.load_strict
 """
+
+
+_LE_NOTE = ("A listening-enhancement model trained with sb_mal, a SpeechBrain plugin: its input is *clean* speech and "
+            "its output is the same speech modified, at the input's power, to be better understood when played into a "
+            "noisy place. It does not remove noise; do not give it noisy speech.")
 
 
 def _render_card(cfg: dict, sample_rate: int, run_name: str, ckpt_name: str, meta: dict, key: str, mode: str,
@@ -95,7 +104,7 @@ tags:
 
 # Speech enhancement: `{cfg["class"].rsplit(".", 1)[-1]}` (sb_mal)
 
-A waveform-to-waveform speech enhancer trained with sb_mal, a SpeechBrain plugin.
+{_LE_NOTE if cfg.get("task") == "listening" else "A waveform-to-waveform speech enhancer trained with sb_mal, a SpeechBrain plugin."}
 
 - Model: `{cfg["class"]}` with `{kwargs}` ({n_params:,} parameters)
 - Sample rate: {sample_rate} Hz, mono (other rates and channel counts are resampled and downmixed)
@@ -276,6 +285,10 @@ def _check_roundtrip(enhancer_cls, folder: Path, model: torch.nn.Module, sample_
     model.requires_grad_(False)  # as Pretrained does: frozen parameters can take other (CPU) kernels
     with torch.no_grad():
         expected = model(probe)
+        if enhancer.task == "listening":  # what the Enhancer adds for such a model: the equal-power rule
+            from sb_mal.listening import equal_power
+
+            expected = equal_power(expected, probe)
     diff = float((enhancer.enhance_batch(probe).cpu() - expected).abs().max())
     if not diff <= 1e-6 * max(1.0, float(expected.abs().max())):
         raise ExportError(f"{folder}: the exported model's output differs from the checkpoint's (max {diff:.3g})")
