@@ -36,11 +36,14 @@ def machine() -> str:
     )
 
 
-def header(title: str) -> str:
-    """Section header lines: title, date, machine and the exact command."""
+def header(title: str, report_only: bool = False) -> str:
+    """Section header lines: title, date, machine and the exact command (with ``report_only``, a
+    line saying that the runs were made by the same command without ``--report-only``)."""
     cmd = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"## {title}\n\n- date: {now}\n- machine: {machine()}\n- command: `{cmd}`\n"
+    note = ("- the runs were made by the same command without --report-only (which only reads them)\n"
+            if report_only else "")
+    return f"## {title}\n\n- date: {now}\n- machine: {machine()}\n- command: `{cmd}`\n{note}"
 
 
 def update_section(name: str, body: str, path: Path = RESULTS) -> None:

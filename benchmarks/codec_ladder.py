@@ -165,9 +165,7 @@ def report(out: Path, args, tuned: dict) -> None:
     if gains:
         gain_plot(FIGURES / "codec_ladder.png", gains)
     w = json.loads((out / "weights.json").read_text()) if (out / "weights.json").exists() else {}
-    body = (header("Codec-approximation loss vs L1 across the separation ladder (codec_ladder.py)")
-            + ("- the runs were made by the same command without --report-only (which only reads them)\n"
-               if args.report_only else "")
+    body = (header("Codec-approximation loss vs L1 across the separation ladder (codec_ladder.py)", args.report_only)
             + f"- protocol: benchmarks/protocol.py; seeds {args.seeds}; every run {args.epochs} epochs x {args.examples} "
             f"on-the-fly devset mixtures (batch 8, 3 s: {args.epochs * (args.examples // 8)} steps), Adam lr 1e-3\n"
             f"- codec net: `{args.codec_run}`; layer set F; balanced weights (terms equal to the waveform L1 for "

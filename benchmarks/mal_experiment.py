@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
-from protocol import compare, evidence_table, run_once
+from protocol import compare, evidence_table, run_once, verdict_line
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("frozen", "frozen_fe", "dynamic")
@@ -159,19 +159,12 @@ def report(out: Path, args, tuned: dict, finished) -> None:
     base_times = minutes("baseline")
     table = evidence_table([("reconstruction only (baseline)", base_rows,
                              f"{steps} steps, {sum(base_times) / len(base_times):.1f} min/run"), *rows], METRICS)
-    verdicts = []
-    for label, result, _ in rows:
-        better = [m for m, r in result.items() if r["verdict"] == "better"]
-        worse = [m for m, r in result.items() if r["verdict"] == "worse"]
-        verdicts.append(f"- {label}: PESQ {result['pesq']['diff']:+.3f} [{result['pesq']['lo']:+.3f}, "
-                        f"{result['pesq']['hi']:+.3f}] ({result['pesq']['verdict']}); better on "
-                        f"{', '.join(better) or 'no metric'}; worse on {', '.join(worse) or 'no metric'}")
+    verdicts = [verdict_line(label, result) for label, result, _ in rows]
     tuning = "\n".join(f"- {v}: valid PESQ by lambda_mal {json.dumps(c['valid_pesq_by_lambda'])}"
                        + (f"; by taps {json.dumps(c['valid_pesq_by_taps'])}" if "valid_pesq_by_taps" in c else "")
                        for v, c in tuned.items())
-    body = (header(f"Model as Loss against reconstruction-only, {len(base)} seed(s) (mal_experiment.py)")
-            + ("- the runs were made by the same command without --report-only (which only reads them)\n"
-               if args.report_only else "")
+    body = (header(f"Model as Loss against reconstruction-only, {len(base)} seed(s) (mal_experiment.py)",
+                   args.report_only)
             + f"- protocol: benchmarks/protocol.py; phase 1 {args.epochs1} epochs, then {args.epochs2} epochs "
             f"({steps} steps of batch 8, 2 s segments) per arm from the same phase-1 model; seeds {args.seeds}\n"
             f"- model: the backbone at a reduced size ({' '.join(SMALL)}) so that 3 seeds fit on 2 CPU cores\n"

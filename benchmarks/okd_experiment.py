@@ -166,7 +166,8 @@ def speechbrain_comparison(args, out: Path, recipe: Path, extra: list[str]) -> N
     cmd = [sys.executable, str(recipe / "train.py"), str(recipe / "hparams" / "train.yaml"), f"--data_folder={data}",
            f"--output_folder={sb_folder}", "--skip_prep=True", "--use_tensorboard=False",
            "--tensorboard_train_logger=null", f"--number_of_samples={args.samples}", f"--seed={seed}", *sizes]
-    run_once_in(cmd, sb_folder, out / "logs" / "speechbrain_metricgan.log", args.threads, recipe)
+    # SpeechBrain's recipe imports its own helpers from its folder: it runs there
+    run_once(cmd, sb_folder, out / "logs" / "speechbrain_metricgan.log", args.threads, ("save",), cwd=recipe)
     ours = out / "sbmal_metricgan_plus_pool" / str(seed)
     cmd = [sys.executable, "recipes/metricgan_okd/train.py", "hparams/voicebank/metricgan_plus.yaml",
            f"--data_folder={data}", f"--manifest_folder={data}", "--prepare=null", f"--output_folder={ours}",
@@ -179,29 +180,6 @@ def speechbrain_comparison(args, out: Path, recipe: Path, extra: list[str]) -> N
         raise SystemExit(f"{sb_folder}/enhanced_wavs: SpeechBrain's recipe wrote no enhanced test file for "
                          f"{missing[:3]}...")
     score_folder(enhanced, sb_folder / "test_scores.csv")
-
-
-def run_once_in(cmd, folder: Path, log: Path, threads: int, cwd: Path) -> float:
-    """:func:`protocol.run_once` for a command that must run in ``cwd`` (SpeechBrain's recipe imports
-    its own helpers from its folder)."""
-    import os
-    import subprocess
-    import time
-
-    done = folder / "seconds"
-    if done.exists():
-        return float(done.read_text())
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    started = time.monotonic()
-    with open(log, "w", encoding="utf-8") as fout:
-        proc = subprocess.run(list(map(str, cmd)), stdout=fout, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed (exit {proc.returncode}): {' '.join(map(str, cmd))}; see {log}")
-    seconds = time.monotonic() - started
-    folder.mkdir(parents=True, exist_ok=True)
-    done.write_text(f"{seconds:.1f}")
-    return seconds
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -244,9 +222,7 @@ def report(out: Path, args) -> None:
     if not sections and not sb_part:
         print("no finished run yet")
         return
-    body = (header("MetricGAN+ vs MetricGAN-OKD under the protocol (okd_experiment.py)")
-            + ("- the runs were made by the same command without --report-only (which only reads them)\n"
-               if args.report_only else "")
+    body = (header("MetricGAN+ vs MetricGAN-OKD under the protocol (okd_experiment.py)", args.report_only)
             + f"- protocol: benchmarks/protocol.py; seeds {args.seeds}; every generator trained from scratch for "
             f"{args.epochs} epochs x {args.samples} utterances (3 s on-the-fly devset mixtures from a fixed pool, batch "
             "1; epoch 1 trains only the discriminator), the same draws for every system of a seed; YAML model sizes; "

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from _results import DEVSET, FIGURES, experiment_parser, header, parse_with_overrides, update_section
 from mal_experiment import METRICS, SMALL
-from protocol import compare, evidence_table, run_once
+from protocol import compare, evidence_table, run_once, verdict_line
 
 REPO = Path(__file__).resolve().parents[1]
 LOSSES = {"mse": "ssl_mse", "pad": "ssl_mse_pad", "softdtw": "ssl_softdtw"}
@@ -165,14 +165,8 @@ def report(out: Path, args) -> None:
         if against_mse:
             text += ("\nThe position-invariant losses against the frame-aligned ssl_mse (same feature model; the "
                      "difference is arm - ssl_mse):\n\n" + evidence_table(against_mse, METRICS) + "\n")
-        lines = []
-        for label, result, _ in rows[1:] + against_mse:
-            better = [m for m, r in result.items() if r["verdict"] == "better"]
-            worse = [m for m, r in result.items() if r["verdict"] == "worse"]
-            base = "" if " vs " in label else " vs reconstruction only"
-            lines.append(f"- {label}{base}: PESQ {result['pesq']['diff']:+.3f} [{result['pesq']['lo']:+.3f}, "
-                         f"{result['pesq']['hi']:+.3f}]; better on {', '.join(better) or 'no metric'}; worse on "
-                         f"{', '.join(worse) or 'no metric'}")
+        lines = [verdict_line(label if " vs " in label else f"{label} vs reconstruction only", result)
+                 for label, result, _ in rows[1:] + against_mse]
         text += "\n" + "\n".join(lines) + "\n"
         shift_file = out / f"shift_{encoder}.json"
         if shift_file.exists():
@@ -181,9 +175,7 @@ def report(out: Path, args) -> None:
     if not sections:
         print("no finished arm yet")
         return
-    body = (header(f"Position-invariant fine-tuning through frozen feature models (pift_experiment.py)")
-            + ("- the runs were made by the same command without --report-only (which only reads them)\n"
-               if args.report_only else "")
+    body = (header("Position-invariant fine-tuning through frozen feature models (pift_experiment.py)", args.report_only)
             + f"- protocol: benchmarks/protocol.py; seeds {args.seeds}; every arm {args.epochs} epochs x "
             f"{args.examples} on-the-fly devset mixtures ({steps} steps of batch 8, 2 s segments), Adam lr 1e-4, from "
             f"the seed's reconstruction-only model of mal_experiment.py (backbone at {' '.join(SMALL)})\n"

@@ -33,16 +33,17 @@ import numpy as np
 
 from sb_mal.metrics.stats import LOWER_IS_BETTER, paired_bootstrap, verdict
 
-__all__ = ["LOWER_IS_BETTER", "compare", "evidence_table", "paired_bootstrap", "read_scores", "run_once", "verdict"]
+__all__ = ["LOWER_IS_BETTER", "compare", "evidence_table", "paired_bootstrap", "read_scores", "run_once", "verdict",
+           "verdict_line"]
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_once(cmd: Sequence[str], folder: Path, log: Path, threads: int = 1,
-             outputs: Sequence[str] = ("test_summary.json",)) -> float:
-    """Wall seconds of the command ``cmd`` writing into ``folder``; not run again once its
-    ``outputs`` and the recorded ``seconds`` are there (a killed driver resumes). A failure names
-    the log."""
+             outputs: Sequence[str] = ("test_summary.json",), cwd: Path = REPO) -> float:
+    """Wall seconds of the command ``cmd`` (run in ``cwd``) writing into ``folder``; not run again
+    once its ``outputs`` and the recorded ``seconds`` are there (a killed driver resumes). A failure
+    names the log."""
     done = Path(folder) / "seconds"
     if done.exists() and all((Path(folder) / name).exists() for name in outputs):
         return float(done.read_text())
@@ -51,7 +52,7 @@ def run_once(cmd: Sequence[str], folder: Path, log: Path, threads: int = 1,
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     started = time.monotonic()
     with open(log, "w", encoding="utf-8") as fout:
-        proc = subprocess.run(list(map(str, cmd)), stdout=fout, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        proc = subprocess.run(list(map(str, cmd)), stdout=fout, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     if proc.returncode != 0:
         raise SystemExit(f"failed (exit {proc.returncode}): {' '.join(map(str, cmd))}; see {log}")
     seconds = time.monotonic() - started
@@ -111,3 +112,12 @@ def evidence_table(rows: Sequence[tuple[str, dict, str]], metrics: Sequence[str]
         seeds = next(iter(result.values()))["seeds"] if result else 0
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {seeds} | {extra} |")
     return "\n".join(lines)
+
+
+def verdict_line(label: str, result: dict, metric: str = "pesq") -> str:
+    """``- label: PESQ +d [lo, hi] (verdict); better on ...; worse on ...`` from a :func:`compare` result."""
+    r = result[metric]
+    better = [m for m, v in result.items() if v["verdict"] == "better"]
+    worse = [m for m, v in result.items() if v["verdict"] == "worse"]
+    return (f"- {label}: {metric.upper()} {r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] ({r['verdict']}); better on "
+            f"{', '.join(better) or 'no metric'}; worse on {', '.join(worse) or 'no metric'}")
