@@ -37,7 +37,7 @@ from sb_mal.dsp import relative_to_samples
 __all__ = ["INTELLIGIBILITY_TARGETS", "equal_power", "noise_at_snr", "utterance_snr"]
 
 #: Target metrics a listening-enhancement generator may be driven by.
-INTELLIGIBILITY_TARGETS = ("siib", "estoi", "stoi")
+INTELLIGIBILITY_TARGETS = ("siib", "estoi", "stoi", "haspi")
 
 
 def _valid(x: torch.Tensor, lengths) -> torch.Tensor:

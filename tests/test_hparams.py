@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 YAMLS = sorted((REPO / "hparams").glob("*/*.yaml"))
 #: the recipe (and so the Brain) each YAML is written for, by file name
 BRAINS = [(r"/baseline\.yaml$", EnhanceBrain), (r"/mal_\w+\.yaml$", MALBrain), (r"/pift_\w+\.yaml$", PositionInvariantBrain),
-          (r"/(okd_\w+|metricgan_plus)\.yaml$", MetricGANOKDBrain), (r"/separation(_\w+)?\.yaml$", SeparationBrain),
+          (r"/(le_)?(okd_\w+|metricgan_plus)\.yaml$", MetricGANOKDBrain), (r"/separation(_\w+)?\.yaml$", SeparationBrain),
           (r"mp3codec/\w+\.yaml$", CodecNetBrain)]
 
 

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr"]
+__all__ = ["pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "haspi", "HASPI_REFERENCE_SPL"]
+
+#: Level (dB SPL) at which the clean reference is presented to HASPI's auditory model.
+HASPI_REFERENCE_SPL = 65.0
 
 
 def _pesq(clean: np.ndarray, enhanced: np.ndarray, sample_rate: int, mode: str) -> float:
@@ -80,3 +83,24 @@ def si_sdr(clean: np.ndarray, enhanced: np.ndarray, sample_rate: int = 16000, ep
     target = (np.dot(e, s) / energy) * s
     noise = e - target
     return float(10.0 * np.log10((np.dot(target, target) + eps) / (np.dot(noise, noise) + eps)))
+
+
+def haspi(clean: np.ndarray, enhanced: np.ndarray, sample_rate: int = 16000) -> float:
+    """HASPI v2 (Kates and Arehart 2021) for a normal-hearing listener, via the Clarity tools
+    (``pip install "sb_mal[haspi]"``), in [0, 1].
+
+    Calibration (the metric depends on the presentation level): the clean reference plays at
+    :data:`HASPI_REFERENCE_SPL` (65 dB SPL, a conversational level) and the processed signal with
+    the same calibration, so a louder or quieter output is heard louder or quieter. Audiogram: 0 dB
+    HL at every frequency.
+    """
+    from clarity.evaluator.haspi import haspi_v2
+    from clarity.utils.audiogram import AUDIOGRAM_REF
+
+    rms = float(np.sqrt(np.mean(np.asarray(clean, dtype=np.float64) ** 2)))
+    if not rms > 0:
+        raise ValueError("HASPI: the clean reference is silent")
+    level = HASPI_REFERENCE_SPL - 20 * np.log10(rms)  # dB SPL of an RMS of 1
+    value, _ = haspi_v2(np.asarray(clean, dtype=np.float64), sample_rate, np.asarray(enhanced, dtype=np.float64),
+                        sample_rate, AUDIOGRAM_REF, level1=float(level))
+    return float(value)

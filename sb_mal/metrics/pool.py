@@ -63,18 +63,20 @@ METRICS = (
     "cbak",
     "covl",
     "siib",
+    "haspi",
     "dnsmos_sig",
     "dnsmos_bak",
     "dnsmos_ovrl",
     "dnsmos_p808",
 )
 #: Metrics that compare with a clean reference (the same undefined-reference and length policy).
-_INTRUSIVE = METRICS[:10]
-_DNSMOS = METRICS[10:]
-#: Names that expand to several metrics (SIIB^Gauss, meant for long or concatenated stimuli and
-#: listening enhancement, is asked for by name or through "intelligibility", not by "intrusive").
+_INTRUSIVE = METRICS[:11]
+_DNSMOS = METRICS[11:]
+#: Names that expand to several metrics. SIIB^Gauss (meant for long or concatenated stimuli and
+#: listening enhancement) and HASPI (an optional extra) are asked for by name or through
+#: "intelligibility", not by "intrusive".
 METRIC_GROUPS = {
-    "intrusive": tuple(m for m in _INTRUSIVE if m != "siib"),
+    "intrusive": tuple(m for m in _INTRUSIVE if m not in ("siib", "haspi")),
     "intelligibility": ("stoi", "estoi", "siib"),
     "composite": ("csig", "cbak", "covl"),
     "dnsmos": _DNSMOS,
@@ -92,7 +94,7 @@ LENGTH_TOLERANCE = (0.01, 0.064)
 
 
 #: Metrics that need an optional extra: metric -> (extra, the packages it installs).
-OPTIONAL_METRICS = {m: ("dnsmos", ("onnxruntime", "speechmos")) for m in _DNSMOS}
+OPTIONAL_METRICS = {**{m: ("dnsmos", ("onnxruntime", "speechmos")) for m in _DNSMOS}, "haspi": ("haspi", ("clarity",))}
 
 
 class MissingDependencyError(ImportError):
@@ -275,6 +277,12 @@ def score_utterance(enhanced, clean, sample_rate: int, metrics: Sequence[str]) -
         value = attempt(["siib"], lambda: siib_gauss(ref, enh_i, METRIC_RATE))
         if value is not None:
             scores["siib"] = value
+    if "haspi" in metrics:
+        from sb_mal.metrics.intrusive import haspi
+
+        value = attempt(["haspi"], lambda: haspi(ref, enh_i, METRIC_RATE))
+        if value is not None:
+            scores["haspi"] = value
     if "ssnr" in metrics:
         value = attempt(["ssnr"], lambda: comp.segmental_snr(ref, enh_i, METRIC_RATE))
         if value is not None:

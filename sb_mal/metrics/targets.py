@@ -11,6 +11,7 @@ csig/cbak/covl (x - 1) / 4                                                  1.0
 stoi/estoi     x (already in [0, 1])                                        1.0
 si_sdr         1 / (1 + exp(-x / 10))  (our choice: 0 dB -> 0.5, 20 dB -> 0.88)  1.0
 siib           x / 1335.8 b/s (SIIB^Gauss of clean vs clean), clipped        1.0
+haspi          x (already in [0, 1])                                        1.0
 =============  ==========================================================  ==================
 
 The discriminator learns to predict these values; the generator is pushed towards 1.
@@ -30,7 +31,7 @@ import math
 __all__ = ["TARGET_METRICS", "normalize_score", "normalize_scores"]
 
 #: Metrics a discriminator can be trained to predict.
-TARGET_METRICS = ("pesq", "csig", "cbak", "covl", "stoi", "estoi", "si_sdr", "siib")
+TARGET_METRICS = ("pesq", "csig", "cbak", "covl", "stoi", "estoi", "si_sdr", "siib", "haspi")
 
 
 def normalize_score(metric: str, value: float, pesq_mapping: str = "sigmoid") -> float:
@@ -45,7 +46,7 @@ def normalize_score(metric: str, value: float, pesq_mapping: str = "sigmoid") ->
         raise ValueError(f"pesq_mapping must be 'sigmoid' or 'linear', got {pesq_mapping!r}")
     if metric in ("csig", "cbak", "covl"):
         return min(1.0, max(0.0, (value - 1.0) / 4.0))
-    if metric in ("stoi", "estoi"):
+    if metric in ("stoi", "estoi", "haspi"):
         return min(1.0, max(0.0, float(value)))
     if metric == "si_sdr":
         return 1.0 / (1.0 + math.exp(-value / 10.0))

@@ -1,4 +1,5 @@
-"""SIIB^Gauss: the published reference value, properties on real speech, failure handling, CLI."""
+"""Intelligibility metrics: SIIB^Gauss (the reference value, properties on real speech, failure
+handling, CLI) and HASPI v2 through the Clarity tools."""
 
 from __future__ import annotations
 
@@ -95,3 +96,18 @@ def test_cli_evaluate_lists_and_computes_siib(devset_test_pairs, tmp_path, capsy
                  "--metrics", "intelligibility", "--jobs", "0", "-o", str(out)]) == 0
     means = json.loads((out / "summary.json").read_text())["noisy"]["means"]
     assert set(means) >= {"stoi", "estoi", "siib"} and 0 < means["siib"] < SIIB_MAX
+
+
+def test_haspi_orders_clean_noisy_and_noise(devset_test_pairs):
+    pytest.importorskip("clarity", reason="the haspi extra is not installed")
+    from sb_mal.metrics.intrusive import haspi
+
+    _, noisy_path, clean_path = devset_test_pairs[0]
+    clean, rate = sf.read(clean_path)
+    noisy, _ = sf.read(noisy_path)
+    rng = np.random.default_rng(3)
+    very_noisy = clean + 10 * (noisy - clean) + 0.3 * clean.std() * rng.standard_normal(clean.size)
+    values = [haspi(clean, sig, rate) for sig in (clean, noisy, very_noisy, noisy - clean)]
+    assert values[0] == pytest.approx(1.0, abs=1e-3)
+    assert values[0] >= values[1] > values[2] > values[3] and values[3] < 0.1, values
+    assert normalize_score("haspi", 0.7) == 0.7
