@@ -72,19 +72,23 @@ def read_scores(path: Path) -> dict[str, dict[str, float]]:
     return rows
 
 
-def compare(baseline: dict[int, Path], arm: dict[int, Path], metrics: Sequence[str], n_boot: int = 4000
-            ) -> dict[str, dict]:
+def compare(baseline: dict[int, Path], arm: dict[int, Path], metrics: Sequence[str], n_boot: int = 4000,
+            only: set[str] | None = None) -> dict[str, dict]:
     """Paired comparison of two arms' per-utterance test scores, pooled over their common seeds.
 
-    ``baseline`` and ``arm`` map seed -> scores CSV. Returns, per metric: arm mean, baseline mean,
-    mean difference, interval, verdict, seeds and utterances used.
+    ``baseline`` and ``arm`` map seed -> scores CSV; ``only`` restricts the utterances (e.g. one SNR).
+    Returns, per metric: arm mean, baseline mean, mean difference, interval, verdict, seeds and
+    utterances used.
     """
     seeds = sorted(set(baseline) & set(arm))
     if not seeds:
         raise ValueError("no seed has both arms finished")
     base = {s: read_scores(baseline[s]) for s in seeds}
     other = {s: read_scores(arm[s]) for s in seeds}
-    utts = sorted(set.intersection(*(set(base[s]) & set(other[s]) for s in seeds)))
+    utts = sorted(set.intersection(*(set(base[s]) & set(other[s]) for s in seeds)) & (only if only is not None
+                                                                                    else set(base[seeds[0]])))
+    if not utts:
+        raise ValueError("no utterance is scored in both arms (and in `only`)")
     out = {}
     for m in metrics:
         a = np.array([[other[s][u].get(m, math.nan) for u in utts] for s in seeds])
