@@ -204,6 +204,7 @@ def shift_table(rows: list[dict], encoder: str, limit: int) -> str:
                 if r["mode"] == mode and r["loss"] == loss and r["shift_ms"] in picks:
                     row[f"{int(r['shift_ms'])} ms"] = r["relative"]
             table_rows.append(row)
+    limit = max((int(r.get("n", 0)) for r in rows), default=limit)  # what the cached study really used
     return (f"Shift study through {encoder} ({limit} test utterances of the seed-1 starting model): each loss for "
             "the enhanced signal delayed (zeros in front, end cut) or padded (zeros in front, longer) against the "
             "clean reference, divided by the same loss for the noisy input (below 1: the shifted enhanced signal "
