@@ -30,7 +30,7 @@ generator applied to the *clean* speech ``s`` of each pair; its output is rescal
 utterance's SNR (``le_snr_range`` in training, one of ``le_eval_snrs`` in validation and test), is
 added. Every score, target and discriminator input then compares ``s`` with ``m + n`` (the
 unprocessed reference: ``s + n``); the targets must be intelligibility metrics (siib, estoi,
-stoi).
+stoi, haspi).
 
 Mixed precision (``--precision``), gradient accumulation, the non-finite checks, ``no_sync`` and
 clipping (``max_grad_norm``) are SpeechBrain's own, for the generators; the discriminator updates
@@ -280,7 +280,8 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         if folder and sb.utils.distributed.if_main_process():
             gen = unwrap(self.modules[self.gen_names[0]])
             cfg = {"class": f"{type(gen).__module__}.{type(gen).__qualname__}", "kwargs": gen.config,
-                   "sample_rate": self.rate, "task": self.hparams.task, "recoverables": {m: name for m, name in zip(self.targets, self.gen_names)}}
+                   "sample_rate": self.rate, "task": self.hparams.task,
+                   "recoverables": {m: name for m, name in zip(self.targets, self.gen_names)}}
             atomic_write_text(os.path.join(folder, "model_config.json"), json.dumps(cfg, indent=2) + "\n")
 
     # -- validation / test -------------------------------------------------------------------
