@@ -157,9 +157,16 @@ def report(out: Path, args) -> None:
             arm = _scores(out, args.seeds, f"{encoder}_{loss}")
             if arm and set(arm) & set(mse):
                 against_mse.append((f"{LOSSES[loss]} vs ssl_mse", compare(mse, arm, METRICS), budget(f"{encoder}_{loss}")))
-        if len(rows) < 2:
+        shift_file = out / f"shift_{encoder}.json"
+        if len(rows) < 2:  # no fine-tuning arm finished yet: the shift study alone, if there is one
+            if shift_file.exists():
+                sections.append(f"### Through {encoder}\n\n- feature model: {ENCODERS[encoder]}\n- fine-tuning runs: "
+                                "not finished yet\n\n"
+                                + shift_table(json.loads(shift_file.read_text()), encoder, args.shift_limit) + "\n")
             continue
-        text = (f"### Through {encoder}\n\n- feature model: {ENCODERS[encoder]}\n\n"
+        done = {loss: sorted(_scores(out, args.seeds, f"{encoder}_{loss}")) for loss in LOSSES}
+        text = (f"### Through {encoder}\n\n- feature model: {ENCODERS[encoder]}\n- finished seeds: "
+                + ", ".join(f"{LOSSES[k]} {v}" for k, v in done.items()) + f", reconstruction only {sorted(rec)}\n\n"
                 "Against the reconstruction-only fine-tuning of the same starting model (paired difference [95 % "
                 "interval]):\n\n" + evidence_table(rows, METRICS) + "\n")
         if against_mse:
@@ -168,7 +175,6 @@ def report(out: Path, args) -> None:
         lines = [verdict_line(label if " vs " in label else f"{label} vs reconstruction only", result)
                  for label, result, _ in rows[1:] + against_mse]
         text += "\n" + "\n".join(lines) + "\n"
-        shift_file = out / f"shift_{encoder}.json"
         if shift_file.exists():
             text += "\n" + shift_table(json.loads(shift_file.read_text()), encoder, args.shift_limit) + "\n"
         sections.append(text)
