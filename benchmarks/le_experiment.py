@@ -21,12 +21,12 @@ Usage: python benchmarks/le_experiment.py [--seeds 1 2 3] [--epochs 30] [--sampl
 
 from __future__ import annotations
 
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _results import DEVSET, FIGURES, experiment_parser, header, parse_with_overrides, update_section
-from protocol import compare, evidence_table, read_scores, run_once, verdict_line
+from okd_experiment import okd_run
+from protocol import compare, evidence_table, read_scores, verdict_line
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = {"le_metricgan_plus": ("MetricGAN+ (SIIB)", ["siib"]),
@@ -117,12 +117,7 @@ def main():
               f"--test_metrics=[{','.join(metrics)}]", *extra]
 
     def train(job: tuple[int, str]) -> None:
-        seed, name = job
-        folder = out / f"seed{seed}" / name
-        cmd = [sys.executable, "recipes/metricgan_okd/train.py", f"hparams/folders/{name}.yaml",
-               f"--output_folder={folder}", f"--seed={seed}", *common]
-        outputs = tuple(f"test_scores_g{i}.csv" for i in range(len(SYSTEMS[name][1])))
-        run_once(cmd, folder, out / "logs" / f"{name}_{seed}.log", args.threads, outputs)
+        okd_run(out, job[0], job[1], len(SYSTEMS[job[1]][1]), common, args.threads)
 
     if not args.report_only:
         with ThreadPoolExecutor(args.parallel) as pool:

@@ -88,12 +88,7 @@ def main():
         common.append(f"--test_limit={args.test_limit}")
 
     def train(job: tuple[int, str]) -> None:
-        seed, name = job
-        folder = out / f"seed{seed}" / name
-        cmd = [sys.executable, "recipes/metricgan_okd/train.py", f"hparams/folders/{name}.yaml",
-               f"--output_folder={folder}", f"--seed={seed}", *common]
-        outputs = tuple(f"test_scores_g{i}.csv" for i in range(len(SYSTEMS[name][1])))
-        run_once(cmd, folder, out / "logs" / f"{name}_{seed}.log", args.threads, outputs)
+        okd_run(out, job[0], job[1], len(SYSTEMS[job[1]][1]), common, args.threads)
 
     sb_root = _speechbrain_recipe(args.speechbrain_recipes)
     if not args.report_only:
@@ -111,6 +106,16 @@ def main():
         print("part 2 skipped: no --speechbrain-recipes PATH given (a SpeechBrain checkout to run its MetricGAN+ "
               "recipe from)")
     report(out, args)
+
+
+def okd_run(out: Path, seed: int, name: str, generators: int, common: list[str], threads: int) -> None:
+    """One run of ``recipes/metricgan_okd/train.py hparams/folders/<name>.yaml`` for ``seed`` into
+    ``<out>/seed<seed>/<name>`` (resumable: done once every generator's test scores are there)."""
+    folder = out / f"seed{seed}" / name
+    cmd = [sys.executable, "recipes/metricgan_okd/train.py", f"hparams/folders/{name}.yaml",
+           f"--output_folder={folder}", f"--seed={seed}", *common]
+    run_once(cmd, folder, out / "logs" / f"{name}_{seed}.log", threads,
+             tuple(f"test_scores_g{i}.csv" for i in range(generators)))
 
 
 # -- part 2: SpeechBrain's recipe ------------------------------------------------------------------
