@@ -63,6 +63,17 @@ def devset_test_pairs(devset) -> list[tuple[str, str, str]]:
     return [(p.stem, str(p), str(devset / "pairs" / "test" / "clean" / p.name)) for p in noisy]
 
 
+def link_pairs(pairs, folder) -> Path:
+    """``folder/noisy/<id>.flac`` and ``folder/clean/<id>.flac`` as links to ``pairs`` (id, noisy, clean)."""
+    folder = Path(folder)
+    for sub in ("noisy", "clean"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for uid, noisy, clean in pairs:
+        os.symlink(noisy, folder / "noisy" / f"{uid}.flac")
+        os.symlink(clean, folder / "clean" / f"{uid}.flac")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def devset_test_arrays(devset_test_pairs):
     """The first four devset test pairs loaded as arrays: (ids, noisy, clean)."""

@@ -8,18 +8,14 @@ import sys
 
 import pytest
 
+from conftest import link_pairs
 from sb_mal.cli import main
 
 
 @pytest.fixture()
 def small_pairs(devset_test_pairs, tmp_path):
     """Three devset pairs linked into noisy/ and clean/ folders (links, not copies)."""
-    for sub in ("noisy", "clean"):
-        (tmp_path / sub).mkdir()
-    for uid, noisy, clean in devset_test_pairs[:3]:
-        os.symlink(noisy, tmp_path / "noisy" / f"{uid}.flac")
-        os.symlink(clean, tmp_path / "clean" / f"{uid}.flac")
-    return tmp_path
+    return link_pairs(devset_test_pairs[:3], tmp_path)
 
 
 def test_evaluate_folders(small_pairs, tmp_path, capsys):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import link_pairs
 from sb_mal.cli import main
 from sb_mal.metrics import evaluate
 from sb_mal.metrics.siib import SIIB_MAX, siib_gauss
@@ -86,11 +86,7 @@ def test_cli_evaluate_lists_and_computes_siib(devset_test_pairs, tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     assert "siib" in capsys.readouterr().out
-    for sub in ("noisy", "clean"):
-        (tmp_path / sub).mkdir()
-    for uid, noisy, clean in devset_test_pairs[:2]:
-        os.symlink(noisy, tmp_path / "noisy" / f"{uid}.flac")
-        os.symlink(clean, tmp_path / "clean" / f"{uid}.flac")
+    link_pairs(devset_test_pairs[:2], tmp_path)
     out = tmp_path / "eval"
     assert main(["evaluate", "--clean", str(tmp_path / "clean"), "--noisy", str(tmp_path / "noisy"),
                  "--metrics", "intelligibility", "--jobs", "0", "-o", str(out)]) == 0

@@ -49,13 +49,9 @@ def test_cli_iterate_with_exported_models(devset_test_pairs, tmp_path, capsys):
     run, _ = make_run(tmp_path / "run")
     assert main(["export", str(run), "-o", str(tmp_path / "m1")]) == 0
     assert main(["export", str(run), "-o", str(tmp_path / "m2"), "--key", "loss", "--min"]) == 0
-    for sub in ("noisy", "clean"):
-        (tmp_path / sub).mkdir()
-    import os
+    from conftest import link_pairs
 
-    for uid, n, c in devset_test_pairs[:2]:
-        os.symlink(n, tmp_path / "noisy" / f"{uid}.flac")
-        os.symlink(c, tmp_path / "clean" / f"{uid}.flac")
+    link_pairs(devset_test_pairs[:2], tmp_path)
     out = tmp_path / "study"
     assert main(["iterate", "--model", f"a={tmp_path / 'm1'}", "--model", f"b={tmp_path / 'm2'}",
                  "--noisy", str(tmp_path / "noisy"), "--clean", str(tmp_path / "clean"), "--passes", "2",
