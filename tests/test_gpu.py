@@ -89,7 +89,24 @@ LOSS_NAMES = ["WaveformL1", "SISDRLoss", "MultiResolutionSTFTLoss", "WeightedSum
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
 def test_loss_on_cuda_equals_cpu_and_runs_under_autocast(name, tiny_wavlm_dir, exact_math):
-    factory = _loss_factories(tiny_wavlm_dir)[name]
+    _check_loss_on_cuda(_loss_factories(tiny_wavlm_dir)[name])
+
+
+@pytest.mark.parametrize("source", ["torchfcpe", "resemblyzer"])
+@pytest.mark.parametrize("loss_name", ["SSLMSELoss", "SSLSoftDTWLoss"])
+def test_wheel_encoder_losses_on_cuda_equal_cpu(source, loss_name, exact_math):
+    """The frozen feature models shipped in pip wheels (the `encoders` extra) as SSL-loss sources on CUDA."""
+    import importlib.util
+
+    from sb_mal import losses as L
+    from sb_mal.models.frame_features import build_frame_extractor
+
+    if importlib.util.find_spec(source) is None:
+        pytest.skip(f"{source} is not installed (extra `encoders`)")
+    _check_loss_on_cuda(lambda: getattr(L, loss_name)(build_frame_extractor(source)))
+
+
+def _check_loss_on_cuda(factory):
     g = torch.Generator().manual_seed(1)
     clean = 0.3 * torch.randn(3, 16000, generator=g)
     pred = clean + 0.1 * torch.randn(3, 16000, generator=g)
@@ -191,6 +208,19 @@ def test_okd_recipe_on_cuda_with_speechbrain_modules(devset, tmp_path, precision
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(_epochs(out)) == 2
     assert json.loads((out / "test_summary_g1.json").read_text())["counts"]["pesq"] == 2
+
+
+@pytest.mark.recipe
+def test_listening_enhancement_recipe_on_cuda(devset, tmp_path):
+    out = tmp_path / "le"
+    proc = _run("metricgan_okd/train.py", "folders/le_okd_siib_estoi.yaml", out, f"--data_folder={devset}",
+                "--number_of_epochs=2", "--samples_per_epoch=4", "--valid_every=1", "--segment_seconds=2.0",
+                "--precision=bf16", "--num_layers=1", "--d_channels=[4,4,4,4]", "--valid_limit=2", "--test_limit=2",
+                "--n_jobs=0", "--test_metrics=[siib,estoi]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(_epochs(out)) == 2
+    summary = json.loads((out / "test_summary_g0.json").read_text())
+    assert summary["counts"]["estoi"] == 2 and math.isfinite(summary["means"]["estoi"])
 
 
 @pytest.mark.recipe

@@ -390,6 +390,9 @@ class ResemblyzerFeatureExtractor(FrameFeatureExtractor):
         x = self.power_mel(wav)
         hidden = []
         for lstm in self._lstms:
+            # cuDNN refuses to backpropagate through an RNN in eval mode; a one-layer LSTM has no
+            # dropout, so train mode is the same function (the weights stay frozen: no gradient).
+            lstm.train(wav.is_cuda)
             x, _ = lstm(x)
             hidden.append(x)
         return self._select(hidden, x)
