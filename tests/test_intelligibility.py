@@ -62,6 +62,14 @@ def test_too_short_silent_or_mismatched_is_an_error():
         siib_gauss(np.zeros(32000), rng.standard_normal(32000))
     with pytest.raises(ValueError, match="lengths differ"):
         siib_gauss(np.ones(100), np.ones(50))
+    speech = rng.standard_normal(48000)
+    for bad in (np.nan, np.inf):
+        degraded = speech.copy()
+        degraded[1000] = bad
+        with pytest.raises(ValueError, match="degraded signal contains NaN or Inf"):
+            siib_gauss(speech, degraded)
+    with pytest.raises(ValueError, match="one channel"):
+        siib_gauss(np.stack([speech, speech], 1), np.stack([speech, speech], 1))
 
 
 def test_pool_gives_nan_with_a_warning_never_a_crash(devset_test_pairs, tmp_path):

@@ -41,7 +41,12 @@ def test_noise_is_rescaled_to_the_utterance_snr():
     scaled = noise_at_snr(n, s, [-10.0, 5.0])
     snr = 10 * torch.log10(s.pow(2).sum(1) / scaled.pow(2).sum(1))
     assert torch.allclose(snr, torch.tensor([-10.0, 5.0], dtype=torch.float64))
-    assert utterance_snr("u", (-10, 5), (-5, 0, 5)) in (-5.0, 0.0, 5.0)  # evaluation: fixed by the id
+    padded = noise_at_snr(torch.cat([n, 100 * torch.ones(2, 2000, dtype=n.dtype)], 1),
+                          torch.cat([s, torch.zeros(2, 2000, dtype=s.dtype)], 1), [0.0, 0.0],
+                          torch.tensor([0.8, 0.8], dtype=torch.float64))  # valid: the first 8000 of 10000
+    assert torch.allclose(padded[:, :8000].pow(2).sum(1), s.pow(2).sum(1)) and padded[:, 8000:].abs().max() == 0
+    fixed = {utterance_snr("u", (-10, 5), (-5, 0, 5), seed=k) for k in range(3)}
+    assert len(fixed) == 1 and fixed <= {-5.0, 0.0, 5.0}  # evaluation: fixed by the id, whatever the seed
     train = {utterance_snr("u", (-10, 5), (-5, 0, 5), seed=0, epoch=e) for e in range(1, 6)}
     assert len(train) == 5 and all(-10 <= v <= 5 for v in train)  # training: new every epoch
 
@@ -100,6 +105,43 @@ def test_a_listening_yaml_with_a_quality_target_is_an_error_naming_it(tmp_path):
 
     with pytest.raises(HParamsError, match=r"target_metrics: \['pesq'\] not an intelligibility metric"):
         _le_brain(tmp_path, ("pesq",))
+
+
+@pytest.mark.unit
+def test_listening_enhancer_keeps_the_callers_chunking_and_equal_power(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from sb_mal.inference.enhancer import Enhancer
+
+    class Tilt(torch.nn.Module):
+        def forward(self, wav, lengths=None):
+            return torch.cat([wav[..., :1], wav[..., 1:] - 0.9 * wav[..., :-1]], -1)
+
+    enh = Enhancer(modules={"enhance_model": Tilt()}, hparams={"sample_rate": 16000, "task": "listening"},
+                   run_opts={"device": "cpu"})
+    wav = 0.1 * np.random.default_rng(0).standard_normal(40000).astype("float32")
+    sf.write(tmp_path / "s.wav", wav, 16000)
+    # a short chunk needs a short overlap: the caller's overlap must reach the one-pass listening path
+    out = enh.enhance_file(tmp_path / "s.wav", tmp_path / "m.wav", chunk_seconds=0.5, overlap_seconds=0.1)
+    assert float(out.pow(2).sum()) == pytest.approx(float(np.sum(wav.astype(np.float64) ** 2)), rel=1e-5)
+    assert sf.info(tmp_path / "m.wav").frames == wav.size
+
+
+@pytest.mark.unit
+def test_history_replays_pairs_at_the_level_their_targets_were_computed_at(tmp_path):
+    import numpy as np
+
+    from sb_mal.brains.metric_history import MetricHistory
+
+    history = MetricHistory(tmp_path / "history", 16000)
+    rng = np.random.default_rng(0)
+    clean, heard = 0.5 * rng.standard_normal(16000), 0.9 * rng.standard_normal(16000)  # peaks above 1
+    history.add("u1", 1, heard, clean, [0.5])
+    back_clean, back_heard = history.load_audio(history.entries[0])
+    assert np.abs(back_heard).max() > 1.5
+    assert np.allclose(back_heard, heard, atol=2e-4 * np.abs(heard).max())
+    assert np.allclose(back_clean, clean, atol=2e-4 * np.abs(heard).max())
 
 
 @pytest.mark.recipe

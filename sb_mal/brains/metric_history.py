@@ -68,15 +68,16 @@ class MetricHistory:
         """Record an enhanced utterance and its reference; ``write`` them to disk (the main process does)."""
         path = self.path_for(uid, epoch)
         clean_path = path.with_name(path.stem + "_clean.flac")
+        # one common gain keeps the pair's relative level inside the file's full scale; it is stored and
+        # undone on load, so the discriminator replays the pair at the level its targets were computed at
+        peak = max(1.0, float(np.abs(enhanced).max()), float(np.abs(clean).max()))
         if write:
             from sb_mal.audio import write_audio
 
-            # one common gain keeps the pair's relative level (the targets were computed on it)
-            peak = max(1.0, float(np.abs(enhanced).max()), float(np.abs(clean).max()))
             write_audio(path, np.asarray(enhanced, np.float32) / peak, self.sample_rate)
             write_audio(clean_path, np.asarray(clean, np.float32) / peak, self.sample_rate)
         self.entries.append({"id": uid, "epoch": int(epoch), "path": str(path), "clean_path": str(clean_path),
-                             "targets": [float(t) for t in targets]})
+                             "targets": [float(t) for t in targets], "gain": peak})
 
     def sample(self, portion: float, rng: np.random.Generator) -> list[dict]:
         """A random ``portion`` of the history (without replacement)."""
@@ -90,8 +91,9 @@ class MetricHistory:
         """``(clean, enhanced)`` waveforms of an entry."""
         from sb_mal.audio import read_audio
 
-        clean = read_audio(entry["clean_path"], self.sample_rate, as_numpy=True)[0]
-        return clean, read_audio(entry["path"], self.sample_rate, as_numpy=True)[0]
+        gain = float(entry.get("gain", 1.0))  # back to the level the targets were computed at
+        clean = read_audio(entry["clean_path"], self.sample_rate, as_numpy=True)[0] * gain
+        return clean, read_audio(entry["path"], self.sample_rate, as_numpy=True)[0] * gain
 
     @mark_as_saver
     def _save(self, path):

@@ -108,7 +108,7 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         self.targets = list(h.target_metrics)
         bad = [m for m in self.targets if m not in TARGET_METRICS]
         if bad:
-            raise HParamsError(f"unknown target metric(s) {bad}; choose from {TARGET_METRICS}")
+            raise HParamsError(f"target_metrics: unknown metric(s) {bad}; choose from {TARGET_METRICS}")
         self.listening = h.task == "listening"
         if self.listening:
             bad = [m for m in self.targets if m not in INTELLIGIBILITY_TARGETS]

@@ -158,6 +158,9 @@ class DiscriminatorPhase:
         current = [item for part in _all_gather(mine) for item in part]  # identical updates on every rank
         for item in current:
             history.noisy_targets[item.uid] = item.noisy_targets
+        if getattr(self.brain, "listening", False):  # per-epoch keys (uid@epochN) are never looked up again
+            keep = {item.uid for item in current}
+            history.noisy_targets = {k: v for k, v in history.noisy_targets.items() if k in keep or "@epoch" not in k}
         return current
 
     def run(self, epoch: int, utterances: list) -> dict:

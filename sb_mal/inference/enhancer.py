@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import platform
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -431,7 +432,12 @@ class Enhancer(Pretrained):
             # listening enhancement rescales the whole output to the input's power: one pass in memory
             if reader.total <= chunk or self.task == "listening":
                 wav, _ = read_audio(path, self.sample_rate)
-                enhanced = self.enhance_batch(wav[None], chunk_seconds=chunk_seconds)[0].cpu()
+                enhanced = self.enhance_batch(wav[None], chunk_seconds=chunk_seconds,
+                                              overlap_seconds=overlap_seconds)[0].cpu()
+                if output_path is not None and self.task == "listening" and float(enhanced.abs().max()) > 1.0:
+                    warnings.warn(f"{output_path}: the modified speech peaks at {float(enhanced.abs().max()):.2f} "
+                                  "(full scale 1) and is clipped when written, so the file is slightly below the "
+                                  "input's power; lower the input level to keep equal power exactly")
                 if output_path is not None:
                     write_audio(output_path, enhanced, self.sample_rate, protect=[path])
                 return enhanced if return_waveform else None

@@ -112,11 +112,17 @@ def _forward_masking(levels: np.ndarray, floor: np.ndarray) -> np.ndarray:
 def siib_gauss(clean, degraded, sample_rate: int = RATE) -> float:
     """SIIB^Gauss (bits per second) of ``degraded`` against the time-aligned ``clean`` speech.
 
-    Raises ``ValueError`` for signals of different lengths, a silent reference, or less than
+    Raises ``ValueError`` for signals of different lengths, several channels, NaN/Inf samples, a
+    silent reference, or less than
     :data:`MIN_SPEECH_SECONDS` of active speech (the metric pool turns it into NaN and a warning).
     """
-    x = np.asarray(clean, dtype=np.float64).ravel()
-    y = np.asarray(degraded, dtype=np.float64).ravel()
+    x, y = np.asarray(clean, dtype=np.float64), np.asarray(degraded, dtype=np.float64)
+    for name, sig in (("clean", x), ("degraded", y)):
+        if sig.ndim > 1 and max(sig.shape) != sig.size:
+            raise ValueError(f"SIIB: the {name} signal has shape {sig.shape}; expected one channel")
+        if not np.isfinite(sig).all():
+            raise ValueError(f"SIIB: the {name} signal contains NaN or Inf samples")
+    x, y = x.ravel(), y.ravel()
     if x.size != y.size:
         raise ValueError(f"SIIB: clean and degraded lengths differ ({x.size} vs {y.size} samples)")
     if int(sample_rate) != RATE:
