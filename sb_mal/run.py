@@ -34,7 +34,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RECIPE_KEYS", "load_recipe_hparams", "run_recipe"]
+__all__ = ["RECIPE_KEYS", "load_recipe_hparams", "main", "run_recipe"]
 
 #: YAML keys the recipe skeleton reads itself (besides those each Brain declares)
 RECIPE_KEYS = ("modules", "opt_class", "epoch_counter", "checkpointer", "prepare", "train_data", "valid_data",
@@ -146,6 +146,28 @@ def run_recipe(brain_class, script: str | None = None, argv: list[str] | None = 
         raise SystemExit(f"error: {err}") from None
     finally:
         _shutdown_process_group(wait_for_peers=ok)
+
+
+def main(brain_class, script: str | None = None) -> None:
+    """A recipe script's entry point: :func:`run_recipe` on the command line's arguments.
+
+    In a distributed launch (``torchrun``, ``WORLD_SIZE`` > 1) a process that finished cleanly flushes
+    its logs and output and ends at once (``os._exit(0)``), without interpreter finalization: PyTorch
+    keeps a process group that DDP has used alive past ``destroy_process_group`` (checked with torch
+    2.14: a weak reference to the group outlives it once a ``DistributedDataParallel`` was built), and
+    destroying gloo's worker threads during finalization can abort a finished rank ("terminate called
+    without an active exception", SIGABRT), which the launcher reports as a failed run. Everything a
+    recipe writes is on disk by then (checkpoints and results are written atomically).
+    """
+    run_recipe(brain_class, script)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(0)
 
 
 def _shutdown_process_group(wait_for_peers: bool) -> None:

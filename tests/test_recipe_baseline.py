@@ -66,6 +66,24 @@ def test_ddp_two_processes_gloo(devset, tmp_path):
     assert len(list((out / "save").glob("CKPT+*"))) == 1
 
 
+@pytest.mark.unit
+def test_a_finished_distributed_rank_skips_interpreter_finalization(monkeypatch):
+    """PyTorch keeps a DDP-used gloo group alive past destroy_process_group, and its threads can abort a
+    finished rank at interpreter exit: `main` ends a clean distributed run with os._exit(0) instead."""
+    import sb_mal.run as run
+
+    calls = []
+    monkeypatch.setattr(run, "run_recipe", lambda brain_class, script: calls.append(("run", brain_class, script)))
+    monkeypatch.setattr(run.os, "_exit", lambda code: calls.append(("exit", code)))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    run.main("Brain", "train.py")
+    assert calls == [("run", "Brain", "train.py"), ("exit", 0)]
+    calls.clear()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    run.main("Brain", "train.py")
+    assert calls == [("run", "Brain", "train.py")]  # a single process exits normally
+
+
 def test_bf16_precision_flag(devset, tmp_path):
     out = tmp_path / "bf16"
     proc = run([f"--data_folder={devset}", f"--output_folder={out}", "--debug", "--debug_batches=2",

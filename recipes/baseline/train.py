@@ -13,7 +13,7 @@ SpeechBrain run option works (``--debug``, ``--device=cuda:0``, ``--precision=bf
 """
 
 from sb_mal.brains import EnhanceBrain
-from sb_mal.run import run_recipe
+from sb_mal.run import main
 
 if __name__ == "__main__":
-    run_recipe(EnhanceBrain, __file__)
+    main(EnhanceBrain, __file__)

@@ -16,7 +16,7 @@ loss: ``CodecApproximationLoss.from_pretrained(<output_folder>)``; its imitation
 """
 
 from sb_mal.brains.codec import CodecNetBrain
-from sb_mal.run import run_recipe
+from sb_mal.run import main
 
 if __name__ == "__main__":
-    run_recipe(CodecNetBrain, __file__)
+    main(CodecNetBrain, __file__)

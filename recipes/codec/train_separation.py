@@ -14,7 +14,7 @@ Any key of the YAML can be overridden on the command line; every SpeechBrain run
 """
 
 from sb_mal.brains import SeparationBrain
-from sb_mal.run import run_recipe
+from sb_mal.run import main
 
 if __name__ == "__main__":
-    run_recipe(SeparationBrain, __file__)
+    main(SeparationBrain, __file__)

@@ -15,7 +15,7 @@ baseline; set ``ssl_source`` to a hub id or a local folder).
 """
 
 from sb_mal.brains import MALBrain
-from sb_mal.run import run_recipe
+from sb_mal.run import main
 
 if __name__ == "__main__":
-    run_recipe(MALBrain, __file__)
+    main(MALBrain, __file__)

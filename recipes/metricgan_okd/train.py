@@ -16,7 +16,7 @@ tested from it; export generator i with
 """
 
 from sb_mal.brains import MetricGANOKDBrain
-from sb_mal.run import run_recipe
+from sb_mal.run import main
 
 if __name__ == "__main__":
-    run_recipe(MetricGANOKDBrain, __file__)
+    main(MetricGANOKDBrain, __file__)

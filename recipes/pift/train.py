@@ -21,7 +21,7 @@ soft-DTW). ``ssl_source`` is any Hugging Face id or a local folder written by ``
 """
 
 from sb_mal.brains import PositionInvariantBrain
-from sb_mal.run import run_recipe
+from sb_mal.run import main
 
 if __name__ == "__main__":
-    run_recipe(PositionInvariantBrain, __file__)
+    main(PositionInvariantBrain, __file__)
