@@ -116,6 +116,21 @@ def test_resemblyzer_front_end_matches_librosa_and_layers_match_the_packaged_lst
     assert torch.allclose(feats, out, atol=1e-4)
 
 
+def test_resemblyzer_lstms_run_in_train_mode_for_cudnn_and_stay_frozen(resemblyzer, speech):
+    """cuDNN cannot backpropagate through an RNN in eval mode: the frozen LSTMs run in train mode
+    (dropout 0, the same function) during extraction, and are back in eval mode afterwards."""
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, _: seen.append((m.training, m.dropout))) for m in resemblyzer._lstms]
+    try:
+        resemblyzer(speech[:, :16000])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen and all(training and dropout == 0 for training, dropout in seen)
+    assert not any(m.training for m in resemblyzer._lstms)
+    assert not any(p.requires_grad for p in resemblyzer._lstms.parameters())
+
+
 def test_resemblyzer_is_causal_and_level_normalised(resemblyzer, speech):
     batch = torch.cat([speech, torch.cat([speech[:, :16000], torch.zeros(1, 16000)], 1)])
     with torch.no_grad():

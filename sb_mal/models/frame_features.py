@@ -35,6 +35,7 @@ the installed package's folder, without importing the package's own model code f
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,10 +131,12 @@ class FrameFeatureExtractor(FrozenNetworks):
         counts = (torch.full((batch,), total, dtype=torch.long, device=wav.device) if sample_counts is None
                   else sample_counts.to(wav.device).long().clamp(1, total))
         wav = self.follow(wav)
-        for net in self.frozen_networks():
-            if net.training:
-                net.eval()
-        with torch.autocast(device_type=wav.device.type, enabled=False):
+        from sb_mal.losses.model_taps import loss_mode  # late: sb_mal.losses imports this module
+
+        with torch.autocast(device_type=wav.device.type, enabled=False), contextlib.ExitStack() as modes:
+            for net in self.frozen_networks():
+                net.eval()  # frozen stays frozen, whatever switched it
+                modes.enter_context(loss_mode(net))  # RNNs in train mode, dropout 0: cuDNN backward needs it
             normalize = self.normalize_input if normalize is None else normalize
             if normalize:
                 wav = self.normalize_waveform(wav, counts)
@@ -390,9 +393,6 @@ class ResemblyzerFeatureExtractor(FrameFeatureExtractor):
         x = self.power_mel(wav)
         hidden = []
         for lstm in self._lstms:
-            # cuDNN refuses to backpropagate through an RNN in eval mode; a one-layer LSTM has no
-            # dropout, so train mode is the same function (the weights stay frozen: no gradient).
-            lstm.train(wav.is_cuda)
             x, _ = lstm(x)
             hidden.append(x)
         return self._select(hidden, x)
