@@ -75,14 +75,23 @@ def fixed_scores(path: Path, metrics: list[str], modify=None, only: set[str] | N
     return path
 
 
+def generator_modifier(run: Path, g: int = 0):
+    """Generator ``g`` of the finished run ``run`` (``<out>/seed<k>/<system>``) as a modifier:
+    clean speech ``[1, T]`` -> modified speech at the power of the input."""
+    from sb_mal.checkpoints import load_pretrained
+    from sb_mal.listening import equal_power
+
+    gen = load_pretrained(run, key=f"g{g}_{SYSTEMS[run.name][1][g]}", recoverable=f"generator_{g}").model
+    return lambda s: equal_power(gen(s), s)
+
+
 def example_figure(out: Path, seed: int) -> None:
     """Spectrograms of one 0 dB test utterance: clean, unprocessed in noise, each system's generator 0."""
     import torch
 
     from sb_mal.audio import read_audio
-    from sb_mal.checkpoints import load_pretrained
     from sb_mal.evaluation.plots import save_spectrogram_grid
-    from sb_mal.listening import equal_power, noise_at_snr, utterance_snr
+    from sb_mal.listening import noise_at_snr, utterance_snr
 
     names = [p.stem for p in sorted((DEVSET / "pairs/test/noisy").glob("*.flac"))]
     uid = next(u for u in names if utterance_snr(u, (-10.0, 5.0), EVAL_SNRS) == 0.0)
@@ -90,13 +99,12 @@ def example_figure(out: Path, seed: int) -> None:
     y = torch.as_tensor(read_audio(DEVSET / "pairs/test/noisy" / f"{uid}.flac", 16000)[0])[None]
     n = noise_at_snr(y - s, s, [0.0])
     rows, labels = [[s[0].numpy(), (s + n)[0].numpy()]], ["unprocessed"]
-    for name, (label, targets) in SYSTEMS.items():
+    for name, (label, _) in SYSTEMS.items():
         run = out / f"seed{seed}" / name
         if not (run / "seconds").exists():
             continue
-        gen = load_pretrained(run, key=f"g0_{targets[0]}", recoverable="generator_0").model
         with torch.no_grad():
-            m = equal_power(gen(s), s)
+            m = generator_modifier(run)(s)
         rows.append([m[0].numpy(), (m + n)[0].numpy()])
         labels.append(f"{label.split(' (')[0]} G0")
     FIGURES.mkdir(parents=True, exist_ok=True)
@@ -224,24 +232,20 @@ def haspi_subset(limit: int) -> set[str]:
 def haspi_scores(out: Path, seeds, limit: int, n_jobs: int) -> dict:
     """HASPI v2 (normal hearing) of every arm on :func:`haspi_subset`: ``{arm: {seed: csv}}``, cached
     under ``<out>/haspi``. Slow (seconds per utterance), hence a subset."""
-    from sb_mal.checkpoints import load_pretrained
-    from sb_mal.listening import equal_power
-
     only, folder = haspi_subset(limit), out / "haspi"
     folder.mkdir(exist_ok=True)
     arms = {"unprocessed": {s: fixed_scores(folder / "unprocessed.csv", ["haspi"], None, only, n_jobs) for s in seeds},
             "pre_emphasis": {s: fixed_scores(folder / "pre_emphasis.csv", ["haspi"], pre_emphasis, only, n_jobs)
                              for s in seeds}}
     for name, (_, targets) in SYSTEMS.items():
-        for g, target in enumerate(targets):
+        for g in range(len(targets)):
             for seed in seeds:
                 run = out / f"seed{seed}" / name
                 if not (run / "seconds").exists():
                     continue
-                gen = load_pretrained(run, key=f"g{g}_{target}", recoverable=f"generator_{g}").model
-                arms.setdefault((name, g), {})[seed] = fixed_scores(
-                    folder / f"{name}_g{g}_seed{seed}.csv", ["haspi"], lambda s, gen=gen: equal_power(gen(s), s),
-                    only, n_jobs)
+                path = folder / f"{name}_g{g}_seed{seed}.csv"
+                arms.setdefault((name, g), {})[seed] = (path if path.exists() else fixed_scores(
+                    path, ["haspi"], generator_modifier(run, g), only, n_jobs))
     return arms
 
 
@@ -272,12 +276,14 @@ def what_it_does(out: Path, seeds, n_utts: int = 12) -> list[dict]:
     import torch
 
     from sb_mal.audio import read_audio
-    from sb_mal.checkpoints import load_pretrained
-    from sb_mal.listening import equal_power
 
     cache = out / "what_it_does.json"
     rows = json.loads(cache.read_text()) if cache.exists() else []
     done = {(r["seed"], r["system"]) for r in rows}
+    todo = [(seed, name) for seed in seeds for name in SYSTEMS
+            if (seed, name) not in done and (out / f"seed{seed}" / name / "seconds").exists()]
+    if not todo and ("-", "clean") in done:
+        return rows
     files = sorted((DEVSET / "pairs/test/clean").glob("*.flac"))[:n_utts]
     speech = [torch.as_tensor(read_audio(p, 16000)[0])[None] for p in files]
 
@@ -294,20 +300,16 @@ def what_it_does(out: Path, seeds, n_utts: int = 12) -> list[dict]:
     if ("-", "clean") not in done:
         rows.append({"seed": "-", "system": "clean", "bands_db": [0.0] * (len(BAND_EDGES) - 1),
                      "dynamic_range_db": float(np.mean([dynamic_range(s[0].numpy()) for s in speech]))})
-    for seed in seeds:
-        for name, (label, targets) in SYSTEMS.items():
-            run = out / f"seed{seed}" / name
-            if (seed, name) in done or not (run / "seconds").exists():
-                continue
-            gen = load_pretrained(run, key=f"g0_{targets[0]}", recoverable="generator_0").model
-            change, ranges = [], []
-            for s in speech:
-                with torch.no_grad():
-                    m = equal_power(gen(s), s)[0].numpy()
-                change.append(bands(m) - bands(s[0].numpy()))
-                ranges.append(dynamic_range(m))
-            rows.append({"seed": seed, "system": name, "bands_db": np.mean(change, 0).tolist(),
-                         "dynamic_range_db": float(np.mean(ranges))})
+    for seed, name in todo:
+        modify = generator_modifier(out / f"seed{seed}" / name)
+        change, ranges = [], []
+        for s in speech:
+            with torch.no_grad():
+                m = modify(s)[0].numpy()
+            change.append(bands(m) - bands(s[0].numpy()))
+            ranges.append(dynamic_range(m))
+        rows.append({"seed": seed, "system": name, "bands_db": np.mean(change, 0).tolist(),
+                     "dynamic_range_db": float(np.mean(ranges))})
     cache.write_text(json.dumps(rows, indent=1))
     return rows
 
