@@ -141,7 +141,7 @@ def test_ddp_two_processes_gloo_without_sync_batchnorm(devset, mp3_cache, tmp_pa
     # wraps plain DDP with gloo
     out = tmp_path / "ddp"
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29547", str(RECIPE),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(RECIPE),
            str(REPO / "hparams" / "mp3codec" / "spectral.yaml"), f"--data_folder={devset}", f"--output_folder={out}",
            f"--mp3_cache={mp3_cache}", *_folders(devset), "--distributed_backend=gloo", "--filters=4", "--levels=3",
            "--segment_samples=16384", "--batch_size=2", "--examples_per_epoch=8", "--valid_items=4",

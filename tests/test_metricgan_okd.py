@@ -152,7 +152,7 @@ def test_n1_alpha0_is_the_metricgan_plus_configuration(devset):
 @pytest.mark.recipe
 def test_ddp_two_processes_gloo(devset, tmp_path):
     out = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = run_recipe(devset, out, "--number_of_epochs=2", "--distributed_backend=gloo", launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-4000:]
     log = (out / "train_log.txt").read_text()

@@ -54,7 +54,7 @@ def test_debug_run_end_to_end_loss_goes_down(devset, tmp_path):
 def test_ddp_two_processes_gloo(devset, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(RECIPE), str(HPARAMS), f"--data_folder={devset}", f"--output_folder={out}",
            "--distributed_backend=gloo", "--number_of_epochs=1", *TINY]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
