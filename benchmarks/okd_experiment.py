@@ -19,7 +19,7 @@ wall time per epoch of each is reported with their ratio. Without the option, pa
 with a message.
 
 Usage: python benchmarks/okd_experiment.py [--seeds 1 2 3] [--epochs 40] [--samples 48]
-       [--speechbrain-recipes ~/speechbrain] [--report-only]
+       [--speechbrain-recipes ~/speechbrain [--speechbrain-only] [--sb-epochs 10]] [--report-only]
 """
 
 from __future__ import annotations
@@ -78,8 +78,12 @@ def main():
                         help="a SpeechBrain checkout (or its recipes folder): also run its MetricGAN+ recipe")
     parser.add_argument("--sb-pool", type=int, default=200, help="fixed training mixtures written for part 2")
     parser.add_argument("--sb-epochs", type=int, default=10)
+    parser.add_argument("--speechbrain-only", action="store_true",
+                        help="run part 2 only (needs --speechbrain-recipes); part 1's finished runs are still reported")
     parser.add_argument("--report-only", action="store_true", help="write the tables from the finished runs")
     args, extra = parse_with_overrides(parser)
+    if args.speechbrain_only and not args.speechbrain_recipes:
+        parser.error("--speechbrain-only needs --speechbrain-recipes PATH")
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     common = [f"--data_folder={DEVSET}", f"--number_of_epochs={args.epochs}", f"--samples_per_epoch={args.samples}",
@@ -92,14 +96,16 @@ def main():
 
     sb_root = _speechbrain_recipe(args.speechbrain_recipes)
     if not args.report_only:
-        jobs = [(s, name) for s in args.seeds for name in sorted(args.systems, key=lambda n: -len(SYSTEMS[n][1]))]
-        with ThreadPoolExecutor(args.parallel) as pool:
-            list(pool.map(train, jobs))
-        from protocol import read_scores
+        if not args.speechbrain_only:
+            jobs = [(s, name) for s in args.seeds
+                    for name in sorted(args.systems, key=lambda n: -len(SYSTEMS[n][1]))]
+            with ThreadPoolExecutor(args.parallel) as pool:
+                list(pool.map(train, jobs))
+            from protocol import read_scores
 
-        tested = [p for name in args.systems for g in range(len(SYSTEMS[name][1]))
-                  for p in _finished(out, args.seeds, name, g).values()]
-        noisy_scores(out, sorted(set().union(*(read_scores(p) for p in tested))))
+            tested = [p for name in args.systems for g in range(len(SYSTEMS[name][1]))
+                      for p in _finished(out, args.seeds, name, g).values()]
+            noisy_scores(out, sorted(set().union(*(read_scores(p) for p in tested))))
         if sb_root is not None:
             speechbrain_comparison(args, out, sb_root, extra)
     if sb_root is None:
@@ -227,14 +233,16 @@ def report(out: Path, args) -> None:
     if not sections and not sb_part:
         print("no finished run yet")
         return
+    part1 = ("" if not sections else
+             f"- protocol: benchmarks/protocol.py; seeds {args.seeds}; every generator trained from scratch for "
+             f"{args.epochs} epochs x {args.samples} utterances (3 s on-the-fly devset mixtures from a fixed pool, "
+             "batch 1; epoch 1 trains only the discriminator), the same draws for every system of a seed; YAML model "
+             "sizes; OKD alpha 5\n"
+             f"- checkpoint: each generator's best validation score of its own target metric (every "
+             f"{args.valid_every} epochs, {args.valid_limit} devset valid pairs); nothing else tuned; test: devset "
+             "test pairs\n\n" + "\n\n".join(sections) + "\n")
     body = (header("MetricGAN+ vs MetricGAN-OKD under the protocol (okd_experiment.py)", args.report_only)
-            + f"- protocol: benchmarks/protocol.py; seeds {args.seeds}; every generator trained from scratch for "
-            f"{args.epochs} epochs x {args.samples} utterances (3 s on-the-fly devset mixtures from a fixed pool, batch "
-            "1; epoch 1 trains only the discriminator), the same draws for every system of a seed; YAML model sizes; "
-            "OKD alpha 5\n"
-            f"- checkpoint: each generator's best validation score of its own target metric (every {args.valid_every} "
-            f"epochs, {args.valid_limit} devset valid pairs); nothing else tuned; test: devset test pairs\n\n"
-            + "\n\n".join(sections) + "\n" + sb_part)
+            + part1 + sb_part)
     print(body)
     update_section("okd_experiment", body)
 
