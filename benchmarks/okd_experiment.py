@@ -25,6 +25,7 @@ Usage: python benchmarks/okd_experiment.py [--seeds 1 2 3] [--epochs 40] [--samp
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -255,8 +256,10 @@ def speechbrain_report(out: Path, args) -> str:
         return ""
     from protocol import read_scores
 
-    sb_min = float((sb_folder / "seconds").read_text()) / 60 / args.sb_epochs
-    our_min = float((ours / "seconds").read_text()) / 60 / args.sb_epochs
+    sb_epochs, our_epochs = epoch_seconds(sb_folder / "log.txt"), epoch_seconds(ours / "log.txt")
+    if not (sb_epochs and our_epochs):
+        raise SystemExit(f"no epoch timestamps in {sb_folder / 'log.txt'} or {ours / 'log.txt'}")
+    sb_med, our_med = statistics.median(sb_epochs), statistics.median(our_epochs)
     result = compare({seed: sb_folder / "test_scores.csv"}, {seed: ours / "test_scores_g0.csv"}, METRICS)
     n = len(read_scores(sb_folder / "test_scores.csv"))
     return ("\nSpeechBrain's own MetricGAN+ recipe against sb_mal's MetricGAN+, same data (a fixed pool of "
@@ -265,8 +268,29 @@ def speechbrain_report(out: Path, args) -> str:
             f"tests ({n} utterances) scored by sb_mal.metrics.evaluate; difference = sb_mal - SpeechBrain:\n\n"
             + evidence_table([("sb_mal MetricGAN+ vs SpeechBrain's recipe", result,
                                f"{args.sb_epochs} epochs")], METRICS)
-            + f"\n\nWall time per epoch (training + validation + the end's test, divided by {args.sb_epochs}): "
-            f"SpeechBrain {sb_min:.2f} min, sb_mal {our_min:.2f} min, ratio {sb_min / our_min:.2f}x\n")
+            + "\n\nSeconds per epoch (training + each recipe's own validation, from the timestamps of 'Going into "
+            "epoch k' to the epoch's log line in each run's log.txt; the end's test is not counted since the two "
+            "recipes score different metric sets): SpeechBrain "
+            + ", ".join(f"{x:.1f}" for x in sb_epochs) + " (median " + f"{sb_med:.1f}), sb_mal "
+            + ", ".join(f"{x:.1f}" for x in our_epochs) + f" (median {our_med:.1f}); ratio SpeechBrain / sb_mal "
+            f"{sb_med / our_med:.2f}. Whole runs including the test: SpeechBrain "
+            f"{float((sb_folder / 'seconds').read_text()):.0f} s, sb_mal {float((ours / 'seconds').read_text()):.0f} s\n")
+
+
+def epoch_seconds(log_txt: Path) -> list[float]:
+    """Seconds of each epoch (training + validation) of a SpeechBrain-style run: from the epoch loop's
+    'Going into epoch k' line to the next train-logger line, by the timestamps of ``log_txt``."""
+    from datetime import datetime
+
+    stamp = lambda line: datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")  # noqa: E731
+    out, start = [], None
+    for line in log_txt.read_text(encoding="utf-8", errors="replace").splitlines():
+        if "Going into epoch" in line:
+            start = stamp(line)
+        elif start is not None and "train_logger" in line:
+            out.append((stamp(line) - start).total_seconds())
+            start = None
+    return out
 
 
 if __name__ == "__main__":
