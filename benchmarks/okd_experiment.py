@@ -15,8 +15,10 @@ folder): SpeechBrain's ``recipes/Voicebank/enhance/MetricGAN`` and sb_mal's Metr
 VoiceBank-style folder (``--sb-pool`` fixed devset training mixtures, the devset valid and test
 pairs), for the same epochs and samples per epoch, validating every epoch as SpeechBrain does. Both
 tests are scored by the same code (``sb_mal.metrics.evaluate`` on the enhanced files), and the
-wall time per epoch of each is reported with their ratio. Without the option, part 2 is skipped
-with a message.
+seconds of each epoch (training + the recipe's own validation, from the timestamps of the runs'
+``log.txt``; the test is left out, the two recipes score different metric sets) are reported with
+their ratio. Without the option, part 2 is skipped with a message; ``--speechbrain-only`` runs part 2
+alone.
 
 Usage: python benchmarks/okd_experiment.py [--seeds 1 2 3] [--epochs 40] [--samples 48]
        [--speechbrain-recipes ~/speechbrain [--speechbrain-only] [--sb-epochs 10]] [--report-only]
