@@ -83,8 +83,11 @@ def main():
     parser.add_argument("--sb-epochs", type=int, default=10)
     parser.add_argument("--speechbrain-only", action="store_true",
                         help="run part 2 only (needs --speechbrain-recipes); part 1's finished runs are still reported")
+    parser.add_argument("--device", default="cpu",
+                        help="where every recipe runs (e.g. cuda:0); a non-CPU run reports into its own RESULTS section")
     parser.add_argument("--report-only", action="store_true", help="write the tables from the finished runs")
     args, extra = parse_with_overrides(parser)
+    extra = [f"--device={args.device}", *extra]
     if args.speechbrain_only and not args.speechbrain_recipes:
         parser.error("--speechbrain-only needs --speechbrain-recipes PATH")
     out = (REPO / args.out).resolve()
@@ -179,7 +182,8 @@ def speechbrain_comparison(args, out: Path, recipe: Path, extra: list[str]) -> N
     sb_folder = out / "speechbrain_metricgan" / str(seed)
     cmd = [sys.executable, str(recipe / "train.py"), str(recipe / "hparams" / "train.yaml"), f"--data_folder={data}",
            f"--output_folder={sb_folder}", "--skip_prep=True", "--use_tensorboard=False",
-           "--tensorboard_train_logger=null", f"--number_of_samples={args.samples}", f"--seed={seed}", *sizes]
+           "--tensorboard_train_logger=null", f"--number_of_samples={args.samples}", f"--seed={seed}",
+           f"--device={args.device}", *sizes]
     # SpeechBrain's recipe imports its own helpers from its folder: it runs there
     run_once(cmd, sb_folder, out / "logs" / "speechbrain_metricgan.log", args.threads, ("save",), cwd=recipe)
     ours = out / "sbmal_metricgan_plus_pool" / str(seed)
@@ -244,10 +248,39 @@ def report(out: Path, args) -> None:
              f"- checkpoint: each generator's best validation score of its own target metric (every "
              f"{args.valid_every} epochs, {args.valid_limit} devset valid pairs); nothing else tuned; test: devset "
              "test pairs\n\n" + "\n\n".join(sections) + "\n")
-    body = (header("MetricGAN+ vs MetricGAN-OKD under the protocol (okd_experiment.py)", args.report_only)
-            + part1 + sb_part)
+    where = "" if args.device == "cpu" else f", {args.device.split(':')[0]}"
+    body = (header(f"MetricGAN+ vs MetricGAN-OKD under the protocol (okd_experiment.py{where})", args.report_only)
+            + accelerator(args.device, out) + data_line() + part1 + sb_part)
     print(body)
-    update_section("okd_experiment", body)
+    update_section(section_name(args.device), body)
+
+
+def accelerator(device: str, out: Path) -> str:
+    """A header line naming the accelerator the recipes ran on (empty on the CPU); the name is kept in
+    ``<out>/accelerator.txt`` for a later ``--report-only`` on another machine."""
+    if device == "cpu":
+        return ""
+    import torch
+
+    known = out / "accelerator.txt"
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(torch.device(device))
+        known.write_text(name)
+    else:
+        name = known.read_text().strip() if known.exists() else "unknown"
+    return f"- accelerator: {device} ({name}); the metrics (PESQ, composite, STOI, DNSMOS) run on the CPU\n"
+
+
+def data_line() -> str:
+    """A header line naming the devset the runs read and how much training audio it holds."""
+    counts = {k: sum(1 for _ in (DEVSET / k / "train").rglob("*.flac")) for k in ("speech", "noise")}
+    return (f"- data: devset at `{DEVSET}` ({counts['speech']} speech/train and {counts['noise']} noise/train files; "
+            "the full devset has 1266 and 22)\n")
+
+
+def section_name(device: str) -> str:
+    """The RESULTS.md section of a run on ``device``: CPU runs and accelerator runs are kept apart."""
+    return "okd_experiment" if device == "cpu" else f"okd_experiment_{device.split(':')[0]}"
 
 
 def speechbrain_report(out: Path, args) -> str:
