@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,7 @@ def test_noise_is_rescaled_to_the_utterance_snr():
     assert len(train) == 5 and all(-10 <= v <= 5 for v in train)  # training: new every epoch
 
 
-def _le_brain(tmp_path, targets=("siib",)):
+def _le_brain(tmp_path, targets=("siib",), **extra):
     import speechbrain as sb
     from speechbrain.utils.epoch_loop import EpochCounter
 
@@ -65,7 +66,7 @@ def _le_brain(tmp_path, targets=("siib",)):
     mods = okd_modules(n, MetricDiscriminator(n, channels=(4, 4, 4, 4)), hidden_size=8, num_layers=1, lin_dim=8)
     hparams = {"target_metrics": list(targets), "alpha": 5.0, "epoch_counter": counter, "task": "listening",
                "g_opt_class": lambda p: torch.optim.Adam(p, lr=1e-2), "d_opt_class": lambda p: torch.optim.Adam(p, lr=1e-2),
-               "output_folder": str(tmp_path), "n_jobs": 0}
+               "output_folder": str(tmp_path), "n_jobs": 0, **extra}
     brain = MetricGANOKDBrain(modules=mods, hparams=hparams, run_opts={"device": "cpu", "noprogressbar": True})
     brain.init_optimizers()
     brain.on_stage_start(sb.Stage.TRAIN, 2)
@@ -105,6 +106,15 @@ def test_a_listening_yaml_with_a_quality_target_is_an_error_naming_it(tmp_path):
 
     with pytest.raises(HParamsError, match=r"target_metrics: \['pesq'\] not an intelligibility metric"):
         _le_brain(tmp_path, ("pesq",))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("key, value", [("le_eval_snrs", ["low", 0.0]), ("le_snr_range", [-10.0, "5 dB"])])
+def test_a_listening_yaml_with_a_non_numeric_snr_is_an_error_naming_the_key(tmp_path, key, value):
+    from sb_mal.brains.hparams import HParamsError
+
+    with pytest.raises(HParamsError, match=rf"{key} must list SNRs in dB as numbers, got {re.escape(repr(value))}"):
+        _le_brain(tmp_path, **{key: value})
 
 
 @pytest.mark.unit

@@ -115,6 +115,10 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
             if bad:
                 raise HParamsError(f"target_metrics: {bad} not an intelligibility metric; task 'listening' needs "
                                    f"targets from {INTELLIGIBILITY_TARGETS}")
+            for key in ("le_snr_range", "le_eval_snrs"):
+                values = getattr(h, key)
+                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                    raise HParamsError(f"{key} must list SNRs in dB as numbers, got {values!r}")
             if len(h.le_snr_range) != 2 or float(h.le_snr_range[0]) > float(h.le_snr_range[1]):
                 raise HParamsError(f"le_snr_range must be [low, high] in dB, got {h.le_snr_range!r}")
             if not h.le_eval_snrs:
