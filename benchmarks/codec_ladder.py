@@ -67,7 +67,8 @@ def balanced_weights(codec_run: Path, path: Path) -> dict:
 def main():
     parser = experiment_parser(__doc__, "results/codec_ladder")
     parser.add_argument("--codec-run", default="results/codec_ladder/codec_net",
-                        help="a trained codec-net run folder (trained here first when it holds no run)")
+                        help="a trained codec-net run folder (trained here first when it holds no run, or when it "
+                             "is inside --out and its training has not finished)")
     parser.add_argument("--codec-epochs", type=int, default=20, help="epochs of the codec net when it is trained here")
     parser.add_argument("--tasks", nargs="+", default=["speech"], choices=list(TASKS))
     parser.add_argument("--capacities", nargs="+", default=["P1", "P2", "P3"])
@@ -111,7 +112,11 @@ def main():
         return folder
 
     if not args.report_only:
-        if not (codec_run / "model_config.json").exists():
+        # the recipe writes model_config.json when it starts: a codec net of this driver's own folder is
+        # done once run_once recorded its seconds (a killed training resumes); one given from elsewhere is
+        # used as it is, never trained further
+        own = codec_run.is_relative_to(out)
+        if not (codec_run / "model_config.json").exists() or (own and not (codec_run / "seconds").exists()):
             cmd = [sys.executable, "recipes/codec/train_codec_net.py", "hparams/mp3codec/spectral.yaml",
                    f"--data_folder={DEVSET}", f"--output_folder={codec_run}", f"--number_of_epochs={args.codec_epochs}"]
             run_once(cmd, codec_run, out / "logs" / "codec_net.log", args.threads, outputs=("model_config.json",))
