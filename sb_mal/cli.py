@@ -293,7 +293,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     enhancer = Enhancer.from_hparams(source=args.source, savedir=args.savedir, run_opts=run_opts,
                                      trust_code=args.trust_code)
     log = logging.getLogger("sb_mal")
-    if enhancer.task == "listening":
+    if enhancer.task == "listening" and not args.quiet:
         print("listening-enhancement model: the inputs must be clean speech; the outputs are that speech modified, "
               "at its own power, to be played into noise (they are not denoised)", file=sys.stderr)
     failed = []
@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--chunk-seconds", type=float, help="chunk length for long files (default: the model's, 10 s)")
     en.add_argument("--overlap-seconds", type=float, help="cross-faded overlap between chunks (default 0.5 s)")
     en.add_argument("--ext", default="wav", help="output format by extension: wav, flac, ogg, ... (default wav)")
-    en.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    en.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes (errors still print)")
     en.add_argument("--trust-code", action="store_true",
                     help="let the model folder's hyperparams.yaml call code outside sb_mal's allow-list (read it first)")
     en.set_defaults(func=_cmd_enhance)
