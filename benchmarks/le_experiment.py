@@ -109,7 +109,7 @@ def example_figure(out: Path, seed: int) -> None:
         labels.append(f"{label.split(' (')[0]} G0")
     FIGURES.mkdir(parents=True, exist_ok=True)
     save_spectrogram_grid(FIGURES / "le_example.png", rows, labels, ["speech (modified at equal power)", "heard in noise (0 dB)"],
-                          title=f"Listening enhancement, test utterance {uid} at 0 dB (seed {seed})")
+                          title=f"Listening enhancement, test utterance {uid} at 0 dB (seed {seed})", dpi=72)
 
 
 def main():

@@ -36,6 +36,7 @@ def save_spectrogram_grid(
     title: str | None = None,
     vmin: float = -80.0,
     vmax: float = 20.0,
+    dpi: int = 110,
 ) -> None:
     """Save a grid of spectrograms: ``rows[i][j]`` is drawn at row i, column j.
 
@@ -49,6 +50,8 @@ def save_spectrogram_grid(
         Axis labels of the grid.
     sample_rate : int
         Rate of the waveforms (sets the axes in seconds and kHz).
+    dpi : int
+        Resolution of the PNG (spectrograms of noise compress badly: a lower one keeps a large grid small).
     """
     plt = _pyplot()
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
@@ -77,7 +80,7 @@ def save_spectrogram_grid(
         fig.colorbar(image, ax=axes, shrink=0.8, label="dB")
     if title:
         fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    _save(fig, path, dpi)
 
 
 def _pyplot():
@@ -89,14 +92,14 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def _save(fig, path: str | os.PathLike, dpi: int = 110) -> None:
     """Write ``fig`` as PNG atomically and close it."""
     from sb_mal.fileio import temporary_path
 
     plt = _pyplot()
     tmp = temporary_path(path, ".png")
     try:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, os.fspath(path))
     finally:
         plt.close(fig)
