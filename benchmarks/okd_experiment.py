@@ -83,8 +83,10 @@ def main():
     parser.add_argument("--sb-epochs", type=int, default=10)
     parser.add_argument("--speechbrain-only", action="store_true",
                         help="run part 2 only (needs --speechbrain-recipes); part 1's finished runs are still reported")
+    parser.add_argument("--n-jobs", type=int, default=1,
+                        help="metric worker processes per run (the recipes' n_jobs; speed only, same scores)")
     parser.add_argument("--device", default="cpu",
-                        help="where every recipe runs (e.g. cuda:0); a non-CPU run reports into its own RESULTS section")
+                        help="where every recipe runs (e.g. cuda:0); a GPU run reports into its own RESULTS section")
     parser.add_argument("--report-only", action="store_true", help="write the tables from the finished runs")
     args, extra = parse_with_overrides(parser)
     extra = [f"--device={args.device}", *extra]
@@ -93,7 +95,8 @@ def main():
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     common = [f"--data_folder={DEVSET}", f"--number_of_epochs={args.epochs}", f"--samples_per_epoch={args.samples}",
-              f"--valid_every={args.valid_every}", f"--valid_limit={args.valid_limit}", "--n_jobs=1", *extra]
+              f"--valid_every={args.valid_every}", f"--valid_limit={args.valid_limit}", f"--n_jobs={args.n_jobs}",
+              *extra]
     if args.test_limit:
         common.append(f"--test_limit={args.test_limit}")
 
@@ -183,13 +186,14 @@ def speechbrain_comparison(args, out: Path, recipe: Path, extra: list[str]) -> N
     cmd = [sys.executable, str(recipe / "train.py"), str(recipe / "hparams" / "train.yaml"), f"--data_folder={data}",
            f"--output_folder={sb_folder}", "--skip_prep=True", "--use_tensorboard=False",
            "--tensorboard_train_logger=null", f"--number_of_samples={args.samples}", f"--seed={seed}",
-           f"--device={args.device}", *sizes]
+           f"--device={args.device}", f"--n_jobs={args.n_jobs}", *sizes]
     # SpeechBrain's recipe imports its own helpers from its folder: it runs there
     run_once(cmd, sb_folder, out / "logs" / "speechbrain_metricgan.log", args.threads, ("save",), cwd=recipe)
     ours = out / "sbmal_metricgan_plus_pool" / str(seed)
     cmd = [sys.executable, "recipes/metricgan_okd/train.py", "hparams/voicebank/metricgan_plus.yaml",
            f"--data_folder={data}", f"--manifest_folder={data}", "--prepare=null", f"--output_folder={ours}",
-           f"--samples_per_epoch={args.samples}", "--valid_every=1", f"--seed={seed}", "--n_jobs=1", *sizes, *extra]
+           f"--samples_per_epoch={args.samples}", "--valid_every=1", f"--seed={seed}", f"--n_jobs={args.n_jobs}",
+           *sizes, *extra]
     run_once(cmd, ours, out / "logs" / "sbmal_metricgan_plus_pool.log", args.threads, ("test_scores_g0.csv",))
     test_ids = sorted(json.loads((data / "test.json").read_text()))
     enhanced = {u: sb_folder / "enhanced_wavs" / f"{u}.wav" for u in test_ids}
