@@ -23,8 +23,11 @@ seed, pooled over seeds, with two-level bootstrap 95 % intervals; and the PESQ /
 against capacity (figure). The claim to check (the paper): the gain is largest for the smallest
 networks and fades with capacity.
 
+Tests score PESQ, STOI, ESTOI and SI-SDR; ``--dnsmos`` adds DNSMOS (1-4 s per utterance on a CPU core,
+more than training a small network costs).
+
 Usage: python benchmarks/codec_ladder.py [--codec-run results/codec_ladder/codec_net] [--capacities P1 P2 P3]
-       [--seeds 1 2 3] [--epochs 12] [--report-only]
+       [--seeds 1 2 3] [--epochs 12] [--test-size 60] [--dnsmos] [--report-only]
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS = {"speech": ("speech denoising", "hparams/folders/separation_speech.yaml"),
          "music": ("speech/music separation", "hparams/folders/separation_music.yaml")}
 ARMS = ("l1", "codec", "codec_nopred")
-METRICS = ["pesq", "stoi", "estoi", "si_sdr", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak"]
+# DNSMOS is left out of the tests by default: at 1-4 s per utterance on a CPU core it would cost more than
+# training P1-P3 (--dnsmos adds it back)
+METRICS = ["pesq", "stoi", "estoi", "si_sdr"]
+DNSMOS = ["dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak"]
 
 
 def balanced_weights(codec_run: Path, path: Path) -> dict:
@@ -78,6 +84,7 @@ def main():
     parser.add_argument("--multipliers", type=float, nargs="+", default=[0.1, 0.3, 1.0])
     parser.add_argument("--valid-size", type=int, default=20)
     parser.add_argument("--test-size", type=int, default=None, help="test utterances (default: all)")
+    parser.add_argument("--dnsmos", action="store_true", help="also score DNSMOS in every test (slow on a CPU)")
     parser.add_argument("--report-only", action="store_true", help="write the tables from the finished runs")
     args, extra = parse_with_overrides(parser)
     from sb_mal.models.separation import LADDER, ladder_table
@@ -101,7 +108,8 @@ def main():
         cmd = [sys.executable, "recipes/codec/train_separation.py", TASKS[task][1], f"--data_folder={DEVSET}",
                f"--output_folder={folder}", f"--capacity={capacity}", f"--loss={loss}", f"--codec_run={codec_run}",
                f"--number_of_epochs={args.epochs}", f"--examples_per_epoch={args.examples}", f"--seed={seed}",
-               "--n_jobs=1", "--test_metrics=[intrusive,dnsmos]", *sizes, *extra]
+               "--n_jobs=1", f"--test_metrics=[{','.join(METRICS + (['dnsmos'] if args.dnsmos else []))}]",
+               *sizes, *extra]
         if arm != "l1":
             w = weights
             cmd += [f"--codec_lb={0.0 if arm == 'codec_nopred' else m * w['lb']:.6g}", f"--codec_lc={m * w['lc']:.6g}"]
@@ -142,6 +150,7 @@ def report(out: Path, args, tuned: dict) -> None:
     from sb_mal.models.separation import ladder_table
 
     params = {r["name"]: r["parameters"] for r in ladder_table()}
+    cols = METRICS + (DNSMOS if args.dnsmos else [])
     sections, gains = [], []
     for task in args.tasks:
         rows = []
@@ -150,11 +159,11 @@ def report(out: Path, args, tuned: dict) -> None:
                         if (out / task / f"seed{s}" / f"{capacity}_{a}" / "seconds").exists()} for a in ARMS}
             if not runs["l1"]:
                 continue
-            rows.append((f"{capacity} ({params[capacity]} params) l1", compare(runs["l1"], runs["l1"], METRICS),
+            rows.append((f"{capacity} ({params[capacity]} params) l1", compare(runs["l1"], runs["l1"], cols),
                          f"{args.epochs * (args.examples // 8)} steps"))
             for arm in ARMS[1:]:
                 if set(runs[arm]) & set(runs["l1"]):
-                    result = compare(runs["l1"], runs[arm], METRICS)
+                    result = compare(runs["l1"], runs[arm], cols)
                     rows.append((f"{capacity} {arm}", result, f"{args.epochs * (args.examples // 8)} steps"))
                     gains.append({"task": TASKS[task][0], "arm": arm, "capacity": capacity,
                                   "parameters": params[capacity], **{m: result[m] for m in ("pesq", "si_sdr")}})
@@ -163,7 +172,7 @@ def report(out: Path, args, tuned: dict) -> None:
             sections.append(f"### {TASKS[task][0]}\n\n- multiplier of the codec terms chosen on validation "
                             f"({t.get('capacity')}, seed {args.seeds[0]}): {t.get('multiplier')}; valid PESQ by "
                             f"multiplier {json.dumps(t.get('valid_pesq_by_multiplier', {}))}\n\n"
-                            + evidence_table(rows, METRICS))
+                            + evidence_table(rows, cols))
     if not sections:
         print("no finished run yet")
         return
@@ -176,8 +185,10 @@ def report(out: Path, args, tuned: dict) -> None:
             f"- codec net: `{args.codec_run}`; layer set F; balanced weights (terms equal to the waveform L1 for "
             f"the noisy mixture): lb {w.get('lb', float('nan')):.4g}, lc {w.get('lc', float('nan')):.4g} (raw terms "
             f"{json.dumps({k: round(v, 4) for k, v in w.get('raw_terms', {}).items()})}), times the tuned multiplier\n"
-            f"- checkpoint: best validation PESQ ({args.valid_size} utterances); each cell: arm mean (paired "
-            "difference from l1 of the same capacity [95 % bootstrap interval over seeds and utterances]) verdict\n\n"
+            f"- checkpoint: best validation PESQ ({args.valid_size} utterances); test: "
+            f"{args.test_size or 'all'} utterances{'' if args.dnsmos else ', DNSMOS not scored (--dnsmos)'}; each "
+            "cell: arm mean (paired difference from l1 of the same capacity [95 % bootstrap interval over seeds and "
+            "utterances]) verdict\n\n"
             + "\n\n".join(sections) + "\n\n![capacity vs gain](figures/codec_ladder.png)\n")
     print(body)
     update_section("codec_ladder", body)
