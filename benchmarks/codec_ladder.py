@@ -159,12 +159,16 @@ def report(out: Path, args, tuned: dict) -> None:
                         if (out / task / f"seed{s}" / f"{capacity}_{a}" / "seconds").exists()} for a in ARMS}
             if not runs["l1"]:
                 continue
+            def budget(arm: str) -> str:  # steps, and the mean minutes of a run (training, validation, test)
+                minutes = [float((p.parent / "seconds").read_text()) / 60 for p in runs[arm].values()]
+                return f"{args.epochs * (args.examples // 8)} steps, {sum(minutes) / len(minutes):.1f} min/run"
+
             rows.append((f"{capacity} ({params[capacity]} params) l1", compare(runs["l1"], runs["l1"], cols),
-                         f"{args.epochs * (args.examples // 8)} steps"))
+                         budget("l1")))
             for arm in ARMS[1:]:
                 if set(runs[arm]) & set(runs["l1"]):
                     result = compare(runs["l1"], runs[arm], cols)
-                    rows.append((f"{capacity} {arm}", result, f"{args.epochs * (args.examples // 8)} steps"))
+                    rows.append((f"{capacity} {arm}", result, budget(arm)))
                     gains.append({"task": TASKS[task][0], "arm": arm, "capacity": capacity,
                                   "parameters": params[capacity], **{m: result[m] for m in ("pesq", "si_sdr")}})
         if rows:
@@ -198,6 +202,8 @@ def gain_plot(path: Path, gains: list[dict]) -> None:
     from sb_mal.evaluation.plots import _pyplot, _save
 
     plt = _pyplot()
+    from matplotlib.ticker import NullLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, metric in zip(axes, ("pesq", "si_sdr")):
         for key in dict.fromkeys((g["task"], g["arm"]) for g in gains):
@@ -208,6 +214,9 @@ def gain_plot(path: Path, gains: list[dict]) -> None:
                         marker="o", capsize=3, label=" / ".join(key))
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xscale("log")
+        ticks = sorted({(g["parameters"], g["capacity"]) for g in gains})
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticks([p for p, _ in ticks], [f"{c}\n{p}" for p, c in ticks])
         ax.set_xlabel("separator parameters")
         ax.set_title(f"{metric}: codec arm - L1 (95 % interval)", fontsize=9)
         ax.grid(alpha=0.3)
