@@ -93,6 +93,17 @@ def test_wrong_types_and_ranges_are_errors_naming_key_and_file(override, message
         MALBrain.HPARAMS.apply(SimpleNamespace(**hparams))
 
 
+def test_a_numbers_hparam_takes_ints_and_floats_and_names_anything_else():
+    from sb_mal.brains.hparams import HParam
+
+    factors = HParam("speed_factors", "numbers", [1.0])
+    assert factors.check((1, 0.9), "p.yaml") == [1.0, 0.9]
+    for bad in ([0.9, "fast"], [0.9, True], "0.9"):
+        with pytest.raises(HParamsError, match=r"p\.yaml: speed_factors must be a list of numbers, got "
+                                               + re.escape(repr(bad))):
+            factors.check(bad, "p.yaml")
+
+
 def test_okd_generator_count_must_match_the_targets(fills):
     args, _ = fills
     path = REPO / "hparams/mini/okd_pesq_csig.yaml"

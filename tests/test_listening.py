@@ -113,7 +113,7 @@ def test_a_listening_yaml_with_a_quality_target_is_an_error_naming_it(tmp_path):
 def test_a_listening_yaml_with_a_non_numeric_snr_is_an_error_naming_the_key(tmp_path, key, value):
     from sb_mal.brains.hparams import HParamsError
 
-    with pytest.raises(HParamsError, match=rf"{key} must list SNRs in dB as numbers, got {re.escape(repr(value))}"):
+    with pytest.raises(HParamsError, match=rf"{key} must be a list of numbers, got {re.escape(repr(value))}"):
         _le_brain(tmp_path, **{key: value})
 
 

@@ -34,7 +34,7 @@ class _Required:
 #: The default of a key that must be given.
 REQUIRED: Any = _Required()
 
-_KINDS = ("int", "float", "bool", "str", "list", "callable", "any", "metrics")
+_KINDS = ("int", "float", "bool", "str", "list", "numbers", "callable", "any", "metrics")
 
 
 class HParamsError(ValueError):
@@ -43,7 +43,7 @@ class HParamsError(ValueError):
 
 @dataclass(frozen=True)
 class HParam:
-    """One hyperparameter: ``name``, ``kind`` (int, float, bool, str, list, callable, any), ``default``
+    """One hyperparameter: ``name``, ``kind`` (int, float, bool, str, list, numbers, callable, any, metrics), ``default``
     (:data:`REQUIRED` if it must be given; None allowed only where the default is None), a range
     (``low``/``high``, inclusive) or ``choices``, and what it means."""
 
@@ -60,7 +60,8 @@ class HParam:
             raise ValueError(f"unknown hparam kind {self.kind!r} for {self.name!r}")
 
     def check(self, value: Any, where: str) -> Any:
-        """``value`` validated (ints accepted as floats, tuples as lists)."""
+        """``value`` validated (ints accepted as floats, tuples as lists; ``numbers`` is a list of ints
+        or floats, returned as floats)."""
         if value is None and self.default is None:
             return None
         kind = self.kind
@@ -70,6 +71,8 @@ class HParam:
             "bool": isinstance(value, bool),
             "str": isinstance(value, str),
             "list": isinstance(value, (list, tuple)),
+            "numbers": isinstance(value, (list, tuple))
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
             "callable": callable(value),
             "any": True,
             "metrics": isinstance(value, (list, tuple, str)),
@@ -79,6 +82,8 @@ class HParam:
                                f"({type(value).__name__})")
         if kind == "float":
             value = float(value)
+        if kind == "numbers":
+            value = [float(v) for v in value]
         if kind == "metrics":
             from sb_mal.metrics import check_dependencies
 
@@ -108,7 +113,7 @@ class HParam:
 
 def _article(kind: str) -> str:
     return {"int": "an integer", "float": "a number", "bool": "True or False", "str": "a string",
-            "list": "a list", "callable": "a callable (e.g. !new: or !name:)", "any": "anything",
+            "list": "a list", "numbers": "a list of numbers", "callable": "a callable (e.g. !new: or !name:)", "any": "anything",
             "metrics": "a list of metric names or groups"}[kind]
 
 

@@ -98,8 +98,8 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         HParam("max_train_minutes", "float", None, "stop after the first epoch that ends past this budget", low=0),
         HParam("task", "str", "enhancement", "enhancement (noisy -> clean) or listening (clean speech modified "
                "before noise is added)", choices=("enhancement", "listening")),
-        HParam("le_snr_range", "list", [-10.0, 5.0], "listening: training SNRs (dB), uniform in [low, high]"),
-        HParam("le_eval_snrs", "list", [-5.0, 0.0, 5.0], "listening: validation/test SNRs (dB), one per utterance"),
+        HParam("le_snr_range", "numbers", [-10.0, 5.0], "listening: training SNRs (dB), uniform in [low, high]"),
+        HParam("le_eval_snrs", "numbers", [-5.0, 0.0, 5.0], "listening: validation/test SNRs (dB), one per utterance"),
     ])
 
     def __init__(self, *args, **kwargs):
@@ -115,10 +115,6 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
             if bad:
                 raise HParamsError(f"target_metrics: {bad} not an intelligibility metric; task 'listening' needs "
                                    f"targets from {INTELLIGIBILITY_TARGETS}")
-            for key in ("le_snr_range", "le_eval_snrs"):
-                values = getattr(h, key)
-                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                    raise HParamsError(f"{key} must list SNRs in dB as numbers, got {values!r}")
             if len(h.le_snr_range) != 2 or float(h.le_snr_range[0]) > float(h.le_snr_range[1]):
                 raise HParamsError(f"le_snr_range must be [low, high] in dB, got {h.le_snr_range!r}")
             if not h.le_eval_snrs:

@@ -130,7 +130,7 @@ class PositionInvariantBrain(EnhanceBrain):
         HParam("lambda_rec", "float", 0.0, "weight of rec_cost", low=0),
         HParam("speed_perturb", "bool", None, "speed-perturb the noisy input (default: iff ssl_loss takes "
                                               "target_length)"),
-        HParam("speed_factors", "list", list(SPEED_FACTORS), "the factors drawn from"),
+        HParam("speed_factors", "numbers", list(SPEED_FACTORS), "the factors drawn from"),
         HParam("seed", "int", 0, "the recipe's seed (default of speed_seed)"),
         HParam("speed_seed", "int", None, "seed of the factor draws (default: seed)"),
         HParam("dtw_gamma", "float", 0.1, "gamma of the logged ssl_dtw distance", low=0),
