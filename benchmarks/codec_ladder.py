@@ -151,6 +151,7 @@ def report(out: Path, args, tuned: dict) -> None:
 
     params = {r["name"]: r["parameters"] for r in ladder_table()}
     cols = METRICS + (DNSMOS if args.dnsmos else [])
+    steps = args.epochs * (args.examples // 8)
     sections, gains = [], []
     for task in args.tasks:
         rows = []
@@ -159,16 +160,12 @@ def report(out: Path, args, tuned: dict) -> None:
                         if (out / task / f"seed{s}" / f"{capacity}_{a}" / "seconds").exists()} for a in ARMS}
             if not runs["l1"]:
                 continue
-            def budget(arm: str) -> str:  # steps, and the mean minutes of a run (training, validation, test)
-                minutes = [float((p.parent / "seconds").read_text()) / 60 for p in runs[arm].values()]
-                return f"{args.epochs * (args.examples // 8)} steps, {sum(minutes) / len(minutes):.1f} min/run"
-
             rows.append((f"{capacity} ({params[capacity]} params) l1", compare(runs["l1"], runs["l1"], cols),
-                         budget("l1")))
+                         _budget(steps, runs["l1"])))
             for arm in ARMS[1:]:
                 if set(runs[arm]) & set(runs["l1"]):
                     result = compare(runs["l1"], runs[arm], cols)
-                    rows.append((f"{capacity} {arm}", result, budget(arm)))
+                    rows.append((f"{capacity} {arm}", result, _budget(steps, runs[arm])))
                     gains.append({"task": TASKS[task][0], "arm": arm, "capacity": capacity,
                                   "parameters": params[capacity], **{m: result[m] for m in ("pesq", "si_sdr")}})
         if rows:
@@ -185,7 +182,7 @@ def report(out: Path, args, tuned: dict) -> None:
     w = json.loads((out / "weights.json").read_text()) if (out / "weights.json").exists() else {}
     body = (header("Codec-approximation loss vs L1 across the separation ladder (codec_ladder.py)", args.report_only)
             + f"- protocol: benchmarks/protocol.py; seeds {args.seeds}; every run {args.epochs} epochs x {args.examples} "
-            f"on-the-fly devset mixtures (batch 8, 3 s: {args.epochs * (args.examples // 8)} steps), Adam lr 1e-3\n"
+            f"on-the-fly devset mixtures (batch 8, 3 s: {steps} steps), Adam lr 1e-3\n"
             f"- codec net: `{args.codec_run}`; layer set F; balanced weights (terms equal to the waveform L1 for "
             f"the noisy mixture): lb {w.get('lb', float('nan')):.4g}, lc {w.get('lc', float('nan')):.4g} (raw terms "
             f"{json.dumps({k: round(v, 4) for k, v in w.get('raw_terms', {}).items()})}), times the tuned multiplier\n"
@@ -196,6 +193,13 @@ def report(out: Path, args, tuned: dict) -> None:
             + "\n\n".join(sections) + "\n\n![capacity vs gain](figures/codec_ladder.png)\n")
     print(body)
     update_section("codec_ladder", body)
+
+
+def _budget(steps: int, scores: dict[int, Path]) -> str:
+    """A table's budget cell: the steps, and the mean minutes of a run (training, validation, test) over
+    the seeds whose test scores are ``scores``."""
+    minutes = [float((p.parent / "seconds").read_text()) / 60 for p in scores.values()]
+    return f"{steps} steps, {sum(minutes) / len(minutes):.1f} min/run"
 
 
 def gain_plot(path: Path, gains: list[dict]) -> None:

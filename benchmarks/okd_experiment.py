@@ -278,8 +278,7 @@ def accelerator(device: str, out: Path) -> str:
 def data_line() -> str:
     """A header line naming the devset the runs read and how much training audio it holds."""
     counts = {k: sum(1 for _ in (DEVSET / k / "train").rglob("*.flac")) for k in ("speech", "noise")}
-    return (f"- data: devset at `{DEVSET}` ({counts['speech']} speech/train and {counts['noise']} noise/train files; "
-            "the full devset has 1266 and 22)\n")
+    return f"- data: devset at `{DEVSET}` ({counts['speech']} speech/train and {counts['noise']} noise/train files)\n"
 
 
 def section_name(device: str) -> str:
