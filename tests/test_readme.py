@@ -237,3 +237,38 @@ def test_directives_are_read():
     assert sum("stock-recipe" in " ".join(b.markers) for b in BLOCKS) >= 10
     assert any(b.directives.get("skip") == ["network"] for b in by_line.values())
     assert any(b.directives.get("append") for b in by_line.values())
+
+
+def _prose_driver_options() -> list[tuple[str, tuple[str, ...]]]:
+    """(option, drivers) for every ``--option`` the README's prose names in code spans of a paragraph
+    that names benchmark drivers (``benchmarks/<name>.py``, ``<name>.py`` or ``*_experiment.py`` for a
+    file of benchmarks/); recipe overrides (``--key_name=...``, with underscores) are left to the recipe
+    tests."""
+    prose = re.sub(r"```.*?```", "", README.read_text(encoding="utf-8"), flags=re.S)
+    found = {}
+    for paragraph in re.split(r"\n\s*\n", prose):
+        names = {n for n in re.findall(r"(?<![\w./-])(?:benchmarks/)?([a-z_*]+\.py)\b", paragraph) if n != "*.py"}
+        drivers = tuple(sorted({p.name for n in names for p in (REPO / "benchmarks").glob(n)
+                                if not p.name.startswith("_")}))
+        for span in re.findall(r"`([^`]+)`", paragraph):
+            for option in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)(?![\w])", span):
+                if drivers and "_" not in option:
+                    found.setdefault((option, drivers), None)
+    return list(found)
+
+
+@pytest.mark.unit
+def test_driver_options_named_in_the_readme_exist():
+    """An option the README's prose gives a benchmark driver is one of that driver's own (prose is not run)."""
+    options = _prose_driver_options()
+    assert ("--dnsmos", ("bench_codec_cost.py", "codec_ladder.py")) in options  # the scan finds them
+    helps = {}
+    for option, drivers in options:
+        for d in drivers:
+            if d not in helps:
+                proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / d), "--help"], capture_output=True,
+                                      text=True, timeout=120, cwd=REPO)
+                assert proc.returncode == 0, proc.stderr[-2000:]
+                helps[d] = proc.stdout
+        assert any(re.search(re.escape(option) + r"(?![\w-])", helps[d]) for d in drivers), \
+            f"README names {option} for {', '.join(drivers)}, which none of them accepts"
