@@ -245,3 +245,73 @@ def test_mal_brain_over_a_model_without_the_encode_protocol(variant, pair_sets, 
     assert _changed(head0, [model.linear1, model.linear2])
     assert _changed(lstm0, [model.lstm]) == (variant == "dynamic")
     assert "mal" in brain.train_stats and brain.train_stats["mal"] > 0
+
+
+def test_taps_are_combined_by_their_mean_so_adding_taps_does_not_scale_the_loss():
+    """Four taps weigh as much as one: L_mal is the mean of the per-tap terms (it used to be their sum)."""
+    model = tiny_model()
+    clean = torch.randn(2, 8000)
+    enhanced = clean + 0.3 * torch.randn(2, 8000)
+    taps = ["enc1", "enc2", "bottleneck"]
+    mal = ModelAsLoss(model, taps=taps, encoder="live")
+    value = float(mal(enhanced, clean))
+    per_tap = [mal.last_terms[f"mal_{t}"] for t in taps]
+    assert value == pytest.approx(sum(per_tap) / 3, rel=1e-5)
+    assert value < sum(per_tap) * 0.9  # the old sum would be 3x
+    weighted = ModelAsLoss(model, taps=taps, encoder="live", tap_weights={"bottleneck": 2.0})
+    assert float(weighted(enhanced, clean)) == pytest.approx((per_tap[0] + per_tap[1] + 2 * per_tap[2]) / 4, rel=1e-5)
+    with pytest.raises(ValueError, match="tap_weights for \\['enc9'\\]"):
+        ModelAsLoss(model, taps=taps, encoder="live", tap_weights={"enc9": 1.0})
+
+
+def test_gradient_share_logged_once_at_the_start_of_phase2(pair_sets, tmp_path, monkeypatch):
+    """MALBrain measures ||lambda*grad L_mal|| / ||grad L_rec|| on the decoder once, writes it for the experiment."""
+    import json
+
+    import sb_mal.brains.mal as mal_module
+
+    calls = []
+    real = mal_module.gradient_share
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mal_module, "gradient_share", counting)
+    train, valid = pair_sets
+    brain, model, counter = make_brain("frozen", tmp_path)
+    brain.hparams.output_folder = str(tmp_path)
+    loader = {"batch_size": 4}
+    brain.fit(counter, train, valid, train_loader_kwargs=loader, valid_loader_kwargs={"batch_size": 2})  # phase 1
+    assert not calls and not (tmp_path / mal_module.GRADIENT_SHARE_FILE).exists()
+    counter.limit = 3
+    brain.fit(counter, train, valid, train_loader_kwargs=loader, valid_loader_kwargs={"batch_size": 2})  # phase 2
+    assert len(calls) == 1  # two phase-2 epochs of two batches: measured once
+    share = json.loads((tmp_path / mal_module.GRADIENT_SHARE_FILE).read_text())
+    assert share["epoch"] == 2 and share["lambda_mal"] == 10.0
+    assert share["share"] == pytest.approx(10.0 * share["mal_grad_norm"] / share["rec_grad_norm"])
+    assert 0 < share["share"] < 1e3 and share["rec_grad_norm"] > 0
+    # a fresh Brain over the same folder (a resume) reads the file instead of measuring again
+    brain2, _, counter2 = make_brain("frozen", tmp_path)
+    brain2.hparams.output_folder = str(tmp_path)
+    counter2.limit = 4
+    brain2.fit(counter2, train, valid, train_loader_kwargs=loader, valid_loader_kwargs={"batch_size": 2})
+    assert len(calls) == 1 and brain2.grad_share == share
+
+
+def test_gradient_share_matches_the_decoder_gradients():
+    from sb_mal.brains.mal import decoder_parameters, gradient_share
+
+    model = tiny_model()
+    noisy, clean = torch.randn(2, 8000), torch.randn(2, 8000)
+    mal = ModelAsLoss(model, encoder="snapshot")
+    rec_cost = WaveformL1()
+    out = model(noisy)
+    params = decoder_parameters(model)
+    share = gradient_share(rec_cost(out, clean), mal(out, clean), params, lambda_mal=3.0)
+    rec_cost(model(noisy), clean).backward()
+    expected = torch.sqrt(sum((p.grad ** 2).sum() for p in params))
+    assert share["rec_grad_norm"] == pytest.approx(float(expected), rel=1e-4)
+    assert share["share"] == pytest.approx(3.0 * share["share_per_lambda"])
+    enc = {id(p) for m in model.encoder_modules() for p in m.parameters()}
+    assert params and not any(id(p) in enc for p in params)

@@ -24,8 +24,18 @@ The same two-phase schedule serves the deep-feature baseline of the MAL paper: w
 ``variant: ssl_l1`` and a ``feature_loss`` (e.g. :class:`sb_mal.losses.SSLL1Loss` on a frozen WavLM),
 phase 2 adds ``lambda_mal * feature_loss`` instead of the model's own encoder.
 
+Taps are combined by their (weighted) mean, not their sum (:class:`sb_mal.losses.ModelAsLoss`), so
+choosing more taps does not raise the weight of ``L_mal``; ``lambda_mal`` alone sets it.
+
+Gradient share. At the first training step of phase 2 the Brain measures, on that batch, the norms
+of the gradients of ``lambda_mal * L_mal`` and of ``lambda_rec * L_rec`` (``lambda_rec`` is 1 by default) with respect to the decoder's parameters
+(:func:`gradient_share`) and logs ``share = ||lambda_mal * grad L_mal|| / ||grad L_rec||`` once; it
+is written to ``<output_folder>/mal_gradient_share.json`` (with the norms and the share per unit of
+lambda), so an experiment can read how much of the phase-2 update the MAL term drives. A resumed
+run that finds the file does not measure again. (Skipped with ``lambda_mal: 0``.)
+
 Hparams: everything EnhanceBrain reads, plus ``rec_cost``, ``variant`` (or ``loss_encoder`` +
-``train_encoder``), ``mal_taps`` (["bottleneck"]), ``lambda_mal`` (1.0), ``lambda_rec`` (1.0),
+``train_encoder``), ``mal_taps`` (["bottleneck"]), ``mal_tap_weights`` (equal), ``lambda_mal`` (1.0), ``lambda_rec`` (1.0),
 ``phase1_epochs`` (0), ``init_from`` (optional run folder / CKPT folder / model.ckpt),
 ``feature_loss`` (with ``variant: ssl_l1``). For a model without the encode protocol (any
 ``nn.Module``): ``mal_taps`` are module paths, ``mal_input_fn`` maps waveforms to its input and
@@ -34,7 +44,13 @@ Hparams: everything EnhanceBrain reads, plus ``rec_cost``, ``variant`` (or ``los
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections.abc import Iterable
+
+import speechbrain as sb
+import torch
 
 from sb_mal.brains.ddp import unwrap
 from sb_mal.brains.enhance import ENHANCE_HPARAMS, EnhanceBrain, loss_terms
@@ -44,7 +60,59 @@ from sb_mal.losses.model_as_loss import ModelAsLoss
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAL_VARIANTS", "MALBrain"]
+__all__ = ["GRADIENT_SHARE_FILE", "MAL_VARIANTS", "MALBrain", "decoder_parameters", "gradient_share"]
+
+#: Where MALBrain writes the gradient share measured at the start of phase 2 (in the output folder).
+GRADIENT_SHARE_FILE = "mal_gradient_share.json"
+
+
+def decoder_parameters(model: torch.nn.Module, encoder_prefixes: Iterable[str] = ()) -> list[torch.nn.Parameter]:
+    """The trainable parameters of ``model``'s decoder: ``decoder_modules()`` for sb_mal's backbone,
+    else every trainable parameter outside the modules named by ``encoder_prefixes``.
+
+    Example
+    -------
+    >>> from sb_mal.models import SpectralUNetSE
+    >>> model = SpectralUNetSE(channels=(4,), bottleneck_dim=8, rnn_layers=1)
+    >>> ids = {id(p) for m in model.decoder_modules() for p in m.parameters()}
+    >>> all(id(p) in ids for p in decoder_parameters(model)), len(decoder_parameters(model)) > 0
+    (True, True)
+    """
+    model = unwrap(model)
+    if hasattr(model, "decoder_modules"):
+        return [p for m in model.decoder_modules() for p in m.parameters() if p.requires_grad]
+    prefixes = tuple(f"{p}." for p in encoder_prefixes)
+    return [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith(prefixes)]
+
+
+def gradient_share(rec: torch.Tensor, mal: torch.Tensor, params: Iterable[torch.nn.Parameter],
+                   lambda_mal: float = 1.0) -> dict[str, float]:
+    """``||lambda_mal * grad mal|| / ||grad rec||`` over ``params`` (the graph is kept for the step).
+
+    Returns the two gradient norms (``rec_grad_norm``, ``mal_grad_norm``, the latter at lambda 1),
+    ``share_per_lambda`` (their ratio) and ``share`` (times ``lambda_mal``). Parameters that a loss
+    does not reach count as zero gradient.
+
+    Example
+    -------
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    >>> out = gradient_share((w ** 2).sum(), w.sum(), [w], lambda_mal=2.0)
+    >>> round(out["share_per_lambda"], 4), round(out["share"], 4)  # |(1, 1)| / |(2, 4)|, times 2
+    (0.3162, 0.6325)
+    """
+    params = list(params)
+    if not params:
+        raise ValueError("gradient_share: no parameters to measure on")
+
+    def norm(loss: torch.Tensor) -> float:
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return float(torch.sqrt(sum((g.detach().float() ** 2).sum() for g in grads if g is not None)
+                                + torch.zeros(())))
+
+    rec_norm, mal_norm = norm(rec), norm(mal)
+    per_lambda = mal_norm / rec_norm if rec_norm > 0 else float("inf")
+    return {"rec_grad_norm": rec_norm, "mal_grad_norm": mal_norm, "share_per_lambda": per_lambda,
+            "lambda_mal": float(lambda_mal), "share": float(lambda_mal) * per_lambda}
 
 #: variant -> (loss_encoder, train_encoder)
 MAL_VARIANTS = {"frozen": ("snapshot", True), "frozen_fe": ("snapshot", False), "dynamic": ("live", True)}
@@ -64,6 +132,8 @@ class MALBrain(EnhanceBrain):
         HParam("mal_input_fn", "callable", None, "maps waveforms to the model's input (models without encode())"),
         HParam("encoder_prefixes", "list", None, "module paths of the encoder (frozen_fe on a model without "
                                                  "encoder_modules())"),
+        HParam("mal_tap_weights", "list", None, "relative weight of each tap (default equal); L_mal is the "
+                                                "weighted mean over the taps"),
         HParam("lambda_mal", "float", 1.0, "weight of L_mal in phase 2", low=0),
         HParam("lambda_rec", "float", 1.0, "weight of L_rec in phase 2", low=0),
         HParam("phase1_epochs", "int", 0, "epochs of reconstruction-only training before phase 2", low=0),
@@ -90,9 +160,11 @@ class MALBrain(EnhanceBrain):
         else:
             self.mal_loss = ModelAsLoss(self.modules.model, taps=h.mal_taps, encoder=self.loss_encoder,
                                         input_fn=h.mal_input_fn, train_encoder=self.train_encoder,
-                                        encoder_prefixes=h.encoder_prefixes, snapshot_now=False).to(self.device)
+                                        encoder_prefixes=h.encoder_prefixes, snapshot_now=False,
+                                        tap_weights=h.mal_tap_weights).to(self.device)
             register(self.checkpointer, {"mal_loss": self.mal_loss}, "MALBrain")  # the snapshot, once taken
         self._phase2_ready = False
+        self.grad_share: dict | None = None
         logger.info("MAL: loss encoder %s, encoder %s in phase 2, phase 1 = %d epoch(s)", self.loss_encoder,
                     "trained" if self.train_encoder else "frozen", self.phase1_epochs)
 
@@ -143,6 +215,34 @@ class MALBrain(EnhanceBrain):
         if self.lambda_mal == 0 or not self.in_phase2() or not self._loss_ready():
             return rec, terms
         mal = self.mal_loss(predictions, clean, lens)
+        if stage == sb.Stage.TRAIN and self.grad_share is None and torch.is_grad_enabled():
+            self._measure_grad_share(rec, mal)
         terms.update(loss_terms(self.mal_loss))
         terms["mal"] = mal.detach()
         return self.lambda_rec * rec + self.lambda_mal * mal, terms
+
+    # -- gradient share --------------------------------------------------------------------------
+    def _share_file(self) -> str | None:
+        folder = self.hparams.output_folder
+        return os.path.join(folder, GRADIENT_SHARE_FILE) if folder else None
+
+    def _measure_grad_share(self, rec, mal) -> None:
+        """Measure and log the MAL gradient share once per run (see the module docstring)."""
+        path = self._share_file()
+        if path and os.path.exists(path):  # measured before a resume: keep that value
+            with open(path, encoding="utf-8") as fin:
+                self.grad_share = json.load(fin)
+            return
+        prefixes = getattr(self.mal_loss, "encoder_prefixes", ())
+        share = gradient_share(self.lambda_rec * rec, mal, decoder_parameters(self.modules.model, prefixes),
+                               self.lambda_mal)
+        share.update(epoch=self.hparams.epoch_counter.current, taps=list(getattr(self.mal_loss, "taps", [])),
+                     variant=self.hparams.variant, lambda_rec=self.lambda_rec)
+        self.grad_share = share
+        logger.info("MAL gradient share at the start of phase 2 (decoder parameters): ||lambda_mal * grad L_mal|| / "
+                    "||grad L_rec|| = %.4f (lambda_mal %g; %.4f per unit of lambda)", share["share"],
+                    self.lambda_mal, share["share_per_lambda"])
+        if path and sb.utils.distributed.if_main_process():
+            from sb_mal.fileio import atomic_write_text
+
+            atomic_write_text(path, json.dumps(share, indent=2) + "\n")

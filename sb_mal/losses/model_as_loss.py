@@ -1,8 +1,12 @@
 """Model as Loss (MAL): the encoder of the enhancement model itself is the loss, for any model.
 
-``L_mal = sum over taps t of mean |E_t(clean) - E_t(enhanced)|`` where ``E_t`` is an activation of
+``L_mal = mean over taps t of mean |E_t(clean) - E_t(enhanced)|`` where ``E_t`` is an activation of
 the model ("tap") computed on the loss's waveforms. Each tap's term is the mean over its valid
-(unpadded) frames and all feature elements, so taps of different sizes weigh alike.
+(unpadded) frames and all feature elements, so taps of different sizes weigh alike; the taps are
+combined by their *mean* (optionally weighted: ``tap_weights``, normalised to sum to 1), so the
+choice of taps and the loss weight (``lambda_mal``) are separate decisions: adding taps does not
+scale the loss. (Before December 2026 the taps were summed, so four taps also meant four times the
+weight; a summed configuration ``lambda, k taps`` equals ``lambda * k`` with the mean.)
 
 Taps
     Module paths from ``model.named_modules()`` (``conv2``, ``blstm``, ``masknet.dual_mdl.0``...),
@@ -104,6 +108,9 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
         False freezes ``encoder_prefixes`` of the live model when the snapshot is taken (frozen_fe).
     encoder_prefixes : sequence of str, optional
         Module paths that make up the encoder (for ``train_encoder=False``).
+    tap_weights : sequence or mapping of float, optional
+        Relative weight of each tap (default: equal); normalised to sum to 1, so ``L_mal`` is a
+        weighted mean of the per-tap terms whatever the number of taps.
     snapshot_now : bool or "first_call"
         With ``encoder="snapshot"``: take the snapshot at construction (True, e.g. for a
         pretrained model), at the first call (``"first_call"``: in a stock recipe, after the
@@ -140,7 +147,8 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
     def __init__(self, model: nn.Module, taps: str | Sequence[str] | None = None, encoder: str = "snapshot",
                  input_fn: Callable | None = None, *, pass_lengths: bool | None = None,
                  time_axis: int | Mapping[str, int] = 1, train_encoder: bool = True,
-                 encoder_prefixes: Sequence[str] | None = None, snapshot_now: bool | str = True):
+                 encoder_prefixes: Sequence[str] | None = None, snapshot_now: bool | str = True,
+                 tap_weights: Sequence[float] | Mapping[str, float] | None = None):
         super().__init__()
         if encoder not in ("snapshot", "live"):
             raise ValueError(f"encoder must be 'snapshot' or 'live', got {encoder!r}")
@@ -154,6 +162,7 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
         self.model_name = type(model).__name__
         self.encoder = encoder
         self.taps, self.protocol = self._resolve_taps(model, taps)
+        self.tap_weights = self._resolve_tap_weights(tap_weights)
         self.time_axis = time_axis
         self.input_fn = input_fn  # an nn.Module input_fn is registered (moves with .to())
         self.pass_lengths = True if self.protocol else (lengths_arg_exists(model.forward) if pass_lengths is None
@@ -194,6 +203,24 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
                              f"{listing(modules)}")
         return taps, False
 
+    def _resolve_tap_weights(self, weights) -> list[float]:
+        """One weight per tap, normalised to sum to 1 (equal weights by default)."""
+        if weights is None:
+            raw = [1.0] * len(self.taps)
+        elif isinstance(weights, Mapping):
+            unknown = sorted(set(weights) - set(self.taps))
+            if unknown:
+                raise ValueError(f"ModelAsLoss: tap_weights for {unknown}, which are not among the taps {self.taps}")
+            raw = [float(weights.get(t, 1.0)) for t in self.taps]
+        else:
+            raw = [float(w) for w in weights]
+            if len(raw) != len(self.taps):
+                raise ValueError(f"ModelAsLoss: {len(raw)} tap_weights for {len(self.taps)} taps {self.taps}")
+        if any(not w >= 0 for w in raw) or sum(raw) <= 0:
+            raise ValueError(f"ModelAsLoss: tap_weights must be >= 0 with a positive sum, got {raw}")
+        total = sum(raw)
+        return [w / total for w in raw]
+
     def _resolve_prefixes(self, model: nn.Module, prefixes) -> list[str]:
         modules = [n for n, _ in model.named_modules() if n]
         if prefixes is None:
@@ -212,7 +239,8 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
         return prefixes
 
     def extra_repr(self) -> str:
-        return (f"model={self.model_name}, taps={self.taps}, encoder={self.encoder!r}, "
+        return (f"model={self.model_name}, taps={self.taps}, tap_weights={[round(w, 4) for w in self.tap_weights]}, "
+                f"encoder={self.encoder!r}, "
                 f"path={'encode' if self.protocol else 'hooks'}")
 
     # -- snapshot and frozen encoder ---------------------------------------------------------------
@@ -343,7 +371,7 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
         self._start_terms()
         per_item = 0
         batch = predictions.shape[0]
-        for name, a, b in zip(self.taps, est, ref):
+        for name, weight, a, b in zip(self.taps, self.tap_weights, est, ref):
             if a.shape != b.shape or a.dim() == 0 or a.shape[0] != batch:
                 raise ModelAsLossError(f"ModelAsLoss: tap {name!r} of {self.model_name} gave shapes {tuple(a.shape)} "
                                        f"and {tuple(b.shape)} for the enhanced and clean batches of {batch}; "
@@ -356,5 +384,5 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
             else:
                 m = mask[:, :, None].to(diff.dtype)
                 term = (diff * m).flatten(1).sum(1) / (mask.sum(1).clamp(min=1) * diff.shape[2])
-            per_item = per_item + self._term(f"mal_{name}", term)
+            per_item = per_item + weight * self._term(f"mal_{name}", term)
         return reduce(per_item, reduction)
