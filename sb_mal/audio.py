@@ -35,8 +35,12 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioError",
     "AudioInfo",
+    "MAX_CHANNELS",
+    "MAX_SECONDS",
+    "RATE_RANGE",
     "audio_format",
     "audio_info",
+    "audio_writer",
     "list_audio_files",
     "read_audio",
     "resample",
@@ -59,8 +63,27 @@ _FORMAT_BY_EXT = {
 }
 
 
+#: Plausible header values: a file outside them is refused from its header, before any decoding,
+#: resampling or allocation (a 244-byte WAV claiming 2,147,483,647 Hz would otherwise build a
+#: resampling kernel of many gigabytes).
+RATE_RANGE = (1_000, 768_000)
+MAX_CHANNELS = 64
+MAX_SECONDS = 24 * 3600.0
+
+
 class AudioError(ValueError):
     """Raised for unreadable, empty, non-finite or otherwise unusable audio (names the file)."""
+
+
+def _check_header(path: str, rate: int, channels: int, frames: int | None) -> None:
+    if not RATE_RANGE[0] <= rate <= RATE_RANGE[1]:
+        raise AudioError(f"{path}: header claims a sample rate of {rate} Hz, outside the plausible "
+                         f"{RATE_RANGE[0]}-{RATE_RANGE[1]} Hz; refused (a damaged or hostile file?)")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"{path}: header claims {channels} channels, outside the plausible 1-{MAX_CHANNELS}; refused")
+    if frames is not None and frames / rate > MAX_SECONDS:
+        raise AudioError(f"{path}: header claims {frames} frames ({frames / rate / 3600:.1f} h at {rate} Hz), more "
+                         f"than {MAX_SECONDS / 3600:g} h; refused")
 
 
 @dataclass(frozen=True)
@@ -88,6 +111,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     except Exception as err:  # soundfile raises RuntimeError/LibsndfileError/TypeError
         raise AudioError(f"{path}: unreadable audio file ({err})") from err
     frames = info.frames
+    _check_header(path, int(info.samplerate), int(info.channels), frames if 0 < frames <= 2**62 else None)
     if frames <= 0 or frames > 2**62:
         # MP3 headers can lack a frame count; decode to find it.
         try:
@@ -210,6 +234,11 @@ def read_audio(
     if not os.path.isfile(path):
         raise AudioError(f"{path}: no such audio file")
     try:
+        info = sf.info(path)
+    except Exception as err:  # soundfile raises RuntimeError/LibsndfileError/TypeError
+        raise AudioError(f"{path}: unreadable audio file ({err})") from err
+    _check_header(path, int(info.samplerate), int(info.channels), info.frames if 0 < info.frames <= 2**62 else None)
+    try:
         data, file_sr = sf.read(path, dtype="float32", always_2d=True, start=start, stop=stop)
     except Exception as err:
         raise AudioError(f"{path}: unreadable audio file ({err})") from err
@@ -301,14 +330,110 @@ def write_audio(
     validate_waveform(data.T if data.ndim == 2 else data, path)
     if subtype is None and fmt in ("WAV", "FLAC"):
         subtype = "PCM_16"
-    tmp = temporary_path(path, suffix=ext)
-    try:
-        sf.write(tmp, np.clip(data, -1.0, 1.0), int(sample_rate), subtype=subtype, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with audio_writer(path, int(sample_rate), data.shape[1] if data.ndim == 2 else 1, subtype=subtype) as out:
+        out.write(np.clip(data, -1.0, 1.0))
+
+
+class _RecordingFile:
+    """A binary file for soundfile's virtual I/O that keeps the ``OSError`` of a failed write
+    (libsndfile itself only reports "System error.")."""
+
+    def __init__(self, fileobj):
+        self._f, self.error = fileobj, None
+
+    def write(self, data):
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            return 0
+
+    def read(self, *args):
+        return self._f.read(*args)
+
+    def seek(self, *args):
+        return self._f.seek(*args)
+
+    def tell(self):
+        return self._f.tell()
+
+
+class audio_writer:  # noqa: N801 - used as a context manager, like open()
+    """Write ``path`` progressively and atomically: ``with audio_writer(p, 16000) as out: out.write(x)``.
+
+    Samples go to a hidden temporary file in the same folder, renamed to ``path`` when the block
+    ends without error (and removed otherwise). A failed write, e.g. a full disk, is an ``OSError``
+    naming ``path`` and its cause. ``x`` is ``[T]`` or ``[T, C]`` float32.
+    """
+
+    def __init__(self, path, sample_rate: int, channels: int = 1, subtype: str | None = None):
+        self.path = os.fspath(path)
+        self.format = audio_format(self.path)
+        if subtype is None and self.format in ("WAV", "FLAC"):
+            subtype = "PCM_16"
+        self.sample_rate, self.channels, self.subtype = int(sample_rate), int(channels), subtype
+
+    def __enter__(self):
+        self.tmp = temporary_path(self.path, suffix=os.path.splitext(self.path)[1].lower())
+        self._file = open(self.tmp, "w+b")  # noqa: SIM115 - closed in __exit__
+        self._rec = _RecordingFile(self._file)
+        try:
+            self._sf = sf.SoundFile(self._rec, "w", samplerate=self.sample_rate, channels=self.channels,
+                                    format=self.format, subtype=self.subtype)
+        except BaseException as err:
+            self._abort()
+            raise self._cause(err) from err
+        return self
+
+    def write(self, data) -> None:
+        try:
+            self._sf.write(data)
+        except Exception as err:  # noqa: BLE001 - libsndfile's own error hides the cause
+            raise self._cause(err) from err
+        if self._rec.error is not None:
+            raise self._cause(self._rec.error)
+
+    def _cause(self, err: BaseException) -> BaseException:
+        recorded = self._rec.error if hasattr(self, "_rec") else None
+        found = recorded or err
+        if not isinstance(found, OSError):
+            return err
+        if str(found.strerror or "").startswith("cannot write"):
+            return found
+        return OSError(found.errno, f"cannot write {self.path}: {found.strerror or found}")
+
+    def _abort(self) -> None:
+        for closer in (getattr(self, "_sf", None), self._file):
+            try:
+                if closer is not None:
+                    closer.close()
+            except Exception:  # noqa: BLE001 - already failing; the first error is the one reported
+                pass
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._abort()
+            return False
+        try:
+            self._sf.close()
+            if self._rec.error is not None:
+                raise self._cause(self._rec.error)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.tmp, self.path)
+        except Exception as err:  # noqa: BLE001 - name the output and the cause
+            cause = self._cause(err)
+            self._abort()
+            if cause is err:
+                raise
+            raise cause from err
+        except BaseException:
+            self._abort()
+            raise
+        return False
 
 
 def list_audio_files(

@@ -171,25 +171,14 @@ def build_model(cfg: dict, where: Path, trust_code: bool = True) -> torch.nn.Mod
 
 
 def load_verified(model: torch.nn.Module, ckpt_file: Path) -> None:
-    from speechbrain.utils.checkpoints import torch_patched_state_dict_load
+    """Load ``ckpt_file`` into ``model`` strictly, plain tensors only (:func:`sb_mal.weights.load_weights`);
+    failures are :class:`ExportError` naming the file."""
+    from sb_mal.weights import WeightsError, load_weights
 
     try:
-        state = torch_patched_state_dict_load(ckpt_file, "cpu")
-    except Exception as err:
-        cause = "empty file" if ckpt_file.is_file() and ckpt_file.stat().st_size == 0 else one_line(err, 200)
-        raise ExportError(f"{ckpt_file}: unreadable checkpoint ({cause})") from err
-    if not isinstance(state, dict):
-        raise ExportError(f"{ckpt_file}: expected a state_dict, found {type(state).__name__}")
-    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):  # saved from a DDP wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ExportError(f"{ckpt_file}: does not match {type(model).__name__} built from its configuration "
-                          f"({one_line(err, 300)})") from err
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ExportError(f"{ckpt_file}: non-finite weights in {', '.join(bad[:5])}")
+        load_weights(model, ckpt_file)
+    except WeightsError as err:
+        raise ExportError(str(err)) from err
 
 
 def load_run_model(run_dir, key: str = "pesq", mode: str = "max", checkpoint=None,
@@ -323,7 +312,7 @@ def _fetch_hub(repo: str, savedir) -> Path:
 
 
 def _load_model_folder(folder: Path, where: str | None = None, trust_code: bool = False) -> Pretrained:
-    from sb_mal.trust import check_hparams_file
+    from sb_mal.trust import UntrustedCodeError, load_model_hparams
 
     where = where or f"model folder {folder}"
     info_file = folder / "export_info.json"
@@ -338,13 +327,11 @@ def _load_model_folder(folder: Path, where: str | None = None, trust_code: bool 
             load_verified(model, folder / "enhance_model.ckpt")
             return Pretrained(model.eval(), where, dict(info.get("meta") or {}), "exported",
                               sample_rate=cfg.get("sample_rate"))
-    from hyperpyyaml import load_hyperpyyaml
-
     hp_file = folder / "hyperparams.yaml"
-    check_hparams_file(hp_file, trust_code)
     try:
-        with open(hp_file, encoding="utf-8") as fin:
-            hparams = load_hyperpyyaml(fin)
+        hparams = load_model_hparams(hp_file, trust_code)
+    except UntrustedCodeError:
+        raise
     except Exception as err:  # noqa: BLE001 - a broken YAML: name the file
         raise ModelLoadError(f"{hp_file}: cannot be loaded ({one_line(err, 300)})") from err
     model = hparams.get("enhance_model") if isinstance(hparams, dict) else None

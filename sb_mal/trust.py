@@ -1,78 +1,114 @@
 """What a model folder may make Python do before the user says they trust it.
 
-A HyperPyYAML file is a program: ``!new:``, ``!name:``, ``!apply:`` and ``!module:`` import and
-call whatever they name (``!apply:os.system [...]`` runs a shell command while the file loads).
-SpeechBrain's ``from_hparams`` loads such files as they come. sb_mal reads a model folder's
-``hyperparams.yaml`` (and the class named in its ``export_info.json``) *without running it* first
-and refuses any callable outside :data:`ALLOWED`: the model, feature and pretrainer classes that
-sb_mal's exports and SpeechBrain's enhancement folders use. ``trust_code=True`` (``--trust-code`` on
-the command line) lifts the check for a folder the user has read and trusts, e.g. one whose model
-class is their own.
+A HyperPyYAML file is a program: ``!new:``, ``!name:`` and ``!apply:`` import and call whatever
+they name, ``!applyref:`` calls while references are resolved, ``!include:`` reads other files, and
+a plain ``(...)`` scalar is parsed by PyYAML's full loader. SpeechBrain's ``from_hparams`` runs such
+files as they come. sb_mal loads a model folder's ``hyperparams.yaml`` only through
+:func:`load_model_hparams`, which first judges, without running anything from the file, what the
+loader *would* do, and refuses the file unless every step is known to be harmless:
 
-What is checked: model folders and hub ids given to :class:`sb_mal.inference.Enhancer`,
-:func:`sb_mal.checkpoints.load_pretrained` and the ``sb-mal`` commands. Not checked: the recipe
-YAML a user runs (their own program) and their run folders (``model_config.json`` names a class
-that must be a ``torch.nn.Module``; it is imported, as training did).
+1. **Deny by default.** Only these tags pass: the YAML core tags (string, number, boolean, null,
+   sequence, mapping, timestamp), ``!ref``, and ``!new:`` / ``!name:`` / ``!apply:`` naming an
+   allowed object. ``!applyref:``, ``!include:``, ``!module:``, ``!copy``, ``!tuple``,
+   ``!PLACEHOLDER``, ``!!python/...`` and every tag HyperPyYAML may add later are refused. Anchors,
+   aliases and ``%TAG`` directives are refused (no "billion laughs").
+2. **Bounded work.** The file is at most :data:`MAX_BYTES`; a ``!ref`` may not read attributes
+   (``<a.b>``) or raise to a power, may multiply only numbers, and the text that references expand
+   to is estimated before anything is expanded and refused past :data:`MAX_BYTES`.
+3. **The object reached, not the spelling.** Every dotted name is resolved the way HyperPyYAML
+   resolves it (``pydoc.locate``: import the longest module prefix, then walk attributes), but
+   without importing any module outside the packages that hold allowed objects and without walking
+   through any such module. The object reached must itself be allowed (:func:`is_allowed_object`):
+   a ``torch.nn.Module`` subclass defined in one of :data:`MODEL_MODULES`, SpeechBrain's
+   ``Pretrainer`` or ``AudioNormalizer``, a window function or dtype of torch, SpeechBrain's
+   spectral-magnitude and resynthesis functions, or :func:`sb_mal.inference.load_strict`. So
+   ``torch.nn.functional.torch.os.system`` is refused: it walks through ``os``, and it reaches
+   ``os.system``.
+4. **What runs is what was judged.** References are resolved (by HyperPyYAML itself) only after
+   step 1-2, and the resolved text, exactly what the loader then reads, is judged again with
+   HyperPyYAML's own parser and resolvers (plain ``(...)`` scalars become tuples there and are
+   checked to hold plain values only).
 
-Weights are read with ``torch.load(weights_only=True)`` (SpeechBrain's loader under torch >= 2.6),
-which does not unpickle arbitrary objects.
+``trust_code=True`` (``--trust-code`` on the command line) lifts the check for a folder the user has
+read and trusts, e.g. one whose model class is their own.
+
+What is checked: model folders and hub ids (the hub cache included) given to
+:class:`sb_mal.inference.Enhancer`, :func:`sb_mal.checkpoints.load_pretrained` (and so MAL's and
+PIFT's ``init_from`` and the losses' ``from_pretrained``), ``sb-mal export`` and every ``sb-mal``
+command; and the class named by a folder's ``export_info.json`` or a run's ``model_config.json``.
+Not checked: the recipe YAML a user runs (their own program).
+
+Weights are always read with ``torch.load(weights_only=True)`` passed explicitly (so
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot turn it off; see :mod:`sb_mal.weights`).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
+import inspect
+import io
 import os
 import re
+import sys
+import types
 
-import yaml
+__all__ = ["MAX_BYTES", "MODEL_MODULES", "UntrustedCodeError", "check_callable", "check_hparams_file",
+           "is_allowed", "is_allowed_object", "load_model_hparams", "resolve_name"]
 
-__all__ = ["ALLOWED", "UntrustedCodeError", "check_callable", "check_hparams_file", "is_allowed"]
-
-#: Dotted-name prefixes a model folder may import and call. A prefix ending in ``.`` covers a
-#: package; otherwise it is one exact name.
-ALLOWED = (
-    "sb_mal.models.",
-    "sb_mal.losses.",
-    "sb_mal.inference.load_strict",
-    "speechbrain.lobes.models.",
-    "speechbrain.nnet.",
-    "speechbrain.processing.",
-    "speechbrain.dataio.preprocess.AudioNormalizer",
+#: Modules whose ``torch.nn.Module`` subclasses a model folder may build (a package covers its submodules).
+MODEL_MODULES = (
+    "sb_mal.models.backbone",
+    "sb_mal.models.separation",
+    "sb_mal.models.codec_net",
+    "sb_mal.models.metricgan",
+    "sb_mal.models.speechbrain_metricgan",
+    "speechbrain.lobes.models.MetricGAN",
+    "speechbrain.lobes.models.MetricGAN_U",
+    "speechbrain.lobes.models.EnhanceResnet",
+    "speechbrain.lobes.models.transformer",
+    "speechbrain.lobes.models.conv_tasnet",
+    "speechbrain.lobes.models.dual_path",
+    "speechbrain.lobes.models.resepformer",
+    "speechbrain.lobes.models.segan_model",
+    "speechbrain.lobes.models.convolution",
+    "speechbrain.lobes.models.CRDNN",
+    "speechbrain.lobes.models.VanillaNN",
+    "speechbrain.nnet",
+    "speechbrain.processing",
+    "torch.nn.modules",
+    "torchaudio.transforms",
+)
+#: Other objects a model folder may name, by the canonical name of the object itself.
+ALLOWED_OBJECTS = (
     "speechbrain.utils.parameter_transfer.Pretrainer",
-    "torch.nn.",
+    "speechbrain.dataio.preprocess.AudioNormalizer",
+    "speechbrain.processing.features.spectral_magnitude",
+    "speechbrain.processing.signal_processing.resynthesize",
+    "sb_mal.inference.enhancer.load_strict",
     "torch.hamming_window",
     "torch.hann_window",
     "torch.blackman_window",
     "torch.bartlett_window",
     "torch.kaiser_window",
+    "torch.float16",
+    "torch.bfloat16",
     "torch.float32",
     "torch.float64",
-    "torch.tensor",
-    "torch.zeros",
-    "torch.ones",
-    "torchaudio.transforms.",
 )
-#: Names under an allowed package that still read files, fetch or import by path.
-_DENIED = re.compile(r"(^|\.)(load|hub|from_pretrained|from_hparams|fetch|download)", re.IGNORECASE)
-_CALLING_TAGS = ("!new:", "!name:", "!apply:", "!module:")
+#: Largest hyperparameter file, and largest text its references may expand to.
+MAX_BYTES = 1_000_000
+
+_CORE = "tag:yaml.org,2002:"
+_SOURCE_TAGS = {_CORE + t for t in ("str", "int", "float", "bool", "null", "seq", "map", "timestamp")}
+_CALLING = ("!new:", "!name:", "!apply:")
+_REF = re.compile(r"<[^>]*>")  # HyperPyYAML's reference syntax
+_TUPLE = re.compile(r"^\(.*\)$")  # HyperPyYAML's implicit tuple resolver
 
 
 class UntrustedCodeError(ValueError):
     """A model folder asks to run code outside the allow-list (the message names file, line and entry)."""
-
-
-def is_allowed(name: str) -> bool:
-    """Whether a model folder may call the dotted ``name`` without ``trust_code``.
-
-    Example
-    -------
-    >>> is_allowed("speechbrain.lobes.models.MetricGAN.EnhancementGenerator"), is_allowed("os.system")
-    (True, False)
-    >>> is_allowed("torch.nn.Module.load_state_dict")
-    False
-    """
-    if not any(name == p or (p.endswith(".") and name.startswith(p)) for p in ALLOWED):
-        return False
-    return name == "sb_mal.inference.load_strict" or not _DENIED.search(name.split(".", 1)[1] if "." in name else name)
 
 
 def _hint(where: str) -> str:
@@ -80,59 +116,421 @@ def _hint(where: str) -> str:
             "see 'What a model folder may run' in the README")
 
 
+# -- names and objects --------------------------------------------------------------------------------
+def _within(name: str, roots) -> bool:
+    return any(name == r or name.startswith(r + ".") for r in roots)
+
+
+@functools.lru_cache(maxsize=1)
+def _homes() -> tuple[frozenset, frozenset]:
+    """(modules of the allowed objects, their parent packages)."""
+    homes = frozenset(n.rsplit(".", 1)[0] for n in ALLOWED_OBJECTS) | frozenset(MODEL_MODULES)
+    parents = frozenset(".".join(h.split(".")[:i]) for h in homes for i in range(1, h.count(".") + 1))
+    return homes, parents
+
+
+def _may_import(name: str) -> bool:
+    """Whether the resolver may import (or walk through) module ``name``: a module of allowed
+    objects, a submodule of one of :data:`MODEL_MODULES`, or a parent package of either."""
+    homes, parents = _homes()
+    return name in homes or name in parents or _within(name, MODEL_MODULES)
+
+
+def _module_exists(name: str) -> bool:
+    if name in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(name) is not None  # imports no code of `name` (its parent is imported)
+    except ModuleNotFoundError:
+        return False
+    except Exception:  # noqa: BLE001 - an odd module system state: treat as existing, so it must be allowed
+        return True
+
+
+def resolve_name(name: str):
+    """The object HyperPyYAML's ``pydoc.locate(name)`` reaches, found without running foreign code.
+
+    Like ``pydoc.locate``, the longest prefix that names a module is imported and the rest is
+    walked by attribute; but a module outside the packages of allowed objects is neither imported
+    nor walked through, and names with double-underscore parts are refused.
+    :class:`UntrustedCodeError` says why a name cannot be resolved safely; ``None`` means it names
+    nothing (HyperPyYAML would fail on it too).
+
+    Example
+    -------
+    >>> resolve_name("torch.nn.Linear").__name__
+    'Linear'
+    >>> resolve_name("torch.nn.functional.torch.os.system")
+    Traceback (most recent call last):
+    ...
+    sb_mal.trust.UntrustedCodeError: 'torch.nn.functional.torch.os.system' goes through module torch.nn.functional, outside the packages a model folder may use
+    """
+    parts = [p for p in name.split(".") if p]
+    if not parts:
+        raise UntrustedCodeError(f"{name!r} is not a dotted name")
+    if any(p.startswith("__") for p in parts):
+        raise UntrustedCodeError(f"{name!r} reaches into a double-underscore attribute")
+    module, n = None, 0
+    while n < len(parts):
+        candidate = ".".join(parts[: n + 1])
+        if not _module_exists(candidate):
+            break
+        if not _may_import(candidate):
+            raise UntrustedCodeError(f"{name!r} goes through module {candidate}, outside the packages a model "
+                                     "folder may use")
+        try:
+            module = importlib.import_module(candidate)
+        except ImportError:
+            break
+        n += 1
+    obj = module if module is not None else importlib.import_module("builtins")
+    if module is None:
+        raise UntrustedCodeError(f"{name!r} names a Python builtin or a module outside the packages a model "
+                                 "folder may use")
+    for part in parts[n:]:
+        if isinstance(obj, types.ModuleType):
+            _check_module(obj, name)
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            return None
+    if isinstance(obj, types.ModuleType):
+        _check_module(obj, name)
+    return obj
+
+
+def _check_module(module: types.ModuleType, name: str) -> None:
+    mod_name = vars(module).get("__name__", "")
+    if not isinstance(mod_name, str) or not _may_import(mod_name):
+        raise UntrustedCodeError(f"{name!r} goes through module {mod_name}, outside the packages a model folder "
+                                 "may use")
+    if type(module) is not types.ModuleType:  # a lazy or redirecting module: what it loads is not judged here
+        raise UntrustedCodeError(f"{name!r} goes through {mod_name}, a lazily loaded module")
+
+
+@functools.lru_cache(maxsize=1)
+def _allowed_identities() -> tuple[int, ...]:
+    ids = []
+    for canonical in ALLOWED_OBJECTS:
+        module_name, _, attr = canonical.rpartition(".")
+        try:
+            ids.append(id(getattr(importlib.import_module(module_name), attr)))
+        except (ImportError, AttributeError):  # an optional package or an older version: simply not allowed
+            continue
+    return tuple(ids)
+
+
+def is_allowed_object(obj) -> bool:
+    """Whether a model folder may build or call ``obj`` without ``trust_code`` (judged by the object itself).
+
+    Example
+    -------
+    >>> import os, torch
+    >>> is_allowed_object(torch.nn.Linear), is_allowed_object(os.system), is_allowed_object(torch.load)
+    (True, False, False)
+    """
+    if id(obj) in _allowed_identities():
+        return True
+    if not inspect.isclass(obj):
+        return False
+    import torch
+
+    if not issubclass(obj, torch.nn.Module):
+        return False
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", "")
+    if not isinstance(module, str) or not _within(module, MODEL_MODULES) or "<" in qualname:
+        return False
+    home = sys.modules.get(module)  # the class must be what its own module and name say it is
+    target = home
+    for part in qualname.split("."):
+        target = vars(target).get(part) if target is not None and hasattr(target, "__dict__") else None
+    return target is obj
+
+
+def is_allowed(name: str) -> bool:
+    """Whether a model folder may name ``name`` (the object it resolves to is allowed).
+
+    Example
+    -------
+    >>> is_allowed("speechbrain.lobes.models.MetricGAN.EnhancementGenerator"), is_allowed("os.system")
+    (True, False)
+    >>> is_allowed("torch.nn.Module.load_state_dict"), is_allowed("torch.nn.functional.torch.os.system")
+    (False, False)
+    """
+    try:
+        obj = resolve_name(name)
+    except UntrustedCodeError:
+        return False
+    return obj is not None and is_allowed_object(obj)
+
+
+def _judge_name(name: str, missing_ok: bool = True) -> str | None:
+    """Why ``name`` may not be used (None if it may; a name that reaches nothing is harmless to
+    HyperPyYAML, which then fails with its own message, unless ``missing_ok`` is False)."""
+    try:
+        obj = resolve_name(name)
+    except UntrustedCodeError as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 - importing an allowed module failed: refuse, naming it
+        return f"{name!r} cannot be resolved ({type(err).__name__}: {err})"
+    if obj is None:
+        return None if missing_ok else f"{name!r} names nothing"
+    if is_allowed_object(obj):
+        return None
+    what = f"{getattr(obj, '__module__', None) or type(obj).__module__}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+    return f"{name!r} reaches {what}"
+
+
 def check_callable(name: str, where: str, trust_code: bool = False) -> None:
     """Refuse a class or function name outside the allow-list (e.g. from ``export_info.json``)."""
-    if not trust_code and not is_allowed(name):
-        raise UntrustedCodeError(f"{where}: names {name!r}, which is outside the allow-list of what a model folder "
-                                 f"may run; {_hint(where)}")
-
-
-class _TagRecorder(yaml.SafeLoader):
-    """Parses a HyperPyYAML file without constructing anything, recording every tag."""
-
-
-def _record(loader: _TagRecorder, suffix: str, node: yaml.Node):
-    loader.found.append((node.tag, node.start_mark.line + 1))
-    if isinstance(node, yaml.MappingNode):
-        loader.construct_mapping(node, deep=True)
-    elif isinstance(node, yaml.SequenceNode):
-        loader.construct_sequence(node, deep=True)
-    return None
-
-
-_TagRecorder.add_multi_constructor("!", _record)
-_TagRecorder.add_multi_constructor("tag:", _record)
-
-
-def check_hparams_file(path: str | os.PathLike, trust_code: bool = False) -> None:
-    """Refuse a hyperparameter file whose tags call anything outside :data:`ALLOWED`.
-
-    ``!include:`` is refused too (it would read another file unchecked). Nothing in the file is
-    imported or called by the check.
-    """
     if trust_code:
         return
+    why = _judge_name(name, missing_ok=False)
+    if why:
+        raise UntrustedCodeError(f"{where}: names {name!r}, which is outside the allow-list of what a model folder "
+                                 f"may run ({why}); {_hint(where)}")
+
+
+# -- hyperparameter files -----------------------------------------------------------------------------
+def _tag(event_or_node) -> str | None:
+    tag = getattr(event_or_node, "tag", None)
+    if tag is None:
+        return None
+    return getattr(tag, "value", tag) if not isinstance(tag, str) else tag
+
+
+def _line(mark) -> int:
+    return (mark.line + 1) if mark is not None else 0
+
+
+def _refuse(where: str, line: int, what: str) -> UntrustedCodeError:
+    at = f"{where}, line {line}" if line else where
+    return UntrustedCodeError(f"{at}: {what}; {_hint(where)}")
+
+
+def _check_calling_tag(tag: str, where: str, line: int) -> None:
+    prefix = next(p for p in _CALLING if tag.startswith(p))
+    why = _judge_name(tag[len(prefix):])
+    if why:
+        raise _refuse(where, line, f"{tag} calls {tag[len(prefix):]!r}, which is outside the allow-list of what a "
+                                   f"model folder may run ({why})")
+
+
+def _check_source(text: str, where: str) -> None:
+    """Step 1-2 on the file as written: tags, anchors, directives, and bounded references."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.events import AliasEvent, DocumentStartEvent, NodeEvent
+
+    documents = 0
+    try:
+        for event in YAML(typ="rt").parse(io.StringIO(text)):
+            line = _line(event.start_mark)
+            if isinstance(event, DocumentStartEvent):
+                documents += 1
+                if documents > 1:
+                    raise _refuse(where, line, "more than one YAML document")
+                if getattr(event, "tags", None):
+                    raise _refuse(where, line, "a %TAG directive (tag shorthands are not allowed in a model folder)")
+            if isinstance(event, AliasEvent) or (isinstance(event, NodeEvent) and event.anchor is not None):
+                raise _refuse(where, line, "a YAML anchor or alias (&name / *name); write the value out or use !ref")
+            tag = _tag(event)
+            if tag is None or tag in _SOURCE_TAGS or tag == "!ref":
+                continue
+            if tag.startswith(_CALLING):
+                _check_calling_tag(tag, where, line)
+                continue
+            raise _refuse(where, line, f"the tag {tag} is not allowed in a model folder")
+    except UntrustedCodeError:
+        raise
+    except Exception as err:  # noqa: BLE001 - ruamel raises several kinds for broken YAML
+        raise UntrustedCodeError(f"{where}: not valid YAML ({' '.join(str(err).split())[:300]})") from err
+    _check_references(text, where)
+
+
+def _check_references(text: str, where: str) -> None:
+    """Refuse ``!ref`` forms that read attributes, exponentiate or repeat text, and bound their expansion."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+    try:
+        root = YAML(typ="rt").compose(io.StringIO(text))
+    except Exception as err:  # noqa: BLE001
+        raise UntrustedCodeError(f"{where}: not valid YAML ({' '.join(str(err).split())[:300]})") from err
+    if root is None:
+        return
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+
+    def lookup(path: str, line: int):
+        node = root
+        for part in path.split("["):
+            part = part.strip("]")
+            if not isinstance(node, MappingNode):
+                return None
+            node = next((v for k, v in node.value if isinstance(k, ScalarNode) and k.value == part), None)
+            if node is None:
+                return None
+        return node
+
+    def is_number(node) -> bool:
+        if not isinstance(node, ScalarNode):
+            return False
+        if _tag(node) == "!ref":
+            targets = _REF.findall(node.value)
+            return all(is_number(lookup(t[1:-1], 0)) for t in targets)
+        return re.fullmatch(r"\s*[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", node.value) is not None
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in busy:
+            raise _refuse(where, _line(node.start_mark), "a circular !ref")
+        busy.add(key)
+        if isinstance(node, ScalarNode):
+            total = len(node.value)
+            if _tag(node) == "!ref":
+                total = ref_size(node)
+        elif isinstance(node, SequenceNode):
+            total = sum(size(v) + 2 for v in node.value)
+        elif isinstance(node, MappingNode):
+            total = sum(size(k) + size(v) + 4 for k, v in node.value)
+        else:
+            total = 0
+        busy.discard(key)
+        if total > MAX_BYTES:
+            raise _refuse(where, _line(node.start_mark), f"its references expand to more than {MAX_BYTES} bytes")
+        sizes[key] = total
+        return total
+
+    def ref_size(node) -> int:
+        value, line = node.value, _line(node.start_mark)
+        targets = _REF.findall(value)
+        if any("." in t for t in targets):
+            raise _refuse(where, line, f"!ref {value} reads an attribute (<key.attribute>), which calls getattr")
+        rest = _REF.sub("0", value)
+        if "**" in rest:
+            raise _refuse(where, line, f"!ref {value} raises to a power (unbounded work)")
+        if "*" in rest and not all(is_number(lookup(t[1:-1], line)) for t in targets):
+            raise _refuse(where, line, f"!ref {value} multiplies something that is not a number (unbounded work)")
+        if "*" in rest and re.search(r"['\"]", rest):
+            raise _refuse(where, line, f"!ref {value} multiplies a string (unbounded work)")
+        total = len(value)
+        for target in targets:
+            found = lookup(target[1:-1], line)
+            total += size(found) if found is not None else 0
+        return total
+
+    size(root)
+
+
+def _check_resolved(text: str, where: str) -> None:
+    """Step 4: the text the loader reads, parsed by HyperPyYAML's own loader class and resolvers."""
+    import ruamel.yaml
+    import yaml as pyyaml
+    from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+    class _Probe(ruamel.yaml.Loader):  # the class load_hyperpyyaml constructs with, composing only
+        pass
+
+    _Probe.add_implicit_resolver("!tuple", _TUPLE, first="(")
+    where_r = f"{where} (after its references were resolved)"
+    probe = _Probe(io.StringIO(text))
+    try:
+        root = probe.get_single_node()
+    except Exception as err:  # noqa: BLE001
+        raise UntrustedCodeError(f"{where_r}: not valid YAML ({' '.join(str(err).split())[:300]})") from err
+    finally:
+        probe.dispose()
+    seen: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        tag = _tag(node)
+        if tag == "!tuple" and isinstance(node, ScalarNode):
+            _check_tuple(node.value, where_r, pyyaml)
+        elif tag is not None and tag.startswith(_CALLING):
+            _check_calling_tag(tag, where_r, 0)
+        elif tag not in _SOURCE_TAGS and tag != _CORE + "merge":
+            raise _refuse(where_r, 0, f"the tag {tag} is not allowed in a model folder")
+        if isinstance(node, SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, MappingNode):
+            for k, v in node.value:
+                stack.extend((k, v))
+
+
+def _check_tuple(value: str, where: str, pyyaml) -> None:
+    """A ``(...)`` scalar is parsed by PyYAML's *full* loader: it may hold untagged plain values only."""
+    try:
+        for event in pyyaml.parse("[" + value[1:-1] + "]", Loader=pyyaml.SafeLoader):
+            if isinstance(event, pyyaml.AliasEvent) or getattr(event, "anchor", None) is not None or \
+                    getattr(event, "tag", None) is not None:
+                raise _refuse(where, 0, f"the tuple {value[:80]} holds a tag, anchor or alias")
+    except pyyaml.YAMLError as err:
+        raise _refuse(where, 0, f"the tuple {value[:80]} is not a plain list ({' '.join(str(err).split())[:120]})")
+
+
+def check_hparams_file(path: str | os.PathLike, trust_code: bool = False, overrides=None) -> str:
+    """The text of the hyperparameter file ``path`` with references resolved, once judged harmless.
+
+    Raises :class:`UntrustedCodeError` naming the file (and line where it can) unless every tag
+    is allowed (see the module docstring). With ``trust_code`` the file's own text is returned
+    unjudged. ``overrides`` (the caller's own) are applied as HyperPyYAML applies them.
+    """
     path = os.fspath(path)
     try:
+        size = os.path.getsize(path)
+        if not trust_code and size > MAX_BYTES:
+            raise UntrustedCodeError(f"{path}: {size} bytes, more than a model folder's hyperparameters may hold "
+                                     f"({MAX_BYTES}); {_hint(path)}")
         with open(path, encoding="utf-8") as fin:
-            loader = _TagRecorder(fin)
-            loader.found = []
-            try:
-                while loader.check_data():
-                    loader.get_data()
-            finally:
-                loader.dispose()
-    except yaml.YAMLError as err:
-        raise UntrustedCodeError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+            text = fin.read()
     except (OSError, UnicodeDecodeError) as err:
         raise UntrustedCodeError(f"{path}: cannot be read ({err})") from err
-    for tag, line in loader.found:
-        if not tag.startswith("!"):  # e.g. !!python/object/apply:..., which a full YAML loader would call
-            raise UntrustedCodeError(f"{path}, line {line}: the YAML tag {tag} is not allowed in a model folder; "
-                                     f"{_hint(path)}")
-        if tag.startswith("!include:"):
-            raise UntrustedCodeError(f"{path}, line {line}: {tag} reads another file; {_hint(path)}")
-        for prefix in _CALLING_TAGS:
-            if tag.startswith(prefix) and not is_allowed(tag[len(prefix):]):
-                raise UntrustedCodeError(f"{path}, line {line}: {tag} calls {tag[len(prefix):]!r}, which is outside "
-                                         f"the allow-list of what a model folder may run; {_hint(path)}")
+    if trust_code:
+        return text
+    _check_source(text, path)
+    from hyperpyyaml import resolve_references
+
+    try:
+        resolved = resolve_references(io.StringIO(text), overrides).getvalue()
+    except Exception as err:  # noqa: BLE001 - a broken reference: name the file
+        raise UntrustedCodeError(f"{path}: its references cannot be resolved ({' '.join(str(err).split())[:300]})") \
+            from err
+    if len(resolved) > MAX_BYTES:
+        raise UntrustedCodeError(f"{path}: expands to more than {MAX_BYTES} bytes; {_hint(path)}")
+    _check_resolved(resolved, path)
+    if resolve_references(io.StringIO(resolved)).getvalue() != resolved:  # the loader resolves once more
+        raise UntrustedCodeError(f"{path}: resolving its references twice gives different text; {_hint(path)}")
+    return resolved
+
+
+def load_model_hparams(path: str | os.PathLike, trust_code: bool = False, overrides=None,
+                       overrides_must_match: bool = True) -> dict:
+    """Load a model folder's hyperparameter file with HyperPyYAML, after :func:`check_hparams_file`.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "hyperparams.yaml"
+    >>> _ = f.write_text("n: 4\\nlayer: !new:torch.nn.Linear\\n  in_features: !ref <n>\\n  out_features: 2\\n")
+    >>> load_model_hparams(f)["layer"]
+    Linear(in_features=4, out_features=2, bias=True)
+    >>> _ = f.write_text("x: !apply:torch.nn.functional.torch.os.system ['true']\\n")
+    >>> load_model_hparams(f)
+    Traceback (most recent call last):
+    ...
+    sb_mal.trust.UntrustedCodeError: ...line 1: !apply:torch.nn.functional.torch.os.system calls ...
+    """
+    from hyperpyyaml import load_hyperpyyaml
+
+    text = check_hparams_file(path, trust_code, overrides)
+    if trust_code:
+        with open(path, encoding="utf-8") as fin:
+            return load_hyperpyyaml(fin, overrides or {}, overrides_must_match)
+    return load_hyperpyyaml(text)

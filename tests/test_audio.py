@@ -94,7 +94,7 @@ def test_write_refuses_input_and_is_atomic(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(sf, "write", boom)
+    monkeypatch.setattr(sf.SoundFile, "write", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         write_audio(src, _tone() * 0.5, 16000)
     assert src.read_bytes() == before

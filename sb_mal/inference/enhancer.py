@@ -48,12 +48,13 @@ import torch
 from speechbrain.dataio.preprocess import AudioNormalizer
 from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.callchains import lengths_arg_exists
-from speechbrain.utils.checkpoints import torch_patched_state_dict_load
 from speechbrain.utils.fetching import FetchConfig, LocalStrategy
 
-from sb_mal.audio import AudioError, audio_format, audio_info, read_audio, resample, write_audio
-from sb_mal.fileio import temporary_path
+from sb_mal.audio import AudioError, audio_format, audio_info, audio_writer, read_audio, resample, write_audio
+from sb_mal.checkpoints import ModelLoadError, one_line, resolve_source
 from sb_mal.dsp import relative_to_samples
+from sb_mal.trust import UntrustedCodeError, load_model_hparams
+from sb_mal.weights import WeightsError, load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -66,30 +67,54 @@ DEFAULT_OVERLAP_SECONDS = 0.5
 def load_strict(module: torch.nn.Module, path) -> None:
     """Pretrainer hook: load a ``state_dict`` file into ``module`` strictly (no silent partial load).
 
-    SpeechBrain's default parameter transfer is non-strict (missing keys are only logged); the
-    hyperparams written by :func:`sb_mal.inference.export_run` name this hook instead.
+    SpeechBrain's default parameter transfer is non-strict (missing keys are only logged) and
+    unpickles whatever the file holds when the environment asks for it; the hyperparams written by
+    :func:`sb_mal.inference.export_run` name this hook instead, which reads plain tensors only
+    (:func:`sb_mal.weights.load_weights`).
     """
-    state = torch_patched_state_dict_load(path, "cpu")
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise RuntimeError(f"{path}: checkpoint does not match {type(module).__name__}: {err}") from err
+    load_weights(module, path)
 
 
-def _diagnose_weights(paths: dict, where: str, err: Exception) -> str:
-    """One line saying which collected weight file failed to load, and why."""
-    from sb_mal.checkpoints import one_line
+def _load_collected(pretrainer, paths: dict, where: str, trust_code: bool) -> None:
+    """Load every collected weight file the way :func:`load_strict` does.
 
-    for path in paths.values():
-        path = str(path)
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
-            return f"{path}: empty file (a checkpoint cut short?)"
-        try:
-            torch_patched_state_dict_load(path, "cpu")
-        except Exception as load_err:  # noqa: BLE001
-            return f"{path}: unreadable checkpoint, truncated or not a PyTorch file ({one_line(load_err, 200)})"
-    files = ", ".join(str(p) for p in paths.values()) or "the weights"
-    return f"{files}: does not match the model built by {where} ({one_line(err, 300)})"
+    A loadable that is not a ``torch.nn.Module``, or whose custom hook is not :func:`load_strict`,
+    is refused unless ``trust_code`` (then its own hook runs)."""
+    for name, obj in pretrainer.loadables.items():
+        if name not in paths:
+            continue
+        hook = pretrainer.custom_hooks.get(name)
+        if isinstance(obj, torch.nn.Module) and hook in (None, load_strict):
+            load_weights(obj, paths[name], built_by=where)
+        elif trust_code:
+            (hook or _default_hook(obj))(obj, paths[name])
+        else:
+            raise ModelLoadError(f"{where}: loadable {name!r} ({type(obj).__name__}) is not a torch.nn.Module loaded "
+                                 "by sb_mal.inference.load_strict; pass trust_code=True (--trust-code) to run its "
+                                 "own load hook")
+
+
+def _default_hook(obj):
+    from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
+
+    hook = get_default_hook(obj, DEFAULT_LOAD_HOOKS)
+    if hook is None:
+        raise ModelLoadError(f"don't know how to load a {type(obj).__name__}")
+    return lambda o, p: hook(o, p, False)
+
+
+def _check_weight_paths(pretrainer, folder: str | None, where: str) -> None:
+    """In an untrusted folder (local, or a hub id's), each weight file is a plain file name inside it,
+    and present when the folder is local."""
+    for name in pretrainer.loadables:
+        given = pretrainer.paths.get(name)
+        if given is not None and (os.path.isabs(str(given)) or os.path.normpath(str(given)).startswith("..")
+                                  or "/" in str(given).replace(os.sep, "/")):
+            raise UntrustedCodeError(f"{where}: the pretrainer loads {name!r} from {given!r}, outside the model "
+                                     "folder; pass trust_code=True (--trust-code) if you trust it")
+        file = os.path.join(folder or "", str(given) if given is not None else f"{name}.ckpt")
+        if folder is not None and not os.path.isfile(file):
+            raise ModelLoadError(f"{file}: missing (the weights of {name!r} named by {where})")
 
 
 def chunk_starts(total: int, chunk: int, overlap: int) -> list[int]:
@@ -268,11 +293,7 @@ class Enhancer(Pretrained):
         On Windows, files are copied rather than symlinked into ``savedir`` unless ``local_strategy``
         is given. Other keyword arguments (``run_opts``, ``freeze_params``) go to the constructor.
         """
-        from hyperpyyaml import load_hyperpyyaml
         from speechbrain.utils.fetching import fetch
-
-        from sb_mal.checkpoints import ModelLoadError, one_line, resolve_source
-        from sb_mal.trust import check_hparams_file
 
         kind, src = resolve_source(source)
         if kind == "local":
@@ -289,11 +310,11 @@ class Enhancer(Pretrained):
                                  local_strategy=local_strategy, fetch_config=fetch_config)
         except Exception as err:  # noqa: BLE001 - the hub and the file system raise many kinds
             raise ModelLoadError(f"{origin}: cannot fetch {hparams_file} ({one_line(err, 200)})") from err
-        check_hparams_file(hparams_path, trust_code)
         where = os.path.join(src, hparams_file) if kind == "local" else f"{src}/{hparams_file}"
         try:
-            with open(hparams_path, encoding="utf-8") as fin:
-                hparams = load_hyperpyyaml(fin, overrides or {}, overrides_must_match)
+            hparams = load_model_hparams(hparams_path, trust_code, overrides, overrides_must_match)
+        except UntrustedCodeError:
+            raise
         except Exception as err:  # noqa: BLE001 - anything a YAML program raises: name the file
             raise ModelLoadError(f"{where}: cannot be loaded ({one_line(err, 300)})") from err
         for key in ("pretrainer", "modules"):
@@ -301,18 +322,22 @@ class Enhancer(Pretrained):
                 raise ModelLoadError(f"{where}: no {key!r} defined (see sb_mal.inference.export_run)")
         hparams["savedir"] = savedir
         pretrainer = hparams["pretrainer"]
+        if not trust_code:
+            _check_weight_paths(pretrainer, src if kind == "local" else None, where)
         pretrainer.set_collect_in(savedir)
         try:
             paths = pretrainer.collect_files(default_source=src, local_strategy=local_strategy,
                                              fetch_config=fetch_config)
         except Exception as err:  # noqa: BLE001
-            raise ModelLoadError(f"{origin}: cannot fetch the files named by {hparams_file} ({one_line(err, 300)})") from err
+            names = ", ".join(f"{n}.ckpt" for n in pretrainer.loadables)
+            raise ModelLoadError(f"{origin}: cannot fetch the weights named by {hparams_file} ({names}): "
+                                 f"{one_line(err, 300)}") from err
         if download_only:
             return None
         try:
-            pretrainer.load_collected()
-        except Exception as err:  # noqa: BLE001 - name the file that is at fault
-            raise ModelLoadError(_diagnose_weights(paths, where, err)) from err
+            _load_collected(pretrainer, paths, where, trust_code)
+        except WeightsError as err:
+            raise ModelLoadError(str(err)) from err
         kwargs.setdefault("hparams_source", where)
         return cls(modules=hparams["modules"], hparams=hparams, **kwargs)
 
@@ -447,12 +472,7 @@ class Enhancer(Pretrained):
 
     def _enhance_stream(self, reader: _FileReader, output_path, chunk, overlap, return_waveform):
         pieces: list[torch.Tensor] = []
-        out, tmp = None, None
-        if output_path is not None:
-            fmt = audio_format(output_path)
-            tmp = temporary_path(output_path, suffix=os.path.splitext(output_path)[1].lower())
-            subtype = "PCM_16" if fmt in ("WAV", "FLAC") else None
-            out = sf.SoundFile(tmp, "w", samplerate=self.sample_rate, channels=1, format=fmt, subtype=subtype)
+        out = audio_writer(output_path, self.sample_rate) if output_path is not None else None
 
         def emit(start, y):
             y = y[0].detach().cpu()
@@ -463,16 +483,14 @@ class Enhancer(Pretrained):
             if return_waveform:
                 pieces.append(y)
 
-        try:
-            n = _overlap_add(reader.total, chunk, overlap, reader,
-                             lambda x, a, b: self._run_model(x.to(self.device), None), emit, self.device)
-            if out is not None:
-                out.close()
-                os.replace(tmp, output_path)
-        except BaseException:
-            if out is not None:
-                out.close()
-                os.unlink(tmp)
-            raise
+        def run():
+            return _overlap_add(reader.total, chunk, overlap, reader,
+                                lambda x, a, b: self._run_model(x.to(self.device), None), emit, self.device)
+
+        if out is None:
+            n = run()
+        else:
+            with out:
+                n = run()
         logger.debug("%s: enhanced %d samples in %d chunks", reader.path, reader.total, n)
         return torch.cat(pieces) if return_waveform else None
