@@ -13,6 +13,11 @@
    correlation between seeds on one utterance is kept).
 5. **Verdicts.** ``better`` / ``worse`` when the interval excludes 0 in the metric's good / bad
    direction, ``level`` otherwise.
+6. **Without the tuning seed.** The seed whose validation runs chose the hyperparameters (the first)
+   is also pooled into the test estimate, which favours the tuned arm a little (winner's curse); the
+   tables also give the first metric's estimate without that seed (:func:`evidence_table`). Five
+   seeds where compute allows: with two or three, the interval is anti-conservative when seeds
+   disagree (``seed_coverage.py`` measures by how much).
 
 Runs are resumable: a run folder holding its outputs and a ``seconds`` file is not run again, so a
 driver killed at any point picks up where it stopped, and tables can be written from the runs
@@ -33,8 +38,8 @@ import numpy as np
 
 from sb_mal.metrics.stats import LOWER_IS_BETTER, paired_bootstrap, verdict
 
-__all__ = ["LOWER_IS_BETTER", "compare", "evidence_table", "paired_bootstrap", "read_scores", "run_once", "verdict",
-           "verdict_line"]
+__all__ = ["LOWER_IS_BETTER", "compare", "compare_without", "evidence_table", "paired_bootstrap", "read_scores",
+           "run_once", "verdict", "verdict_line"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,16 +78,17 @@ def read_scores(path: Path) -> dict[str, dict[str, float]]:
 
 
 def compare(baseline: dict[int, Path], arm: dict[int, Path], metrics: Sequence[str], n_boot: int = 4000,
-            only: set[str] | None = None) -> dict[str, dict]:
+            only: set[str] | None = None, exclude_seeds: Sequence[int] = ()) -> dict[str, dict]:
     """Paired comparison of two arms' per-utterance test scores, pooled over their common seeds.
 
-    ``baseline`` and ``arm`` map seed -> scores CSV; ``only`` restricts the utterances (e.g. one SNR).
-    Returns, per metric: arm mean, baseline mean, mean difference, interval, verdict, seeds and
-    utterances used.
+    ``baseline`` and ``arm`` map seed -> scores CSV; ``only`` restricts the utterances (e.g. one SNR);
+    ``exclude_seeds`` leaves seeds out (e.g. the tuning seed). Returns, per metric: arm mean,
+    baseline mean, mean difference, interval, verdict, seeds and utterances used.
     """
-    seeds = sorted(set(baseline) & set(arm))
+    seeds = sorted((set(baseline) & set(arm)) - set(exclude_seeds))
     if not seeds:
-        raise ValueError("no seed has both arms finished")
+        raise ValueError("no seed has both arms finished" + (f" (seeds {list(exclude_seeds)} left out)"
+                                                              if exclude_seeds else ""))
     base = {s: read_scores(baseline[s]) for s in seeds}
     other = {s: read_scores(arm[s]) for s in seeds}
     utts = sorted(set.intersection(*(set(base[s]) & set(other[s]) for s in seeds)) & (only if only is not None
@@ -99,13 +105,17 @@ def compare(baseline: dict[int, Path], arm: dict[int, Path], metrics: Sequence[s
     return out
 
 
-def evidence_table(rows: Sequence[tuple[str, dict, str]], metrics: Sequence[str]) -> str:
+def evidence_table(rows: Sequence[tuple], metrics: Sequence[str], tuning_seed: int | None = None) -> str:
     """Markdown table: one row per arm, per metric ``arm mean (diff [lo, hi]) verdict``; ``rows``
-    are ``(arm label, compare() result, extra text such as steps and minutes)``."""
-    head = "| arm | " + " | ".join(metrics) + " | seeds | budget |"
-    sep = "|---" * (len(metrics) + 3) + "|"
+    are ``(arm label, compare() result, extra text such as steps and minutes)``, optionally with a
+    fourth element: the compare() result without the tuning seed (None where there is none). With
+    ``tuning_seed`` given, a column shows the first metric's difference without that seed."""
+    held_out = tuning_seed is not None
+    head = "| arm | " + " | ".join(metrics) + (f" | {metrics[0]} without seed {tuning_seed} (tuning)" if held_out
+                                                 else "") + " | seeds | budget |"
+    sep = "|---" * (len(metrics) + 3 + held_out) + "|"
     lines = [head, sep]
-    for label, result, extra in rows:
+    for label, result, extra, *rest in rows:
         cells = []
         for m in metrics:
             r = result.get(m)
@@ -113,9 +123,21 @@ def evidence_table(rows: Sequence[tuple[str, dict, str]], metrics: Sequence[str]
                 cells.append("")
                 continue
             cells.append(f"{r['arm']:.3f} ({r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]) **{r['verdict']}**")
+        if held_out:
+            r = (rest[0] or {}).get(metrics[0]) if rest else None
+            cells.append(f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] **{r['verdict']}** ({r['seeds']} seeds)"
+                         if r else "")
         seeds = next(iter(result.values()))["seeds"] if result else 0
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {seeds} | {extra} |")
     return "\n".join(lines)
+
+
+def compare_without(baseline: dict[int, Path], arm: dict[int, Path], metrics: Sequence[str],
+                    seed: int) -> dict[str, dict] | None:
+    """:func:`compare` without ``seed`` (the tuning seed); None when no other seed has both arms."""
+    if not (set(baseline) & set(arm)) - {seed}:
+        return None
+    return compare(baseline, arm, metrics, exclude_seeds=[seed])
 
 
 def verdict_line(label: str, result: dict, metric: str = "pesq") -> str:
