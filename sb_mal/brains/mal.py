@@ -138,6 +138,7 @@ class MALBrain(EnhanceBrain):
         HParam("lambda_rec", "float", 1.0, "weight of L_rec in phase 2", low=0),
         HParam("phase1_epochs", "int", 0, "epochs of reconstruction-only training before phase 2", low=0),
         HParam("init_from", "str", None, "a run folder, CKPT+* folder or model.ckpt to start from"),
+        HParam("trust_code", "bool", False, "let init_from's folder name a model class outside sb_mal's allow-list"),
         HParam("feature_loss", "callable", None, "the frozen deep-feature loss of variant ssl_l1"),
     ], drop=["compute_cost"])
     LOSS_KEYS = ("rec_cost", "feature_loss")
@@ -181,7 +182,7 @@ class MALBrain(EnhanceBrain):
         if init_from and self.hparams.epoch_counter.current == 0:
             from sb_mal.checkpoints import load_pretrained
 
-            found = load_pretrained(init_from)
+            found = load_pretrained(init_from, trust_code=self.hparams.trust_code)
             unwrap(self.modules.model).load_state_dict(found.model.state_dict())
             logger.info("MAL: model initialised from %s (%s)", found.where,
                         ", ".join(f"{k}={v:.3f}" for k, v in found.meta.items() if isinstance(v, float)))

@@ -125,6 +125,7 @@ class PositionInvariantBrain(EnhanceBrain):
                                              "or an exported folder"),
         HParam("init_key", "str", "pesq", "which checkpoint of a run folder (CKPT.yaml key)"),
         HParam("init_mode", "str", "max", "best init_key is the highest or the lowest", choices=("max", "min")),
+        HParam("trust_code", "bool", False, "let init_from's folder name a model class outside sb_mal's allow-list"),
         HParam("lambda_ssl", "float", 1.0, "weight of the SSL loss", low=0),
         HParam("rec_cost", "callable", None, "optional reconstruction loss"),
         HParam("lambda_rec", "float", 0.0, "weight of rec_cost", low=0),
@@ -190,7 +191,7 @@ class PositionInvariantBrain(EnhanceBrain):
         h = self.hparams
         from sb_mal.checkpoints import load_pretrained
 
-        found = load_pretrained(h.init_from, key=h.init_key, mode=h.init_mode)
+        found = load_pretrained(h.init_from, key=h.init_key, mode=h.init_mode, trust_code=h.trust_code)
         state, where = found.model.state_dict(), found.where
         model = unwrap(self.modules.model)
         try:
