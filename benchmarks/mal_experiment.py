@@ -96,7 +96,8 @@ def measured_share(start: Path, taps: str, seed: int, batches: int = 4, batch_si
     return {"share_per_lambda": sum(shares) / len(shares), "by_batch": shares}
 
 
-def main():
+def build_parser():
+    """The driver's command-line options."""
     parser = experiment_parser(__doc__, "results/mal_experiment")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5],
                         help="seeds (5 by default; at least 3); the first is the tuning seed")
@@ -122,6 +123,11 @@ def main():
                              "the decoder equals this at the start of phase 2 (measured at lambda 1 on the phase-1 "
                              "model); the taps come from --arm-config, tuning, or all four")
     parser.add_argument("--report-only", action="store_true", help="write the tables from the finished runs")
+    return parser
+
+
+def main():
+    parser = build_parser()
     args, extra = parse_with_overrides(parser)
     if args.target_share is not None and not args.target_share > 0:
         parser.error("--target-share must be positive")

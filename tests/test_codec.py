@@ -384,3 +384,39 @@ def test_from_pretrained_run_folder(tmp_path):
     Checkpointer(other / "save", {"model": torch.nn.Identity()}).save_checkpoint(meta={"loss": 0.1})
     with pytest.raises(ExportError, match="not a codec net"):
         CodecApproximationLoss.from_pretrained(other)
+
+
+def test_magnitude_base_term_is_the_papers_baseline_loss():
+    """base="magnitude": the codec loss's first term is MagnitudeL1 (phase-blind), the separation recipes'
+    l1_mag loss; the default stays waveform L1."""
+    from sb_mal.losses import MagnitudeL1
+
+    target = torch.randn(2, 6000)
+    flipped = -target  # same magnitude spectrogram, opposite waveform
+    mag = _loss(la=1.0, lb=0.0, lc=0.0 + 1e-9, base="magnitude")
+    wave = _loss(la=1.0, lb=0.0, lc=1e-9)
+    mag(flipped, target)
+    wave(flipped, target)
+    assert "mag_l1" in mag.last_terms and "wave_l1" not in mag.last_terms
+    assert mag.last_terms["mag_l1"] < 1e-4 < wave.last_terms["wave_l1"]
+    pred = target + 0.3 * torch.randn(2, 6000)
+    lens = torch.tensor([1.0, 0.7])
+    mag(pred, target, lens)
+    assert mag.last_terms["mag_l1"] == pytest.approx(float(MagnitudeL1()(pred, target, lens)), rel=1e-5)
+    custom = _loss(la=1.0, lb=0.0, lc=1e-9, base=MagnitudeL1(512, 128))
+    custom(pred, target)
+    assert "base" in custom.last_terms
+    with pytest.raises(ValueError, match="base must be one of"):
+        _loss(base="spectral")
+
+
+def test_separation_yaml_offers_the_magnitude_l1_baseline(tmp_path):
+    from hyperpyyaml import load_hyperpyyaml
+
+    from sb_mal.brains.separation import build_named_cost
+    from sb_mal.losses import MagnitudeL1
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "hparams/folders/separation_speech.yaml")).read()
+    hp = load_hyperpyyaml(text, {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "out")})
+    cost = build_named_cost(hp["costs"], "l1_mag")
+    assert isinstance(cost, MagnitudeL1) and cost.cfg.n_fft == hp["n_fft"] and cost.cfg.hop == hp["hop"]

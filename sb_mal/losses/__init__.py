@@ -5,6 +5,7 @@ from sb_mal.losses.model_as_loss import Log1pMagnitude, ModelAsLoss, ModelAsLoss
 from sb_mal.losses.soft_dtw import soft_dtw, soft_dtw_divergence
 from sb_mal.losses.ssl import SSLFeatureLoss, SSLL1Loss, SSLMSELoss, SSLMSEPadLoss, SSLSoftDTWLoss, pad_frames
 from sb_mal.losses.reconstruction import (
+    MagnitudeL1,
     MultiResolutionSTFTLoss,
     SISDRLoss,
     STFTLoss,
@@ -17,6 +18,7 @@ __all__ = [
     "LAYER_SETS",
     "CodecApproximationLoss",
     "Log1pMagnitude",
+    "MagnitudeL1",
     "ModelAsLoss",
     "ModelAsLossError",
     "MultiResolutionSTFTLoss",

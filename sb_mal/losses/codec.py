@@ -3,11 +3,15 @@ imitates MP3 coding is the loss.
 
 ::
 
-    L = la * L1(x, x_hat)                                   waveform term
+    L = la * base(x, x_hat)                                 base term: waveform L1 or magnitude L1
       + lb * L1(C(S), C(S_hat))                             prediction term (codec-imitation outputs)
       + lc * sum_m lm * L1(phi_m(S), phi_m(S_hat))          feature term (codec-net activations)
 
-``x``/``x_hat`` are the target and predicted waveforms; ``S``/``S_hat`` their normalised magnitude
+``x``/``x_hat`` are the target and predicted waveforms; the base term is their waveform L1
+(``base="waveform"``, the default, logged as ``wave_l1``) or the L1 between their linear magnitude
+spectrograms (``base="magnitude"``, :class:`~sb_mal.losses.MagnitudeL1` at n_fft 1024 / hop 256,
+logged as ``mag_l1``; the paper's baseline loss, so a codec arm with this base differs from that
+baseline by the codec terms only), or any loss module with SpeechBrain's signature (``base``); ``S``/``S_hat`` their normalised magnitude
 spectrograms (:meth:`sb_mal.models.codec_net.SpectralCodecNet.prepare`, n_fft 1024 / hop 512; the
 prediction is normalised with the *target's* scale, so a level error is not hidden); ``C`` the
 frozen codec net and ``phi_m`` its layer activations. With a
@@ -61,7 +65,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from sb_mal.losses.reconstruction import LossTerms, WaveformL1, check_waveforms, reduce
+from sb_mal.losses.reconstruction import LossTerms, MagnitudeL1, WaveformL1, check_waveforms, reduce
 from sb_mal.models.codec_net import masked_l1, valid_at_level
 from sb_mal.models.frozen import FrozenNetworks
 
@@ -70,6 +74,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["LAYER_SETS", "CodecApproximationLoss", "layer_set"]
 
 _SET_NAMES = ("A", "B", "C", "D", "E", "F")
+
+#: ``base`` name -> (logged term name, loss factory)
+BASE_TERMS = {"waveform": ("wave_l1", WaveformL1), "magnitude": ("mag_l1", MagnitudeL1)}
 
 
 def layer_set(name: str, levels: int = 5) -> list[str]:
@@ -107,7 +114,10 @@ class CodecApproximationLoss(LossTerms, FrozenNetworks):
     layers : str or sequence of str
         A layer set ("A" .. "F", default "F") or explicit layer names (``codec_net.layer_names``).
     la, lb, lc : float
-        Weights of the waveform, prediction and feature terms (a zero weight skips the term).
+        Weights of the base, prediction and feature terms (a zero weight skips the term).
+    base : str or nn.Module
+        The base term: ``"waveform"`` (L1 between waveforms, default), ``"magnitude"`` (L1 between
+        magnitude spectrograms) or a loss module.
     layer_weights : float, sequence or mapping, optional
         ``lm`` per selected layer (default 1.0 each).
 
@@ -127,7 +137,8 @@ class CodecApproximationLoss(LossTerms, FrozenNetworks):
     """
 
     def __init__(self, codec_net: nn.Module, layers: str | Sequence[str] = "F", la: float = 1.0, lb: float = 1.0,
-                 lc: float = 1.0, layer_weights: float | Sequence[float] | Mapping[str, float] | None = None):
+                 lc: float = 1.0, layer_weights: float | Sequence[float] | Mapping[str, float] | None = None,
+                 base: str | nn.Module = "waveform"):
         super().__init__()
         for attr in ("prepare", "forward_features", "layer_names", "levels"):
             if not hasattr(codec_net, attr):
@@ -142,7 +153,13 @@ class CodecApproximationLoss(LossTerms, FrozenNetworks):
         self.la, self.lb, self.lc = float(la), float(lb), float(lc)
         if self.la == 0 and self.lb == 0 and (self.lc == 0 or not self.layers):
             raise ValueError("all terms of CodecApproximationLoss have zero weight (la, lb, lc or no layers)")
-        self.wave_l1 = WaveformL1()
+        if isinstance(base, nn.Module):
+            self.base_loss, self.base_name = base, "base"
+        elif base in BASE_TERMS:
+            self.base_name, factory = BASE_TERMS[base]
+            self.base_loss = factory()
+        else:
+            raise ValueError(f"base must be one of {sorted(BASE_TERMS)} or a loss module, got {base!r}")
 
     def _resolve_layers(self, layers) -> list[str]:
         names = self.codec_net.layer_names
@@ -216,8 +233,8 @@ class CodecApproximationLoss(LossTerms, FrozenNetworks):
         terms: dict[str, torch.Tensor] = {}
         total = predictions.new_zeros(predictions.shape[0])
         if self.la > 0:
-            terms["wave_l1"] = self.wave_l1(predictions, targets, length, reduction="batch")
-            total = total + self.la * terms["wave_l1"]
+            terms[self.base_name] = self.base_loss(predictions, targets, length, reduction="batch")
+            total = total + self.la * terms[self.base_name]
         if self.lb > 0 or (self.lc > 0 and self.layers):
             upto = self._upto()
             with torch.no_grad():

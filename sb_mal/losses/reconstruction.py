@@ -21,6 +21,7 @@ from sb_mal.dsp import StftConfig, frame_mask, length_mask, stft
 
 __all__ = [
     "LossTerms",
+    "MagnitudeL1",
     "MultiResolutionSTFTLoss",
     "SISDRLoss",
     "STFTLoss",
@@ -226,6 +227,39 @@ class STFTLoss(nn.Module):
         log_l1 = ((torch.log(T + self.eps) - torch.log(P + self.eps)).abs() * m).sum((1, 2))
         log_l1 = log_l1 / (m.sum((1, 2)) * T.shape[1]).clamp(min=1)
         return reduce(self.sc_weight * sc + self.mag_weight * log_l1, reduction)
+
+
+class MagnitudeL1(nn.Module):
+    """Mean absolute error between magnitude spectrograms ``|STFT|`` (linear scale), the baseline loss
+    of the codec-approximation paper; frames centred in padding are left out.
+
+    Arguments
+    ---------
+    n_fft, hop, win_length : int
+        STFT resolution (default 1024 / 256, that of the separation ladder's networks).
+
+    Example
+    -------
+    >>> loss = MagnitudeL1(512, 128)
+    >>> x = torch.randn(2, 16000)
+    >>> float(loss(x, x)), bool(loss(-x, x) < 1e-4)  # the phase does not count
+    (0.0, True)
+    >>> bool(loss(0.5 * x, x) > 0)
+    True
+    """
+
+    def __init__(self, n_fft: int = 1024, hop: int = 256, win_length: int | None = None):
+        super().__init__()
+        self.cfg = StftConfig(n_fft, hop, win_length)
+
+    def forward(self, predictions, targets, length=None, reduction: str = "mean"):
+        predictions, targets = check_waveforms(predictions, targets, "MagnitudeL1")
+        P = stft(predictions.float(), self.cfg).abs()
+        T = stft(targets.float(), self.cfg).abs()
+        mask = frame_mask(length, targets.shape[1], T.shape[-1], self.cfg.hop, T.shape[0], T.device)[:, None, :]
+        m = mask.to(T.dtype)
+        per_item = ((P - T).abs() * m).sum((1, 2)) / (m.sum((1, 2)) * T.shape[1]).clamp(min=1)
+        return reduce(per_item, reduction)
 
 
 class MultiResolutionSTFTLoss(nn.Module):

@@ -1,0 +1,41 @@
+"""The experiment drivers' designs (benchmarks/): arms, grids and defaults that the evidence depends on."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+pytestmark = pytest.mark.unit
+
+
+def test_codec_ladder_baseline_is_magnitude_l1_with_p4_p5_and_multiplier_1():
+    import codec_ladder
+
+    args = codec_ladder.build_parser().parse_args([])
+    assert codec_ladder.BASELINE == "l1_mag" and codec_ladder.ARMS[0] == "l1_mag" and "l1" in codec_ladder.ARMS
+    assert {"P4", "P5"} <= set(args.capacities) and 1.0 in args.multipliers and args.codec_base == "magnitude"
+    assert len(args.seeds) >= 3
+    weights = {"lb": 2.0, "lc": 0.5}
+    assert codec_ladder.arm_overrides("l1_mag", "magnitude", 1.0, weights) == ["--loss=l1_mag"]
+    assert codec_ladder.arm_overrides("l1", "magnitude", 1.0, weights) == ["--loss=l1"]
+    assert codec_ladder.arm_overrides("codec_nopred", "magnitude", 1.0, weights) == [
+        "--loss=codec", "--codec_base=magnitude", "--codec_lb=0", "--codec_lc=0.5"]
+    assert codec_ladder.arm_overrides("codec", "waveform", 3.0, weights)[1:3] == ["--codec_base=waveform",
+                                                                                  "--codec_lb=6"]
+    # runs with another base or multiplier never share a folder
+    assert len({codec_ladder.run_name("P4", "codec", b, m) for b in ("magnitude", "waveform") for m in (1, 3)}) == 4
+
+
+def test_mal_experiment_grid_includes_lambda_0_and_arms_can_be_given():
+    import mal_experiment
+
+    parser = mal_experiment.build_parser()
+    args = parser.parse_args([])
+    assert 0.0 in args.lambdas and len(args.seeds) >= 5
+    given = parser.parse_args(["--arms", "frozen", "--skip-tuning", "--arm-config",
+                               '{"frozen": {"lambda_mal": 4, "taps": "[enc1,enc2,enc3,bottleneck]"}}',
+                               "--target-share", "0.5"])
+    assert given.arms == ["frozen"] and given.arm_config["frozen"]["lambda_mal"] == 4 and given.target_share == 0.5
