@@ -36,7 +36,7 @@ from speechbrain.utils.checkpoints import Checkpointer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AtomicCheckpointer", "ExportError", "ModelLoadError", "Pretrained", "build_model", "find_best_checkpoint",
+__all__ = ["AtomicCheckpointer", "CheckpointWriteError", "ExportError", "ModelLoadError", "Pretrained", "build_model", "find_best_checkpoint",
            "load_model_config", "load_pretrained", "load_run_model", "load_verified", "resolve_source", "toy_run"]
 
 _META_SKIP = ("unixtime", "end-of-epoch")
@@ -90,17 +90,22 @@ def _list_checkpoints(save_dir: Path) -> list[tuple[Path, dict]]:
     for ckpt in sorted(save_dir.glob("CKPT*")):
         meta_file = ckpt / "CKPT.yaml"
         if ckpt.is_dir() and meta_file.is_file():
-            with open(meta_file, encoding="utf-8") as fin:
-                meta = yaml.safe_load(fin) or {}
+            try:
+                with open(meta_file, encoding="utf-8") as fin:
+                    meta = yaml.safe_load(fin) or {}
+            except (OSError, ValueError, yaml.YAMLError) as err:
+                logger.warning("skipping checkpoint %s: %s unreadable (%s)", ckpt, meta_file.name, err)
+                continue
             found.append((ckpt, meta if isinstance(meta, dict) else {}))
     return found
 
 
-def find_best_checkpoint(save_dir, key: str = "pesq", mode: str = "max") -> tuple[Path, dict]:
+def find_best_checkpoint(save_dir, key: str = "pesq", mode: str = "max", _ranked: bool = False):
     """The checkpoint folder under ``save_dir`` with the best ``key`` in its CKPT.yaml, and its meta.
 
     Checkpoints without a numeric ``key`` (e.g. intra-epoch ones) are ignored; NaN never wins;
-    ties go to the most recent.
+    ties go to the most recent. (Whether its files load is not checked here; :func:`load_run_model`
+    falls back to the next best when they do not.)
 
     Example
     -------
@@ -128,11 +133,17 @@ def find_best_checkpoint(save_dir, key: str = "pesq", mode: str = "max") -> tupl
         raise ExportError(f"{save_dir}: no checkpoint has a numeric {key!r} in its CKPT.yaml "
                           f"(keys found: {', '.join(keys) or 'none'}); choose another key or give the checkpoint")
     sign = 1.0 if mode == "max" else -1.0
-    path, meta = max(scored, key=lambda cm: (sign * cm[1][key], cm[1].get("unixtime", 0)))
+    ranked = sorted(scored, key=lambda cm: (sign * cm[1][key], _stamp(cm[1])), reverse=True)
+    path, meta = ranked[0]
     if not math.isfinite(meta[key]):
         logger.warning("%s: best checkpoint %s has %s=%s (no checkpoint has a finite value)", save_dir, path.name,
                        key, meta[key])
-    return path, meta
+    return (path, meta) if not _ranked else ranked
+
+
+def _stamp(meta: dict) -> float:
+    value = meta.get("unixtime", 0)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def load_model_config(run_dir: Path) -> dict:
@@ -151,17 +162,19 @@ def load_model_config(run_dir: Path) -> dict:
     return cfg
 
 
-def build_model(cfg: dict, where: Path, trust_code: bool = True) -> torch.nn.Module:
-    """The model ``cfg`` names (``class``, ``kwargs``); with ``trust_code=False`` only an allow-listed class."""
+def build_model(cfg: dict, where: Path, trust_code: bool = False) -> torch.nn.Module:
+    """The model ``cfg`` names (``class``, ``kwargs``); without ``trust_code`` only an allow-listed class,
+    found the way :mod:`sb_mal.trust` judges it (nothing outside the allowed packages is imported)."""
     if not trust_code:
         from sb_mal.trust import check_callable
 
-        check_callable(cfg["class"], str(where))
-    module_name, _, class_name = cfg["class"].rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ExportError(f"{where}: cannot import model class {cfg['class']!r} ({err})") from err
+        cls = check_callable(cfg["class"], str(where))
+    else:
+        module_name, _, class_name = cfg["class"].rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise ExportError(f"{where}: cannot import model class {cfg['class']!r} ({err})") from err
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise ExportError(f"{where}: {cfg['class']!r} is not a torch.nn.Module class")
     try:
@@ -182,7 +195,7 @@ def load_verified(model: torch.nn.Module, ckpt_file: Path) -> None:
 
 
 def load_run_model(run_dir, key: str = "pesq", mode: str = "max", checkpoint=None,
-                   recoverable: str = "model") -> tuple[torch.nn.Module, Path, dict]:
+                   recoverable: str = "model", trust_code: bool = False) -> tuple[torch.nn.Module, Path, dict]:
     """Rebuild a run's model and load the best (or given) checkpoint strictly.
 
     Arguments
@@ -207,17 +220,29 @@ def load_run_model(run_dir, key: str = "pesq", mode: str = "max", checkpoint=Non
     if checkpoint is not None:
         ckpt = Path(checkpoint)
     if ckpt is None:
-        ckpt, meta = find_best_checkpoint(path / "save", key, mode)
+        ranked = find_best_checkpoint(path / "save", key, mode, _ranked=True)
     else:
         with open(ckpt / "CKPT.yaml", encoding="utf-8") as fin:
-            meta = yaml.safe_load(fin) or {}
-    model = build_model(load_model_config(path), path)
-    ckpt_file = ckpt / f"{recoverable}.ckpt"
-    if not ckpt_file.is_file():
-        present = sorted(p.name for p in ckpt.glob("*.ckpt"))
-        raise ExportError(f"{ckpt_file}: missing (files in the checkpoint: {', '.join(present) or 'none'})")
-    load_verified(model, ckpt_file)
-    return model, ckpt, meta
+            ranked = [(ckpt, yaml.safe_load(fin) or {})]
+    model = build_model(load_model_config(path), path / "model_config.json", trust_code=trust_code)
+    first_error = None
+    for ckpt, meta in ranked:  # the best first; past one whose weights cannot be loaded, with a warning
+        ckpt_file = ckpt / f"{recoverable}.ckpt"
+        try:
+            if not ckpt_file.is_file():
+                present = sorted(p.name for p in ckpt.glob("*.ckpt"))
+                raise ExportError(f"{ckpt_file}: missing (files in the checkpoint: {', '.join(present) or 'none'})")
+            load_verified(model, ckpt_file)
+        except ExportError as err:
+            first_error = first_error or err
+            if len(ranked) > 1:
+                logger.warning("skipping checkpoint %s: %s", ckpt.name, err)
+            continue
+        return model, ckpt, meta
+    if len(ranked) > 1:
+        raise ExportError(f"{path / 'save'}: no checkpoint with a {key!r} could be loaded; the best: "
+                          f"{first_error}") from first_error
+    raise first_error
 
 
 def toy_run(folder) -> Path:
@@ -283,7 +308,8 @@ def load_pretrained(source, *, key: str = "pesq", mode: str = "max", checkpoint=
         path = where
         if path.is_dir() and all((path / f).is_file() for f in _MODEL_FOLDER_FILES):
             return _load_model_folder(path, trust_code=trust_code)
-        model, ckpt, meta = load_run_model(path, key=key, mode=mode, checkpoint=checkpoint, recoverable=recoverable)
+        model, ckpt, meta = load_run_model(path, key=key, mode=mode, checkpoint=checkpoint, recoverable=recoverable,
+                                           trust_code=trust_code)
         kind = "checkpoint" if (path.is_file() or (path / "CKPT.yaml").is_file()) else "run"
         return Pretrained(model.eval(), f"checkpoint {ckpt}", meta, kind, sample_rate=_run_rate(ckpt), checkpoint=ckpt)
     return _load_model_folder(_fetch_hub(where, savedir), where=f"hub model {where}", trust_code=trust_code)
@@ -349,16 +375,30 @@ def _load_model_folder(folder: Path, where: str | None = None, trust_code: bool 
     return Pretrained(model.eval(), where, {}, kind, input_fn=input_fn, sample_rate=rate)
 
 
-class AtomicCheckpointer(Checkpointer):
-    """SpeechBrain's Checkpointer, with checkpoints that are complete or absent.
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (the message names the folder and the cause, e.g. a full disk);
+    the checkpoints written before are intact."""
 
-    SpeechBrain writes ``CKPT.yaml`` first and the ``.ckpt`` files after it, in place: a run killed
-    in between leaves a folder that looks complete and cannot be loaded, and every rerun fails on
-    it. Here a checkpoint is written into a hidden staging folder (``.staging/`` inside
-    ``checkpoints_dir``; leftovers of killed writes are removed at the next save) and renamed into
-    place once every file is written, so a ``CKPT+*`` folder is always whole. Recovery goes from the
-    preferred checkpoint to the next when one cannot be read or loaded (a damaged or foreign
-    folder), with a warning naming it; if none loads, the last error is raised.
+
+class AtomicCheckpointer(Checkpointer):
+    """SpeechBrain's Checkpointer, with checkpoints that are complete or absent, and never lost.
+
+    - **Atomic writes.** SpeechBrain writes ``CKPT.yaml`` first and the ``.ckpt`` files after it, in
+      place: a run killed in between leaves a folder that looks complete and cannot be loaded. Here a
+      checkpoint is written into a hidden staging folder (``.staging/`` inside ``checkpoints_dir``;
+      leftovers of killed writes are removed at the next save) and renamed into place once every file
+      is written. A failed write (a full disk) is a :class:`CheckpointWriteError` naming the cause;
+      the staging folder is removed and the earlier checkpoints stay as they were.
+    - **Plain tensors.** Modules, optimizers, schedulers and scalers are written through a Python
+      file object (so a write error names its cause) and read with ``weights_only=True``
+      (:mod:`sb_mal.weights`), whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says.
+    - **Recovery falls back.** From the preferred checkpoint to the next when one cannot be read or
+      loaded (a damaged or foreign folder), with a warning naming it; if none loads, the last error.
+    - **Pruning never loses weights.** The checkpoint just written is never deleted, and only
+      checkpoints whose files can be loaded take part in choosing what to keep: a damaged checkpoint
+      that claims the best score, or a time stamp ahead of the clock (a run folder copied from another
+      machine), can no longer push good checkpoints out. It is left where it is (never used, never
+      counted), with a warning.
 
     The YAMLs in ``hparams/`` name this class; :func:`sb_mal.run.run_recipe` also upgrades a plain
     SpeechBrain ``Checkpointer`` of any other YAML to it.
@@ -366,21 +406,49 @@ class AtomicCheckpointer(Checkpointer):
 
     STAGING = ".staging"
 
+    def _plain_tensor_hooks(self) -> None:
+        """Give every recoverable that SpeechBrain would ``torch.save``/``torch.load`` the hooks of
+        :mod:`sb_mal.weights` (recoverables may come from the constructor, ``add_recoverable`` or a Brain)."""
+        from speechbrain.utils.checkpoints import (DEFAULT_LOAD_HOOKS, DEFAULT_SAVE_HOOKS, get_default_hook,
+                                                   torch_recovery, torch_save)
+        from speechbrain.utils.distributed import main_process_only
+
+        from sb_mal.weights import save_state_file, weights_only_recovery
+
+        for name, obj in self.recoverables.items():
+            if name not in self.custom_load_hooks and get_default_hook(obj, DEFAULT_LOAD_HOOKS) is torch_recovery:
+                self.custom_load_hooks[name] = weights_only_recovery
+            if name not in self.custom_save_hooks and get_default_hook(obj, DEFAULT_SAVE_HOOKS) is torch_save:
+                self.custom_save_hooks[name] = main_process_only(save_state_file)
+
+    def load_checkpoint(self, checkpoint):
+        """As SpeechBrain's, reading plain tensors only."""
+        self._plain_tensor_hooks()
+        return super().load_checkpoint(checkpoint)
+
     def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):  # noqa: B006
         from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
+        self._plain_tensor_hooks()
         final_root = Path(self.checkpoints_dir)
         staging = final_root / self.STAGING
         if name is None:  # SpeechBrain's time-stamped name, unique among the final folders (not the staging one)
             name = self._new_checkpoint_dirpath().name.split("+", 1)[1]
-        if if_main_process():
-            shutil.rmtree(staging, ignore_errors=True)  # what a killed write left behind
-            staging.mkdir(parents=True, exist_ok=True)
-        self.checkpoints_dir = staging
         try:
-            saved = super().save_checkpoint(meta=meta, end_of_epoch=end_of_epoch, name=name, verbosity=logging.DEBUG)
-        finally:
-            self.checkpoints_dir = final_root
+            if if_main_process():
+                shutil.rmtree(staging, ignore_errors=True)  # what a killed write left behind
+                staging.mkdir(parents=True, exist_ok=True)
+            self.checkpoints_dir = staging
+            try:
+                saved = super().save_checkpoint(meta=meta, end_of_epoch=end_of_epoch, name=name,
+                                                verbosity=logging.DEBUG)
+            finally:
+                self.checkpoints_dir = final_root
+        except OSError as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            cause = err.strerror or str(err)
+            raise CheckpointWriteError(err.errno, f"cannot write a checkpoint in {final_root}: {cause} (the "
+                                                  "checkpoints written before are intact)") from err
         ddp_barrier()  # every process has written its files
         if saved is None:  # not the main process
             return None
@@ -388,6 +456,7 @@ class AtomicCheckpointer(Checkpointer):
         if target.exists():  # a custom name used twice, or the same second: keep both
             target = final_root / f"{saved.path.name}+{int(time.time() * 1e6) % 1_000_000:06d}"
         os.replace(saved.path, target)
+        self._fresh = target
         logger.log(verbosity, "Saved an %s checkpoint in %s", "end-of-epoch" if end_of_epoch else "intra-epoch", target)
         return type(saved)(target, saved.meta, {k: target / Path(v).name for k, v in saved.paramfiles.items()})
 
@@ -415,6 +484,85 @@ class AtomicCheckpointer(Checkpointer):
         from speechbrain.utils.checkpoints import Checkpoint
 
         return Checkpoint(path, meta, paramfiles)
+
+    def loadable(self, ckpt) -> str | None:
+        """Why checkpoint ``ckpt`` cannot be loaded into this checkpointer's recoverables (None if it can).
+
+        Every required recoverable must have its file, readable as plain tensors (checked once per
+        file version)."""
+        self._plain_tensor_hooks()
+        cache = self.__dict__.setdefault("_verified", {})
+        if "end-of-epoch" not in ckpt.meta:
+            return "its CKPT.yaml lacks 'end-of-epoch'"
+        for name in self.recoverables:
+            path = ckpt.paramfiles.get(name)
+            if path is None or not Path(path).is_file():
+                if self.optional_recoverables.get(name) or self.allow_partial_load or "dataloader" in name:
+                    continue
+                return f"{name}.ckpt is missing"
+            stat = Path(path).stat()
+            key = (str(path), stat.st_size, stat.st_mtime_ns)
+            if key not in cache:
+                cache[key] = self._read_error(name, path)
+            if cache[key]:
+                return cache[key]
+        return None
+
+    def _read_error(self, name, path) -> str | None:
+        from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
+
+        from sb_mal.weights import WeightsError, load_state_file, weights_only_recovery
+
+        hook = self.custom_load_hooks.get(name) or get_default_hook(self.recoverables[name], DEFAULT_LOAD_HOOKS)
+        if hook is not weights_only_recovery:  # e.g. an EpochCounter's text file: its size is all we can judge
+            return None if Path(path).stat().st_size > 0 else f"{name}.ckpt is empty"
+        try:
+            load_state_file(path)
+        except WeightsError as err:
+            return str(err)
+        return None
+
+    def delete_checkpoints(self, *, num_to_keep=1, min_keys=None, max_keys=None, importance_keys=None,
+                           ckpt_predicate=None, verbosity=logging.INFO):
+        """SpeechBrain's pruning, over the loadable checkpoints only, never deleting the one just written."""
+        from speechbrain.utils.checkpoints import ckpt_recency
+        from speechbrain.utils.distributed import ddp_barrier, if_main_process
+
+        if num_to_keep < 0:
+            raise ValueError("Number of checkpoints to keep must be positive.")
+        importance_keys = [ckpt_recency] if importance_keys is None else importance_keys
+        fresh = getattr(self, "_fresh", None)
+        usable, damaged = [], []
+        for ckpt in self.list_checkpoints():
+            if ckpt_predicate is not None and not ckpt_predicate(ckpt):
+                continue
+            why = None if ckpt.path == fresh else self.loadable(ckpt)
+            (damaged if why else usable).append((ckpt, why))
+        warned = self.__dict__.setdefault("_warned", set())
+        for ckpt, why in damaged:
+            if ckpt.path not in warned:
+                warned.add(ckpt.path)
+                logger.warning("checkpoint %s cannot be loaded (%s); it is neither used nor counted when choosing "
+                               "which checkpoints to keep, and is left in place", ckpt.path, why)
+        paths = {c.path for c, _ in usable}
+
+        def in_usable(c):
+            return c.path in paths
+
+        keys = [{"min_key": k} for k in min_keys or []] + [{"max_key": k} for k in max_keys or []]
+        keys += [{"importance_key": k} for k in importance_keys]
+        protected = {fresh}
+        candidates = set()
+        for kwargs in keys:
+            candidates.update(c.path for c in self.find_checkpoints(ckpt_predicate=in_usable, **kwargs))
+            protected.update(c.path for c in self.find_checkpoints(max_num_checkpoints=num_to_keep,
+                                                                   ckpt_predicate=in_usable, **kwargs))
+        ddp_barrier()
+        if if_main_process():
+            for ckpt, _ in usable:
+                if ckpt.path in candidates and ckpt.path not in protected:
+                    Checkpointer._delete_checkpoint(ckpt, verbosity=verbosity)
+        ddp_barrier()
 
     def recover_if_possible(self, importance_key=None, max_key=None, min_key=None, ckpt_predicate=None):
         """Load the preferred checkpoint; if it cannot be loaded, the next one (warning naming it)."""

@@ -24,114 +24,62 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+class CommandError(Exception):
+    """A command cannot go on: ``main`` prints ``error: <message>`` on one line and exits with 2."""
+
+
 # --------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------
-def _pairs_from_folders(clean_dir: str, other_dir: str, match: str):
-    """(ids, other_files, clean_files, unmatched) for the files present in both folders.
-
-    ``unmatched`` lists the files of either folder without a partner (warned about, never fatal
-    here; ``--strict`` makes them an error).
-    """
-    from sb_mal.audio import list_audio_files
-    from sb_mal.data.manifest import pair_key
-
-    clean = {pair_key(p, clean_dir, match): p for p in list_audio_files(clean_dir)}
-    other = {pair_key(p, other_dir, match): p for p in list_audio_files(other_dir)}
-    common = sorted(set(clean) & set(other))
-    if not common:
-        raise SystemExit(f"error: no file in {other_dir} has a same-named partner in {clean_dir}")
-    unmatched = {f"no file in {other_dir}": [str(clean[k]) for k in sorted(set(clean) - set(other))],
-                 f"no clean reference in {clean_dir}": [str(other[k]) for k in sorted(set(other) - set(clean))]}
-    return common, [other[k] for k in common], [clean[k] for k in common], _drop_empty(unmatched)
-
-
-def _enhanced_for_manifest(manifest: dict, folder: str):
-    """(ids, enhanced_files, clean_files, unmatched): ``<folder>/<id>.*`` (or the noisy file's name)
-    for every manifest entry; entries without a file and files of no entry are ``unmatched``."""
-    from sb_mal.audio import AUDIO_EXTENSIONS, list_audio_files
-
-    ids, enh, clean, missing = [], [], [], []
-    for uid, entry in manifest.items():
-        candidates = [os.path.join(folder, uid + ext) for ext in AUDIO_EXTENSIONS]
-        if "noisy_wav" in entry:
-            candidates.append(os.path.join(folder, os.path.basename(entry["noisy_wav"])))
-        found = next((c for c in candidates if os.path.isfile(c)), None)
-        if found is None:
-            missing.append(uid)
-            continue
-        ids.append(uid)
-        enh.append(found)
-        clean.append(entry["clean_wav"])
-    if not ids:
-        raise SystemExit(f"error: {folder} has no enhanced file for any manifest entry (looked for <id>.wav/.flac/... "
-                         "and the noisy file's name)")
-    used = {os.path.abspath(p) for p in enh}
-    extra = [str(p) for p in list_audio_files(folder) if os.path.abspath(p) not in used]
-    unmatched = {f"no file in {folder} for manifest entries": missing, "files of no manifest entry": extra}
-    return ids, enh, clean, _drop_empty(unmatched)
-
-
-def _existing_entries(manifest: dict, path: str, root: str) -> tuple[dict, dict]:
-    """The entries whose audio files exist, and the others (as ``unmatched``); none existing is an error."""
-    keys = ("clean_wav", "noisy_wav")
-    ok = {u: e for u, e in manifest.items() if all(os.path.isfile(e[k]) for k in keys if k in e)}
-    if not ok:
-        first = next(iter(manifest.values()))
-        raise SystemExit(f"error: none of the audio files of {path} exists (e.g. {first.get('clean_wav')}); its "
-                         f"{{data_root}} was {root} (--data-root; default: the manifest's folder)")
-    absent = [u for u in manifest if u not in ok]
-    return ok, _drop_empty({f"audio file missing ({path})": absent})
-
-
-def _drop_empty(unmatched: dict) -> dict:
-    return {k: v for k, v in unmatched.items() if v}
-
-
 def _report_unmatched(name: str, unmatched: dict, strict: bool) -> None:
     """Warn about (or, with --strict, stop on) files without a partner; they are listed in summary.json."""
     for what, items in unmatched.items():
         shown = ", ".join(map(str, items[:5])) + (f", ... ({len(items) - 5} more)" if len(items) > 5 else "")
         if strict:
-            raise SystemExit(f"error: {name}: {len(items)} unmatched ({what}): {shown}  [--strict]")
+            raise CommandError(f"{name}: {len(items)} unmatched ({what}): {shown}  [--strict]")
         logging.getLogger("sb_mal").warning("%s: %d file(s) left out, %s: %s", name, len(items), what, shown)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from sb_mal.data.manifest import enhanced_for_manifest, existing_entries, load_manifest, pair_folders
     from sb_mal.metrics import evaluate, format_table, resolve_metrics
 
     metrics = resolve_metrics([m.strip() for m in args.metrics.split(",") if m.strip()])
     systems: list[tuple] = []  # name, ids, files, clean, unmatched
-    if args.manifest:
-        from sb_mal.data.manifest import load_manifest
+    if args.device:
+        from sb_mal.devices import check_device
 
+        check_device(args.device)
+    if args.manifest:
         root = args.data_root or os.path.dirname(os.path.abspath(args.manifest))
-        manifest = load_manifest(args.manifest, root)
+        manifest = load_manifest(args.manifest, root, required=("clean_wav",))
         if not manifest:
-            raise SystemExit(f"error: {args.manifest} has no entries")
-        manifest, absent = _existing_entries(manifest, args.manifest, root)
+            raise CommandError(f"{args.manifest} has no entries")
+        manifest, absent = existing_entries(manifest, args.manifest, root)
         ids = list(manifest)
         clean = [manifest[u]["clean_wav"] for u in ids]
         if all("noisy_wav" in e for e in manifest.values()) and not args.no_noisy:
             systems.append(("noisy", ids, [manifest[u]["noisy_wav"] for u in ids], clean, absent))
         for folder in args.enhanced or []:
-            systems.append((Path(folder).name or folder, *_enhanced_for_manifest(manifest, folder)))
+            found = enhanced_for_manifest(manifest, folder)
+            systems.append((Path(folder).name or folder, found.ids, found.files, found.clean, found.unmatched))
         if args.source and not all("noisy_wav" in e for e in manifest.values()):
-            raise SystemExit(f"error: --source needs noisy inputs, and {args.manifest} has entries without noisy_wav")
+            raise CommandError(f"--source needs noisy inputs, and {args.manifest} has entries without noisy_wav")
         noisy_input = (ids, [manifest[u].get("noisy_wav") for u in ids], clean)
     else:
         if not args.clean:
-            raise SystemExit("error: give --clean DIR (with --noisy and/or --enhanced) or --manifest JSON")
+            raise CommandError("give --clean DIR (with --noisy and/or --enhanced) or --manifest JSON")
         if args.source and not args.noisy:
-            raise SystemExit("error: --source needs --noisy DIR (the inputs the model enhances)")
-        noisy_pairs = _pairs_from_folders(args.clean, args.noisy, args.match) if args.noisy else None
+            raise CommandError("--source needs --noisy DIR (the inputs the model enhances)")
+        noisy_pairs = pair_folders(args.clean, args.noisy, args.match) if args.noisy else None
         if noisy_pairs:
-            systems.append(("noisy", *noisy_pairs))
+            systems.append(("noisy", noisy_pairs.ids, noisy_pairs.files, noisy_pairs.clean, noisy_pairs.unmatched))
         for folder in args.enhanced or []:
-            systems.append((Path(folder).name or folder, *_pairs_from_folders(args.clean, folder, args.match)))
-        noisy_input = noisy_pairs[:3] if args.source else None
+            found = pair_folders(args.clean, folder, args.match)
+            systems.append((Path(folder).name or folder, found.ids, found.files, found.clean, found.unmatched))
+        noisy_input = (noisy_pairs.ids, noisy_pairs.files, noisy_pairs.clean) if args.source else None
     if not systems and not args.source:
-        raise SystemExit("error: nothing to evaluate: give --noisy, --enhanced and/or --source")
+        raise CommandError("nothing to evaluate: give --noisy, --enhanced and/or --source")
     for name, *_, unmatched in systems:
         _report_unmatched(name, unmatched, args.strict)
     out = Path(args.output)
@@ -283,6 +231,10 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     from sb_mal.inference import Enhancer
 
     _quiet_speechbrain(args)
+    if args.device:
+        from sb_mal.devices import check_device
+
+        check_device(args.device)
     ext = args.ext.lower().lstrip(".")
     if f".{ext}" not in AUDIO_EXTENSIONS:
         raise ValueError(f"--ext {args.ext}: unknown audio format; use one of {', '.join(AUDIO_EXTENSIONS)}")
@@ -332,20 +284,24 @@ def _cmd_iterate(args: argparse.Namespace) -> int:
     for spec in args.model:
         name, sep, source = spec.partition("=")
         if not sep or not name or not source:
-            raise SystemExit(f"error: --model expects NAME=SOURCE, got {spec!r}")
+            raise CommandError(f"--model expects NAME=SOURCE, got {spec!r}")
         sources[name] = source
-    if args.manifest:
-        from sb_mal.data.manifest import load_manifest
+    from sb_mal.data.manifest import load_manifest, pair_folders
+    from sb_mal.devices import check_device
 
-        manifest = load_manifest(args.manifest, args.data_root or os.path.dirname(os.path.abspath(args.manifest)))
+    check_device(args.device)
+    if args.manifest:
+        manifest = load_manifest(args.manifest, args.data_root or os.path.dirname(os.path.abspath(args.manifest)),
+                                 required=("noisy_wav", "clean_wav"))
         ids = list(manifest)
         noisy_files = [manifest[u]["noisy_wav"] for u in ids]
         clean_files = [manifest[u]["clean_wav"] for u in ids]
     elif args.noisy and args.clean:
-        ids, noisy_files, clean_files, unmatched = _pairs_from_folders(args.clean, args.noisy, args.match)
-        _report_unmatched("noisy", unmatched, strict=False)
+        found = pair_folders(args.clean, args.noisy, args.match)
+        ids, noisy_files, clean_files = found.ids, found.files, found.clean
+        _report_unmatched("noisy", found.unmatched, strict=False)
     else:
-        raise SystemExit("error: give --noisy DIR and --clean DIR, or --manifest JSON")
+        raise CommandError("give --noisy DIR and --clean DIR, or --manifest JSON")
     if args.limit:
         ids, noisy_files, clean_files = ids[: args.limit], noisy_files[: args.limit], clean_files[: args.limit]
     rate = args.sample_rate
@@ -419,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--jobs", type=int, default=2, help="metric worker processes (0: in-process)")
     ev.add_argument("--timeout", type=float, default=120.0, help="seconds per utterance before its worker is replaced")
     ev.add_argument("--strict", action="store_true",
-                    help="stop (exit 2) when a file has no partner instead of warning and leaving it out")
+                    help="stop (exit 2) when a file has no partner or several candidates instead of warning and "
+                         "leaving it out")
     ev.add_argument("-o", "--output", default="sb_mal_eval", help="folder for CSV/JSON results")
     ev.add_argument("--trust-code", action="store_true",
                     help="let the model folder's hyperparams.yaml call code outside sb_mal's allow-list (read it first)")
@@ -487,12 +444,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (OSError, ValueError, ImportError) as err:  # bad input or a missing extra: one line (traceback: -v)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every failure is one line (the traceback with -v)
         if args.verbose:
             import traceback
 
             traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
+        known = isinstance(err, (CommandError, OSError, ValueError, ImportError))
+        print(f"error: {err}" if known else f"error: {type(err).__name__}: {err} (run with -v for the traceback)",
+              file=sys.stderr)
         return 2
 
 

@@ -43,6 +43,67 @@ RECIPE_KEYS = ("modules", "opt_class", "epoch_counter", "checkpointer", "prepare
 _TOP_KEY = re.compile(r"^([A-Za-z_]\w*)\s*:", re.M)
 
 
+def _recipe_hparams():
+    """Keys many recipe YAMLs define for their own entries (data, loaders, optimisers): checked when
+    present, so a value that cannot train is one line naming the file and key."""
+    from sb_mal.brains.hparams import HParam, HParams
+
+    return HParams("the recipe skeleton", [
+        HParam("batch_size", "int", None, "examples per batch", low=1),
+        HParam("number_of_epochs", "int", None, "epochs to train", low=1),
+        HParam("segment_seconds", "float", None, "length of the training segments, seconds", above=0),
+        HParam("lr", "float", None, "learning rate", above=0),
+        HParam("g_lr", "float", None, "generator learning rate", above=0),
+        HParam("d_lr", "float", None, "discriminator learning rate", above=0),
+        HParam("weight_decay", "float", None, "optimiser weight decay", low=0),
+        HParam("n_fft", "int", None, "STFT size", low=1),
+        HParam("hop", "int", None, "STFT hop", low=1),
+        HParam("examples_per_epoch", "int", None, "training mixtures per epoch", low=1),
+        HParam("valid_limit", "int", None, "validation utterances used (null: all)", low=1),
+        HParam("test_limit", "int", None, "test utterances used (null: all)", low=1),
+        HParam("num_workers", "int", None, "data loader workers", low=0),
+        HParam("snr_low", "float", None, "lowest mixing SNR, dB"),
+        HParam("snr_high", "float", None, "highest mixing SNR, dB"),
+        HParam("mix_seed", "int", None, "seed of the mixtures"),
+    ])
+
+
+def _check_plain_values(text: str, overrides: str, where: str) -> None:
+    """The recipe-level checks on the file's plain values (references resolved, nothing constructed)."""
+    import io
+
+    from hyperpyyaml import resolve_references
+    from ruamel.yaml import YAML
+
+    from sb_mal.brains.hparams import HParamsError
+
+    try:
+        preview = YAML(typ="rt").load(resolve_references(io.StringIO(text), overrides or None))
+    except Exception:  # noqa: BLE001 - a broken file: the real load below reports it
+        return
+    if not isinstance(preview, dict):
+        return
+    plain = {k: (float(v) if isinstance(v, float) else int(v) if isinstance(v, int) and not isinstance(v, bool)
+                 else v) for k, v in preview.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    try:
+        _check_finite(plain, where)
+        _recipe_hparams().check_values(plain, where)
+    except HParamsError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def _check_finite(hparams: dict, where: str) -> None:
+    """NaN or Inf in any top-level number (or list of numbers) of the YAML is an error naming the key."""
+    import math
+
+    from sb_mal.brains.hparams import HParamsError
+
+    for key, value in hparams.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise HParamsError(f"{where}: {key} must be finite, got {value!r}")
+
+
 def _run_option_names() -> set[str]:
     from speechbrain.utils.run_opts import RunOptions
 
@@ -86,6 +147,7 @@ def load_recipe_hparams(argv: list[str], brain_class=None):
     declared = getattr(brain_class, "HPARAMS", None)
     file_keys = set(_TOP_KEY.findall(text))
     overrides, extra = _split_overrides(overrides or "", file_keys, declared, hparams_file)
+    _check_plain_values(text, overrides, hparams_file)  # before the YAML builds anything from them
     hparams = load_hyperpyyaml(text, overrides)
     for key, line in extra.items():
         hparams[key] = load_hyperpyyaml(line)[key]
@@ -101,12 +163,15 @@ def load_recipe_hparams(argv: list[str], brain_class=None):
                 lines.append(f"  {key}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
             raise SystemExit(f"error: {hparams_file}: key(s) that no part of the recipe reads ({declared.brain}, the "
                              "recipe skeleton, SpeechBrain's run options, or a !ref in the file):\n" + "\n".join(lines))
-        from sb_mal.brains.hparams import HParamsError
+    from sb_mal.brains.hparams import HParamsError
 
-        try:  # types, ranges, metric names and their optional packages: at start, before any data preparation
+    try:  # types, ranges, metric names and their optional packages: at start, before any data preparation
+        _check_finite(hparams, hparams_file)
+        _recipe_hparams().check_values(hparams, hparams_file)
+        if declared is not None:
             declared.check_values(hparams, hparams_file)
-        except HParamsError as err:
-            raise SystemExit(f"error: {err}") from None
+    except HParamsError as err:
+        raise SystemExit(f"error: {err}") from None
     hparams["_hparams_file"] = hparams_file
     return hparams_file, run_opts, overrides, hparams
 
@@ -134,17 +199,29 @@ def run_recipe(brain_class, script: str | None = None, argv: list[str] | None = 
     from sb_mal.audio import AudioError
     from sb_mal.brains.hparams import HParamsError
 
+    from sb_mal.checkpoints import CheckpointWriteError
+    from sb_mal.devices import DeviceError, check_device
+    from sb_mal.fileio import FolderLock, FolderLockedError
+
     argv = sys.argv[1:] if argv is None else argv
     hparams_file, run_opts, overrides, hparams = load_recipe_hparams(argv, brain_class)
+    try:
+        check_device(run_opts.get("device"))
+    except DeviceError as err:
+        raise SystemExit(f"error: {err}") from None
     sb.utils.distributed.ddp_init_group(run_opts)
     ok = False
+    lock = FolderLock(hparams["output_folder"])
     try:
+        if sb.utils.distributed.if_main_process():  # one writer per run folder: a requeued twin stops here
+            lock.acquire()
         brain = _run(brain_class, script, hparams_file, run_opts, overrides, hparams)
         ok = True
         return brain
-    except (HParamsError, AudioError) as err:  # a bad setting or data path: one line naming it
+    except (HParamsError, AudioError, FolderLockedError, CheckpointWriteError) as err:  # one line naming it
         raise SystemExit(f"error: {err}") from None
     finally:
+        lock.release()
         _shutdown_process_group(wait_for_peers=ok)
 
 

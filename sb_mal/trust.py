@@ -282,14 +282,16 @@ def _judge_name(name: str, missing_ok: bool = True) -> str | None:
     return f"{name!r} reaches {what}"
 
 
-def check_callable(name: str, where: str, trust_code: bool = False) -> None:
-    """Refuse a class or function name outside the allow-list (e.g. from ``export_info.json``)."""
+def check_callable(name: str, where: str, trust_code: bool = False):
+    """Refuse a class or function name outside the allow-list (e.g. from ``export_info.json``); return
+    the object it names (None with ``trust_code``, where nothing is resolved here)."""
     if trust_code:
-        return
+        return None
     why = _judge_name(name, missing_ok=False)
     if why:
         raise UntrustedCodeError(f"{where}: names {name!r}, which is outside the allow-list of what a model folder "
                                  f"may run ({why}); {_hint(where)}")
+    return resolve_name(name)
 
 
 # -- hyperparameter files -----------------------------------------------------------------------------

@@ -20,13 +20,14 @@ def _slow_nth_checkpoint(nth: int, marker: str) -> None:
     folders: list[str] = []
 
     def save(obj, f, *args, **kwargs):
-        folder = os.path.dirname(os.fspath(f)) if isinstance(f, (str, os.PathLike)) else ""
+        path = os.fspath(f) if isinstance(f, (str, os.PathLike)) else str(getattr(f, "name", ""))
+        folder = os.path.dirname(path)
         if "CKPT+" in os.path.basename(folder) and folder not in folders:
             folders.append(folder)
             if len(folders) == nth:
-                open(f, "wb").close()
+                open(path, "wb").close()
                 with open(marker, "w", encoding="utf-8") as fout:
-                    fout.write(f"{f}\n")
+                    fout.write(f"{path}\n")
                 time.sleep(600)
         return real_save(obj, f, *args, **kwargs)
 

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -43,8 +44,8 @@ def test_evaluate_manifest_and_prepare(small_pairs, tmp_path, capsys):
 
 
 def test_evaluate_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="give --clean DIR"):
-        main(["evaluate", "--noisy", str(tmp_path)])
+    assert main(["evaluate", "--noisy", str(tmp_path)]) == 2
+    assert "give --clean DIR" in capsys.readouterr().err
     assert main(["evaluate", "--clean", str(tmp_path / "nope"), "--noisy", str(tmp_path)]) == 2
     assert "not a folder" in capsys.readouterr().err
 
@@ -78,8 +79,8 @@ def test_unmatched_files_are_listed_never_fatal_unless_strict(small_pairs, tmp_p
     assert "stoi on 1 of 2" in printed
     listed = [p for items in summary["unmatched"].values() for p in items]
     assert sorted(os.path.basename(p) for p in listed) == ["stray.wav", "test_002.flac"]
-    with pytest.raises(SystemExit, match="unmatched"):
-        main(["evaluate", "--clean", str(small_pairs / "clean"), *args, "--strict"])
+    assert main(["evaluate", "--clean", str(small_pairs / "clean"), *args, "--strict"]) == 2  # as its help says
+    assert "unmatched" in capsys.readouterr().err
     # manifest mode: a missing enhanced file no longer aborts the run
     manifest = tmp_path / "m.json"
     assert main(["prepare", "pairs", "--noisy", str(small_pairs / "noisy"), "--clean", str(small_pairs / "clean"),
@@ -89,8 +90,63 @@ def test_unmatched_files_are_listed_never_fatal_unless_strict(small_pairs, tmp_p
     assert summary["n_utterances"] == 2
     listed = [os.path.basename(str(p)) for items in summary["unmatched"].values() for p in items]
     assert sorted(listed) == ["stray.wav", "test_002"]
-    with pytest.raises(SystemExit, match="unmatched"):
-        main(["evaluate", "--manifest", str(manifest), "--no-noisy", *args, "--strict"])
+    assert main(["evaluate", "--manifest", str(manifest), "--no-noisy", *args, "--strict"]) == 2
+    assert "unmatched" in capsys.readouterr().err
+
+
+def test_pairing_never_guesses_in_folder_and_manifest_mode(small_pairs, tmp_path, capsys):
+    """Two enhanced files for one clean stem, an id twice, an entry without clean_wav, a non-UTF-8
+    manifest: each a listed warning or one error line naming the file (and entry); --strict exits 2."""
+    import shutil
+
+    import soundfile as sf
+
+    enhanced = tmp_path / "enh"
+    enhanced.mkdir()
+    clean_files = sorted((small_pairs / "clean").iterdir())
+    for f in clean_files:
+        wav, rate = sf.read(f)
+        sf.write(enhanced / f"{f.stem}.wav", wav, rate)
+    wav, rate = sf.read(clean_files[0])
+    sf.write(enhanced / f"{clean_files[0].stem}.flac", 0.5 * wav, rate)  # which one is test_000's output?
+    out = tmp_path / "eval"
+    args = ["--enhanced", str(enhanced), "--metrics", "si_sdr", "--jobs", "0", "-o", str(out)]
+    for mode in (["--clean", str(small_pairs / "clean")], None):
+        if mode is None:
+            manifest = tmp_path / "m.json"
+            assert main(["prepare", "pairs", "--noisy", str(small_pairs / "noisy"), "--clean",
+                         str(small_pairs / "clean"), "-o", str(manifest)]) == 0
+            mode = ["--manifest", str(manifest), "--no-noisy"]
+        assert main(["evaluate", *mode, *args]) == 0
+        capsys.readouterr()
+        summary = json.loads((out / "summary.json").read_text())["enh"]
+        assert summary["n_utterances"] == 2, summary
+        ambiguous = [p for k, items in summary["unmatched"].items() if k.startswith("ambiguous") for p in items]
+        assert len(ambiguous) >= 1 and all(f"{clean_files[0].stem}" in str(p) for p in ambiguous), summary
+        assert main(["evaluate", *mode, *args, "--strict"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "ambiguous" in err, err
+    entries = json.loads(manifest.read_text())
+    first = next(iter(entries))
+    text = manifest.read_text()
+    twice = text.rstrip().rstrip("}") + f', "{first}": {json.dumps(entries[first])}}}'
+    cases = {"twice.json": (twice.encode(), f"utterance id '{first}' appears more than once"),
+             "noclean.json": (json.dumps({first: {"noisy_wav": entries[first]["noisy_wav"]}}).encode(),
+                              f"entry '{first}' has no 'clean_wav'"),
+             "latin1.json": (text.replace("test_", "tést_").encode("latin-1"), "not UTF-8")}
+    for name, (data, expected) in cases.items():
+        bad = tmp_path / name
+        bad.write_bytes(data)
+        assert main(["evaluate", "--manifest", str(bad), "--data-root", str(tmp_path), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(bad) in err and expected in err, err
+    # prepare refuses two noisy files for one name instead of keeping either
+    twin = small_pairs / "noisy" / f"{clean_files[0].stem}.wav"
+    assert not twin.exists()  # a new file beside the linked devset one, never written through a link
+    shutil.copy(enhanced / f"{clean_files[0].stem}.flac", twin)
+    assert main(["prepare", "pairs", "--noisy", str(small_pairs / "noisy"), "--clean", str(small_pairs / "clean"),
+                 "-o", str(tmp_path / "p.json")]) == 2
+    assert "share the pairing key" in capsys.readouterr().err
 
 
 def test_prepare_then_evaluate_a_manifest_written_elsewhere(small_pairs, tmp_path, monkeypatch, capsys):
@@ -107,8 +163,8 @@ def test_prepare_then_evaluate_a_manifest_written_elsewhere(small_pairs, tmp_pat
     manifest = tmp_path / "m.json"  # placeholders relative to the pairs folder
     assert main(["prepare", "pairs", "--noisy", str(small_pairs / "noisy"), "--clean", str(small_pairs / "clean"),
                  "-o", str(manifest), "--data-root", str(small_pairs)]) == 0
-    with pytest.raises(SystemExit, match="none of the audio files of .* exists .*--data-root"):
-        main(["evaluate", "--manifest", str(manifest), "--data-root", str(work), "--jobs", "0", "-o", "ev2"])
+    assert main(["evaluate", "--manifest", str(manifest), "--data-root", str(work), "--jobs", "0", "-o", "ev2"]) == 2
+    assert re.search("none of the audio files of .* exists .*--data-root", capsys.readouterr().err)
 
 
 def test_prepare_pairs_refuses_a_pair_of_different_rates_and_an_unexpected_rate(tmp_path, capsys):

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -334,24 +335,43 @@ def test_export_fails_loudly_on_bad_runs(tmp_path):
     with pytest.raises(ExportError, match="(?s)does not match SpectralUNetSE.*size mismatch"):
         export_run(run, tmp_path / "out")
     (run / "model_config.json").write_text(json.dumps(cfg))
-    # a weight missing from the checkpoint (a non-strict load would accept this silently)
-    ckpt = run / "save" / "CKPT+b" / "model.ckpt"
-    state = torch.load(ckpt)
-    torch.save({k: v for k, v in state.items() if k != "mask_conv.bias"}, ckpt)
-    with pytest.raises(ExportError, match="(?s)Missing key.*mask_conv.bias"):
+    # every checkpoint damaged the same way: no fallback is left, the best one's error is named
+    ckpts = [run / "save" / f"CKPT+{n}" / "model.ckpt" for n in ("b", "a")]
+    state = torch.load(ckpts[0])
+    for ckpt in ckpts:  # a weight missing from the checkpoint (a non-strict load would accept this silently)
+        torch.save({k: v for k, v in state.items() if k != "mask_conv.bias"}, ckpt)
+    with pytest.raises(ExportError, match=f"(?s)no checkpoint.*{re.escape(str(ckpts[0]))}.*Missing key.*mask_conv.bias"):
         export_run(run, tmp_path / "out")
-    ckpt.write_bytes(b"not a checkpoint")
+    for ckpt in ckpts:
+        ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(ExportError, match="unreadable checkpoint"):
         export_run(run, tmp_path / "out")
-    torch.save({k: v * float("nan") for k, v in state.items()}, ckpt)
+    for ckpt in ckpts:
+        torch.save({k: v * float("nan") for k, v in state.items()}, ckpt)
     with pytest.raises(ExportError, match="non-finite weights"):
         export_run(run, tmp_path / "out")
-    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     (run / "model_config.json").unlink()
     with pytest.raises(ExportError, match="model_config.json: missing"):
         export_run(run, tmp_path / "out")
     with pytest.raises(ExportError, match="run folder not found"):
         export_run(tmp_path / "nope", tmp_path / "out")
+
+
+def test_export_falls_back_past_an_unloadable_best(tmp_path, caplog):
+    run, states = make_run(tmp_path / "run")
+    best = run / "save" / "CKPT+b" / "model.ckpt"  # pesq 2.5, the best
+    best.write_bytes(best.read_bytes()[:100])  # torn
+    out = export_run(run, tmp_path / "out")
+    info = json.loads((out / "export_info.json").read_text())
+    assert info["checkpoint"] == "CKPT+a" and "skipping checkpoint CKPT+b" in caplog.text
+    loaded = torch.load(out / "enhance_model.ckpt")
+    assert all(torch.equal(loaded[k], v) for k, v in states["a"].items())
+    shutil.rmtree(run / "save" / "CKPT+b")
+    (run / "save" / "CKPT+b").mkdir()  # an old-style torn checkpoint: CKPT.yaml claims the best, no weights
+    (run / "save" / "CKPT+b" / "CKPT.yaml").write_text("pesq: 9.9\nend-of-epoch: true\nunixtime: 9999999999\n")
+    assert main(["export", str(run), "-o", str(tmp_path / "out2")]) == 0
+    assert json.loads((tmp_path / "out2" / "export_info.json").read_text())["checkpoint"] == "CKPT+a"
 
 
 def test_export_accepts_a_ddp_prefixed_state_dict(tmp_path):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,90 @@ def test_temporaries_of_killed_writes_are_removed_and_errors_name_the_output(tmp
     monkeypatch.setattr(fileio.tempfile, "mkstemp", read_only)
     with pytest.raises(PermissionError, match=f"cannot write {tmp_path / 'summary.json'}: Permission denied"):
         fileio.atomic_write_text(tmp_path / "summary.json", "{}")
+
+
+def _wav_with_rate(path: Path, rate: int) -> Path:
+    """A 244-byte WAV whose header claims ``rate`` Hz (byte rate patched to match)."""
+    import struct
+
+    import soundfile as sf
+
+    sf.write(path, torch.zeros(100).numpy(), 16000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    data[24:28] = struct.pack("<I", rate)
+    data[28:32] = struct.pack("<I", min(rate * 2, 2**32 - 1))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("rate", [2_147_483_647, 10])
+def test_an_implausible_header_is_refused_before_any_work(tmp_path, capsys, exported, rate):
+    from sb_mal.audio import AudioError, audio_info, read_audio
+
+    bad = _wav_with_rate(tmp_path / "bad.wav", rate)
+    assert bad.stat().st_size == 244
+    started = time.monotonic()
+    for fn in (lambda: read_audio(bad, 16000), lambda: audio_info(bad)):
+        with pytest.raises(AudioError, match=f"{re.escape(str(bad))}: header claims a sample rate of {rate} Hz"):
+            fn()
+    assert main(["enhance", str(bad), "-o", str(tmp_path / "out"), "--source", str(exported), "-q"]) == 1
+    assert f"{bad}: header claims a sample rate of {rate} Hz" in capsys.readouterr().err
+    assert time.monotonic() - started < 30
+
+
+def test_a_full_disk_in_enhance_names_the_file_and_the_cause(exported, tmp_path):
+    import soundfile as sf
+
+    sf.write(tmp_path / "long.wav", (0.1 * torch.randn(16000 * 30)).numpy(), 16000)
+    script = ("import resource, signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+              "from sb_mal.cli import main\n"
+              f"sys.exit(main(['enhance', {str(tmp_path / 'long.wav')!r}, '-o', {str(tmp_path / 'out')!r}, "
+              f"'--source', {str(exported)!r}, '-q', '--chunk-seconds', '4']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f"cannot write {tmp_path / 'out' / 'long.wav'}: File too large" in proc.stderr, proc.stderr[-2000:]
+    assert "System error" not in proc.stderr
+    assert not list((tmp_path / "out").iterdir())  # nothing half-written left behind
+
+
+def test_a_missing_device_and_missing_weights_are_one_line(exported, tmp_path, capsys):
+    import soundfile as sf
+
+    sf.write(tmp_path / "in.wav", torch.zeros(1600).numpy(), 16000)
+    if not torch.cuda.is_available():
+        args = ["enhance", str(tmp_path / "in.wav"), "-o", str(tmp_path / "out"), "--source", str(exported)]
+        assert main([*args, "--device", "cuda:0"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--device cuda:0" in err and "CUDA" in err, err
+        assert main(["evaluate", "--clean", str(tmp_path), "--noisy", str(tmp_path), "--source", str(exported),
+                     "--device", "cuda:3", "-o", str(tmp_path / "ev")]) == 2
+        assert "--device cuda:3" in capsys.readouterr().err
+    (exported / "enhance_model.ckpt").unlink()
+    assert main(["enhance", str(tmp_path / "in.wav"), "-o", str(tmp_path / "out"), "--source", str(exported)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{exported / 'enhance_model.ckpt'}: missing" in err, err
+
+
+def test_leftovers_of_killed_enhance_and_export_are_removed_by_the_next_one(exported, tmp_path):
+    import soundfile as sf
+
+    from sb_mal.fileio import _host
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    out = tmp_path / "out"
+    out.mkdir()
+    stale_audio = out / f".tmp-{_host()}-{dead}-abc.wav"
+    stale_audio.write_bytes(b"half")
+    stale_export = tmp_path / f".tmp-{_host()}-{dead}-model2-xyz"
+    stale_export.mkdir()
+    (stale_export / "enhance_model.ckpt").write_bytes(b"half")
+    sf.write(tmp_path / "in.wav", torch.zeros(1600).numpy(), 16000)
+    assert main(["enhance", str(tmp_path / "in.wav"), "-o", str(out), "--source", str(exported), "-q"]) == 0
+    assert not stale_audio.exists() and (out / "in.wav").is_file()
+    run = exported.parent / "run"
+    assert main(["export", str(run), "-o", str(tmp_path / "model2"), "--key", "loss", "--min"]) == 0
+    assert not stale_export.exists() and (tmp_path / "model2" / "enhance_model.ckpt").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]

@@ -17,6 +17,7 @@ The declarations are listed in ``docs/hparams.md`` (written by :func:`markdown`)
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,8 @@ class HParamsError(ValueError):
 class HParam:
     """One hyperparameter: ``name``, ``kind`` (int, float, bool, str, list, numbers, callable, any, metrics), ``default``
     (:data:`REQUIRED` if it must be given; None allowed only where the default is None), a range
-    (``low``/``high``, inclusive) or ``choices``, and what it means."""
+    (``low``/``high``, inclusive; ``above``, exclusive: ``above=0`` is "positive") or ``choices``, and
+    what it means. Floats (and the elements of ``numbers``) must be finite: NaN or Inf is an error."""
 
     name: str
     kind: str
@@ -54,6 +56,7 @@ class HParam:
     low: float | None = None
     high: float | None = None
     choices: tuple = ()
+    above: float | None = None
 
     def __post_init__(self):
         if self.kind not in _KINDS:
@@ -82,8 +85,12 @@ class HParam:
                                f"({type(value).__name__})")
         if kind == "float":
             value = float(value)
+            if not math.isfinite(value):
+                raise HParamsError(f"{where}: {self.name} must be a finite number, got {value!r}")
         if kind == "numbers":
             value = [float(v) for v in value]
+            if not all(math.isfinite(v) for v in value):
+                raise HParamsError(f"{where}: {self.name} must hold finite numbers, got {value!r}")
         if kind == "metrics":
             from sb_mal.metrics import check_dependencies
 
@@ -96,15 +103,20 @@ class HParam:
             value = [value] if isinstance(value, str) else list(value)
         if self.choices and value not in self.choices:
             raise HParamsError(f"{where}: {self.name} must be one of {list(self.choices)}, got {value!r}")
-        if self.low is not None and value < self.low or self.high is not None and value > self.high:
-            bounds = f"in [{self.low}, {self.high}]" if self.high is not None else f">= {self.low}"
-            raise HParamsError(f"{where}: {self.name} must be {bounds}, got {value!r}")
+        for item in value if kind == "numbers" else [value]:  # a range bounds each number of a list
+            if self.low is not None and item < self.low or self.high is not None and item > self.high:
+                bounds = f"in [{self.low}, {self.high}]" if self.high is not None else f">= {self.low}"
+                raise HParamsError(f"{where}: {self.name} must be {bounds}, got {value!r}")
+            if self.above is not None and not item > self.above:
+                raise HParamsError(f"{where}: {self.name} must be > {self.above}, got {value!r}")
         return value
 
     def describe(self) -> str:
         parts = []
         if self.choices:
             parts.append("one of " + ", ".join(f"`{c}`" for c in self.choices))
+        elif self.above is not None:
+            parts.append(f"> {_num(self.above)}" + (f", <= {_num(self.high)}" if self.high is not None else ""))
         elif self.low is not None:
             parts.append(f"in [{_num(self.low)}, {_num(self.high)}]" if self.high is not None
                          else f">= {_num(self.low)}")

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sb_mal.audio import AUDIO_EXTENSIONS, AudioError, audio_info, list_audio_files
@@ -26,8 +27,13 @@ from sb_mal.fileio import atomic_write_text
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "Pairing",
+    "enhanced_for_manifest",
+    "existing_entries",
+    "keyed_files",
     "load_manifest",
     "manifest_paths",
+    "pair_folders",
     "pair_key",
     "prepare_pairs",
     "to_placeholder",
@@ -61,27 +67,60 @@ def write_manifest(path: str | os.PathLike, entries: dict) -> None:
     atomic_write_text(path, json.dumps(entries, indent=2, sort_keys=True) + "\n")
 
 
-def load_manifest(path: str | os.PathLike, data_root: str | os.PathLike | None = None) -> dict:
+def load_manifest(path: str | os.PathLike, data_root: str | os.PathLike | None = None,
+                  required: tuple[str, ...] = ()) -> dict:
     """Read a manifest and fill ``{data_root}`` placeholders.
 
-    Raises a ``ValueError`` naming the file for malformed JSON or a placeholder with no
+    Raises a ``ValueError`` naming the file (and the entry) for malformed or non-UTF-8 JSON, an
+    utterance id given twice, an entry without a ``required`` field, or a placeholder with no
     ``data_root`` given.
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "m.json")
+    >>> _ = open(p, "w").write('{"a": {"clean_wav": "x.wav"}, "a": {"clean_wav": "y.wav"}}')
+    >>> load_manifest(p)
+    Traceback (most recent call last):
+    ...
+    ValueError: ...m.json: utterance id 'a' appears more than once
     """
     path = os.fspath(path)
+    repeated: list[str] = []
+
+    def unique(pairs):
+        seen = {}
+        for key, value in pairs:
+            if key in seen:
+                repeated.append(key)
+            seen[key] = value
+        return seen
+
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            text = f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: manifest not found") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); a manifest is UTF-8 JSON") \
+            from err
+    try:
+        data = json.loads(text, object_pairs_hook=unique)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a manifest must be a JSON object keyed by utterance id")
+    if repeated:
+        what = "utterance id" if repeated[0] in data else "field"
+        raise ValueError(f"{path}: {what} {repeated[0]!r} appears more than once")
     root = None if data_root is None else os.fspath(data_root)
     out = {}
     for uid, fields in data.items():
         if not isinstance(fields, dict):
             raise ValueError(f"{path}: entry {uid!r} is not an object")
+        missing = [key for key in required if key not in fields]
+        if missing:
+            raise ValueError(f"{path}: entry {uid!r} has no {', '.join(map(repr, missing))}")
         entry = {}
         for key, value in fields.items():
             if isinstance(value, str) and "{data_root}" in value:
@@ -91,6 +130,112 @@ def load_manifest(path: str | os.PathLike, data_root: str | os.PathLike | None =
             entry[key] = value
         out[uid] = entry
     return out
+
+
+@dataclass
+class Pairing:
+    """Files matched to their clean references: ``ids``, ``files``, ``clean``, and ``unmatched``
+    (what was left out and why: a reason -> the files or ids), which is never fatal here."""
+
+    ids: list
+    files: list
+    clean: list
+    unmatched: dict = field(default_factory=dict)
+
+
+def keyed_files(folder: str | os.PathLike, match: str | Callable[[str], str] = "name",
+                extensions=AUDIO_EXTENSIONS) -> tuple[dict, dict]:
+    """``({key: file}, {key: [files]})``: the audio files of ``folder`` by pairing key, and the keys
+    that several files share (``a.wav`` and ``a.flac``), which pair with nothing.
+
+    Example
+    -------
+    >>> import tempfile, os, numpy as np
+    >>> from sb_mal.audio import write_audio
+    >>> d = tempfile.mkdtemp()
+    >>> for name in ("a.wav", "a.flac", "b.wav"):
+    ...     write_audio(os.path.join(d, name), np.zeros(160), 16000)
+    >>> unique, ambiguous = keyed_files(d)
+    >>> sorted(unique), sorted(ambiguous)
+    (['b'], ['a'])
+    """
+    folder = os.fspath(folder)
+    found: dict[str, list[str]] = {}
+    for p in list_audio_files(folder, extensions):
+        found.setdefault(pair_key(p, folder, match), []).append(p)
+    return ({k: v[0] for k, v in found.items() if len(v) == 1},
+            {k: sorted(v) for k, v in found.items() if len(v) > 1})
+
+
+def _drop_empty(unmatched: dict) -> dict:
+    return {k: v for k, v in unmatched.items() if v}
+
+
+def pair_folders(clean_dir: str | os.PathLike, other_dir: str | os.PathLike,
+                 match: str | Callable[[str], str] = "name") -> Pairing:
+    """The files of ``other_dir`` with a same-keyed partner in ``clean_dir`` (see :func:`pair_key`).
+
+    Files without a partner, and keys that several files share in either folder (which file was
+    meant cannot be told), are left out and listed in ``unmatched``; no pair at all is an error.
+    """
+    clean_dir, other_dir = os.fspath(clean_dir), os.fspath(other_dir)
+    clean, clean_amb = keyed_files(clean_dir, match)
+    other, other_amb = keyed_files(other_dir, match)
+    ambiguous = set(clean_amb) | set(other_amb)
+    common = sorted((set(clean) & set(other)) - ambiguous)
+    if not common:
+        raise ValueError(f"no file in {other_dir} has a same-named partner in {clean_dir}")
+    unmatched = {
+        f"no file in {other_dir}": [clean[k] for k in sorted(set(clean) - set(other) - ambiguous)],
+        f"no clean reference in {clean_dir}": [other[k] for k in sorted(set(other) - set(clean) - ambiguous)],
+        f"ambiguous: several files share one name in {other_dir}": [p for k in sorted(other_amb) for p in other_amb[k]],
+        f"ambiguous: several files share one name in {clean_dir}": [p for k in sorted(clean_amb) for p in clean_amb[k]],
+    }
+    return Pairing(common, [other[k] for k in common], [clean[k] for k in common], _drop_empty(unmatched))
+
+
+def enhanced_for_manifest(manifest: dict, folder: str | os.PathLike) -> Pairing:
+    """``<folder>/<id>.<ext>`` (or the entry's noisy file name) for every manifest entry.
+
+    Entries without a file, entries for which several files qualify, and files of no entry are left
+    out and listed in ``unmatched``; no entry matched at all is an error.
+    """
+    folder = os.fspath(folder)
+    ids, enh, clean, missing, ambiguous = [], [], [], [], []
+    for uid, entry in manifest.items():
+        candidates = [os.path.join(folder, uid + ext) for ext in AUDIO_EXTENSIONS]
+        if "noisy_wav" in entry:
+            candidates.append(os.path.join(folder, os.path.basename(entry["noisy_wav"])))
+        found = sorted({os.path.abspath(c) for c in candidates if os.path.isfile(c)})
+        if not found:
+            missing.append(uid)
+        elif len(found) > 1:
+            ambiguous.append(f"{uid}: {', '.join(found)}")
+        else:
+            ids.append(uid)
+            enh.append(found[0])
+            clean.append(entry["clean_wav"])
+    if not ids:
+        raise ValueError(f"{folder} has no enhanced file for any manifest entry (looked for <id>.wav/.flac/... and "
+                         "the noisy file's name)" + (f"; {len(ambiguous)} entries had several" if ambiguous else ""))
+    used = {os.path.abspath(p) for p in enh} | {p for a in ambiguous for p in a.split(": ", 1)[1].split(", ")}
+    extra = [str(p) for p in list_audio_files(folder) if os.path.abspath(p) not in used]
+    unmatched = {f"no file in {folder} for manifest entries": missing,
+                 f"ambiguous: several files in {folder} for one manifest entry": ambiguous,
+                 "files of no manifest entry": extra}
+    return Pairing(ids, enh, clean, _drop_empty(unmatched))
+
+
+def existing_entries(manifest: dict, path: str, root: str) -> tuple[dict, dict]:
+    """The entries whose audio files exist, and the others (as ``unmatched``); none existing is an error."""
+    keys = ("clean_wav", "noisy_wav")
+    ok = {u: e for u, e in manifest.items() if all(os.path.isfile(e[k]) for k in keys if k in e)}
+    if not ok:
+        first = next(iter(manifest.values()))
+        raise ValueError(f"none of the audio files of {path} exists (e.g. {first.get('clean_wav')}); its "
+                         f"{{data_root}} was {root} (--data-root; default: the manifest's folder)")
+    absent = [u for u in manifest if u not in ok]
+    return ok, _drop_empty({f"audio file missing ({path})": absent})
 
 
 def manifest_paths(manifest: dict, key: str) -> list[str]:
@@ -179,13 +324,13 @@ def prepare_pairs(
     noisy_dir, clean_dir = os.fspath(noisy_dir), os.fspath(clean_dir)
     if data_root is None:
         data_root = os.path.commonpath([os.path.abspath(noisy_dir), os.path.abspath(clean_dir)])
-    noisy = {pair_key(p, noisy_dir, match): p for p in list_audio_files(noisy_dir, extensions)}
-    clean = {}
-    for p in list_audio_files(clean_dir, extensions):
-        k = pair_key(p, clean_dir, match)
-        if k in clean:
-            raise ValueError(f"{p}: two clean files share the pairing key {k!r} (also {clean[k]})")
-        clean[k] = p
+    noisy, noisy_amb = keyed_files(noisy_dir, match, extensions)
+    clean, clean_amb = keyed_files(clean_dir, match, extensions)
+    for kind, amb in (("noisy", noisy_amb), ("clean", clean_amb)):
+        if amb:
+            key, files = next(iter(sorted(amb.items())))
+            raise ValueError(f"{files[0]}: {len(files)} {kind} files share the pairing key {key!r} "
+                             f"({', '.join(files)}); which one is meant cannot be told")
     missing_clean = sorted(set(noisy) - set(clean))
     missing_noisy = sorted(set(clean) - set(noisy))
     if (missing_clean or missing_noisy) and not allow_unpaired:

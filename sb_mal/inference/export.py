@@ -30,7 +30,6 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ import yaml
 
 __all__ = ["ExportError", "export_run", "find_best_checkpoint"]
 
+from sb_mal.weights import save_state_file
 from sb_mal.checkpoints import (  # noqa: E402  (ExportError, find_best_checkpoint are re-exported)
     _META_SKIP,
     ExportError,
@@ -222,7 +222,7 @@ def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkp
     >>> sorted(p.name for p in out.iterdir())
     ['README.md', 'custom.py', 'enhance_model.ckpt', 'export_info.json', 'hyperparams.yaml']
     """
-    from sb_mal.fileio import public_mode
+    from sb_mal.fileio import temporary_folder
     from sb_mal.inference.enhancer import Enhancer
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -231,20 +231,15 @@ def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkp
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise ExportError(f"{out_dir}: exists and is not an empty folder; pass overwrite=True (--overwrite)")
     cfg = load_model_config(run_dir)
-    if not trust_code:
-        from sb_mal.trust import check_callable
-
-        check_callable(cfg["class"], str(run_dir / "model_config.json"))
     sample_rate = int(cfg.get("sample_rate", 16000))
     ckpt_dir = _resolve_checkpoint(run_dir, checkpoint)[0] if checkpoint is not None else None
-    found = load_pretrained(run_dir, key=key, mode=mode, checkpoint=ckpt_dir, recoverable=recoverable)
+    found = load_pretrained(run_dir, key=key, mode=mode, checkpoint=ckpt_dir, recoverable=recoverable,
+                            trust_code=trust_code)
     model, ckpt_dir, meta = found.model, found.checkpoint, found.meta
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = Path(temporary_folder(out_dir))  # removed by the next export into this folder if this one is killed
     try:
-        os.chmod(tmp, public_mode(0o777))  # mkdtemp makes it private (0o700)
-        torch.save(model.state_dict(), tmp / "enhance_model.ckpt")
+        save_state_file(model, tmp / "enhance_model.ckpt")
         origin = f"run folder {run_dir.name!r}, checkpoint {ckpt_dir.name}"
         (tmp / "hyperparams.yaml").write_text(_render_hparams(cfg, sample_rate, chunk_seconds, overlap_seconds,
                                                               origin), encoding="utf-8")
@@ -302,7 +297,7 @@ def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
         return
     if not overwrite:  # appeared while exporting
         raise ExportError(f"{out_dir}: exists and is not an empty folder; pass overwrite=True (--overwrite)")
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    old = Path(temporary_folder(out_dir))
     os.replace(out_dir, old / out_dir.name)
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
