@@ -1,4 +1,4 @@
-"""Signal-processing helpers shared by models and losses: STFT/iSTFT, compression, length masks.
+"""Signal-processing helpers shared by models and losses: STFT/iSTFT, length masks, time stretch.
 
 One implementation of each idea: every model and loss in sb_mal gets its STFT and its
 padding masks from here.
@@ -9,9 +9,11 @@ Lengths follow SpeechBrain: ``lengths`` are *relative* (0..1] per batch item, so
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["StftConfig", "frame_mask", "istft", "length_mask", "relative_to_samples", "stft"]
+__all__ = ["StftConfig", "frame_mask", "istft", "length_mask", "relative_to_samples", "stft", "time_stretch"]
 
 
 _WINDOWS = {"hann": torch.hann_window, "hamming": torch.hamming_window}
@@ -130,3 +132,59 @@ def frame_mask(lengths: torch.Tensor | None, samples: int, frames: int, hop: int
     counts = relative_to_samples(lengths, samples, batch, device)
     valid_frames = counts // hop + 1
     return torch.arange(frames, device=device)[None, :] < valid_frames[:, None]
+
+
+def time_stretch(wav: torch.Tensor, rate: float, sample_rate: int = 16000, n_fft: int | None = None,
+                 hop: int | None = None) -> torch.Tensor:
+    """Play ``wav`` ``rate`` times faster *without changing its pitch* (phase vocoder).
+
+    ``wav`` is ``[T]`` or ``[..., T]`` (e.g. a batch ``[B, T]``); the result has
+    ``round(T / rate)`` samples. The STFT (Hann window, 75 % overlap; by default 32 ms frames, 512
+    samples at 16 kHz) is resampled in time: output frame ``k`` reads the analysis frames around
+    position ``k * rate``, with their magnitudes interpolated linearly and the phase advanced, bin by
+    bin, by the measured phase difference of the two analysis frames (its deviation from the bin's
+    nominal advance wrapped to [-pi, pi], i.e. the bin's true frequency); the frames are then
+    overlap-added at the analysis hop. Frequencies (the pitch) are kept; durations scale by
+    ``1 / rate``. ``rate == 1`` returns the input itself.
+
+    This is the pitch-preserving counterpart of resampling (which changes tempo and pitch together;
+    :func:`sb_mal.brains.pift.speed_perturb` offers both).
+
+    Example
+    -------
+    >>> t = torch.arange(32000) / 16000
+    >>> tone = torch.sin(2 * math.pi * 200 * t)
+    >>> out = time_stretch(tone, 1.25)
+    >>> out.shape, time_stretch(tone[None].repeat(3, 1), 0.8).shape
+    (torch.Size([25600]), torch.Size([3, 40000]))
+    >>> spectrum = torch.fft.rfft(out[4000:-4000] * torch.hann_window(out.shape[0] - 8000)).abs()
+    >>> round(float(spectrum.argmax()) * 16000 / (out.shape[0] - 8000))  # the pitch stays at 200 Hz
+    200
+    """
+    rate = float(rate)
+    if not 0.25 <= rate <= 4.0:
+        raise ValueError(f"time_stretch: rate must be in [0.25, 4], got {rate}")
+    if wav.dim() == 0 or wav.shape[-1] == 0:
+        raise ValueError(f"time_stretch: expected a waveform [..., T], got shape {tuple(wav.shape)}")
+    if rate == 1.0:
+        return wav
+    n_fft = int(n_fft or 2 ** round(math.log2(0.032 * sample_rate)))
+    hop = int(hop or n_fft // 4)
+    cfg = StftConfig(n_fft, hop)
+    lead, total = wav.shape[:-1], wav.shape[-1]
+    flat = wav.reshape(-1, total)
+    dtype = torch.float64 if flat.dtype == torch.float64 else torch.float32
+    spec = stft(flat.to(dtype), cfg)  # [B, F, N]
+    frames = spec.shape[-1]
+    steps = torch.arange(0, frames, rate, device=spec.device, dtype=torch.float64)
+    base = steps.floor().long()
+    frac = (steps - base).to(dtype)
+    padded = torch.nn.functional.pad(spec, (0, 2))  # two silent frames past the end
+    left, right = padded[..., base], padded[..., base + 1]
+    nominal = torch.linspace(0, math.pi * hop, spec.shape[-2], device=spec.device, dtype=dtype)[:, None]
+    advance = torch.angle(right) - torch.angle(left) - nominal
+    advance = advance - 2 * math.pi * torch.round(advance / (2 * math.pi)) + nominal
+    phase = torch.cat([torch.angle(spec[..., :1]), advance[..., :-1]], dim=-1).cumsum(-1)
+    magnitude = (1 - frac) * left.abs() + frac * right.abs()
+    out = istft(torch.polar(magnitude, phase), cfg, int(round(total / rate)))
+    return out.reshape(*lead, out.shape[-1]).to(wav.dtype)

@@ -61,33 +61,63 @@ def batch(devset):
     return PaddedBatch(items)
 
 
-def make_brain(loss, **hparams):
+def make_brain(loss, checkpointer=None, **hparams):
     counter = EpochCounter(1)
     counter.current = 1
     brain = PositionInvariantBrain(modules={"model": tiny_unet()}, opt_class=lambda p: torch.optim.Adam(p, 3e-3),
                                    hparams={"ssl_loss": loss, "init_from": "unused", "epoch_counter": counter,
                                             "valid_metrics": [], "n_jobs": 0, **hparams},
-                                   run_opts={"device": "cpu", "noprogressbar": True})
+                                   run_opts={"device": "cpu", "noprogressbar": True}, checkpointer=checkpointer)
     brain.on_stage_start(sb.Stage.TRAIN, 1)
     return brain
 
 
 # -- speed perturbation and the Brain ---------------------------------------------------------------
-def test_speed_perturb_changes_length_and_pitch_by_the_factor():
+def _peak_hz(wav: torch.Tensor, margin: int = 2000) -> float:
+    seg = wav[margin:-margin]
+    spectrum = torch.fft.rfft(seg * torch.hann_window(seg.shape[0]), n=1 << 17).abs()
+    return float(spectrum.argmax()) * 16000 / (1 << 17)
+
+
+def test_speed_perturb_resample_mode_changes_length_and_pitch_by_the_factor():
     t = torch.arange(16000) / 16000
     tone = torch.sin(2 * math.pi * 400 * t)[None]
     for factor in SPEED_FACTORS:
-        out = speed_perturb(tone, factor)
+        out = speed_perturb(tone, factor, mode="resample")
         assert out.shape[1] == math.ceil(16000 / factor)
-        spectrum = torch.fft.rfft(out[0, 2000:-2000] * torch.hann_window(out.shape[1] - 4000))
-        peak_hz = float(spectrum.abs().argmax()) * 16000 / (out.shape[1] - 4000)
-        assert abs(peak_hz - 400 * factor) < 5, (factor, peak_hz)  # resampling shifts the pitch too
+        assert abs(_peak_hz(out[0]) - 400 * factor) < 5, factor  # resampling shifts the pitch too
+
+
+@pytest.mark.unit
+def test_time_stretch_keeps_the_pitch_and_scales_the_length():
+    """Acceptance (issue 24): a 200 Hz tone, 16 kHz, 2 s, stretched at rate 1.2: dominant frequency within 2 %,
+    length 1/1.2 of the input within 1 %; batches [B, T] and single waveforms [T] alike."""
+    from sb_mal.dsp import time_stretch
+
+    t = torch.arange(32000) / 16000
+    tone = torch.sin(2 * math.pi * 200 * t)
+    out = time_stretch(tone, 1.2, 16000)
+    assert abs(out.shape[0] - 32000 / 1.2) <= 0.01 * 32000 / 1.2
+    assert abs(_peak_hz(out) - 200) <= 0.02 * 200
+    batch = torch.stack([tone, torch.sin(2 * math.pi * 300 * t)])
+    stretched = time_stretch(batch, 1.2, 16000)
+    assert stretched.shape == (2, out.shape[0]) and torch.allclose(stretched[0], out, atol=1e-5)
+    assert abs(_peak_hz(stretched[1]) - 300) <= 6
+    for rate in (0.8, 0.9, 1.1):
+        assert abs(_peak_hz(time_stretch(tone, rate)) - 200) <= 4, rate
+    # the Brain's default speed perturbation is this stretch, resampling only on request
+    for factor in SPEED_FACTORS:
+        assert speed_perturb(tone[None], factor).shape[1] == round(32000 / factor)
+    assert abs(_peak_hz(speed_perturb(tone[None], 1.2)[0]) - 200) <= 4
+    assert abs(_peak_hz(speed_perturb(tone[None], 1.2, mode="resample")[0]) - 240) <= 4
+    with pytest.raises(ValueError, match="rate must be in"):
+        time_stretch(tone, 0.1)
 
 
 def test_training_input_is_speed_perturbed_and_the_loss_takes_the_length_mismatch(ext, batch):
     loss = SSLSoftDTWLoss(ext)
     brain = make_brain(loss)
-    assert brain.speed_perturb and brain.speed_factors == SPEED_FACTORS
+    assert brain.speed_perturb and brain.speed_factors == SPEED_FACTORS and brain.speed_perturb_mode == "stretch"
     clean, lens = batch.clean_sig
     drawn = []
     for step in range(1, 6):
@@ -95,7 +125,7 @@ def test_training_input_is_speed_perturbed_and_the_loss_takes_the_length_mismatc
         factor = brain.speed_factor(1, step)
         assert factor == make_brain(loss).speed_factor(1, step)  # a function of (seed, epoch, step)
         out = brain.compute_forward(batch, sb.Stage.TRAIN)
-        assert brain.last_speed_factor == factor and out.shape[1] == math.ceil(16000 / factor)
+        assert brain.last_speed_factor == factor and out.shape[1] == round(16000 / factor)  # time stretch
         value = brain.compute_objectives(out, batch, sb.Stage.TRAIN)
         expected = loss(out, clean, lens, target_length=lens)  # lengths relative to each side
         assert torch.isfinite(value) and torch.allclose(value, expected)
@@ -138,6 +168,47 @@ def test_reconstruction_term_is_computed_on_the_unperturbed_input(ext, batch):
     _, valid_terms = brain.compute_loss(brain.compute_forward(batch, sb.Stage.VALID), clean, lens, sb.Stage.VALID)
     valid_terms = terms_to_floats(valid_terms)
     assert valid_terms["ssl_dtw"] == pytest.approx(valid_terms["ssl"], rel=1e-4)  # same divergence, unperturbed
+
+
+def test_relative_gamma_is_measured_once_and_resumes_from_the_checkpoint(ext, batch, tmp_path):
+    """gamma_relative: gamma = k x the median frame-pair cost of the first batch, then fixed; checkpointed by the Brain."""
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    loss = SSLSoftDTWLoss(ext, gamma_relative=0.1)
+    assert loss.gamma_state is not None and not loss.gamma_state.measured
+    brain = make_brain(loss, Checkpointer(tmp_path / "save"), speed_factors=[1.0])
+    brain.init_optimizers()
+    brain.step = 1
+    brain.fit_batch(batch)
+    state = loss.gamma_state
+    assert state.measured and int(state.observed) == 1
+    assert loss.current_gamma > 0 and loss.current_gamma != 0.1
+    gamma = loss.current_gamma
+    for step in range(2, 4):  # later batches do not move it
+        brain.step = step
+        brain.fit_batch(batch)
+    assert loss.current_gamma == gamma and int(state.observed) == 1
+    brain.checkpointer.save_checkpoint()
+    resumed_loss = SSLSoftDTWLoss(ext, gamma_relative=0.1)
+    resumed = make_brain(resumed_loss, Checkpointer(tmp_path / "save"), speed_factors=[1.0])
+    resumed.checkpointer.recover_if_possible()
+    assert resumed_loss.gamma_state.measured and resumed_loss.current_gamma == gamma
+    with pytest.raises(ValueError, match="gamma_relative must be positive"):
+        SSLSoftDTWLoss(ext, gamma_relative=0.0)
+
+
+def test_relative_gamma_value_is_the_median_pair_cost(ext):
+    torch.manual_seed(0)
+    clean, enhanced = torch.randn(2, 8000), torch.randn(2, 8000)
+    loss = SSLSoftDTWLoss(ext, gamma_relative=0.5)
+    loss(enhanced, clean)
+    est, n = ext.extract(enhanced)
+    ref, m = ext.extract(clean)
+    scale = est.shape[-1] ** -0.5
+    from sb_mal.losses.soft_dtw import pairwise_cost
+
+    cost = pairwise_cost(est * scale, ref * scale)
+    assert loss.current_gamma == pytest.approx(0.5 * float(cost.flatten().median()), rel=1e-4)
 
 
 def test_configuration_errors(ext):

@@ -18,13 +18,25 @@ Brain's ``.train()`` and the optimiser never see it; it stays out of the checkpo
 Speed perturbation (implementer's choice where the paper is silent). One factor per training
 batch, drawn uniformly from ``speed_factors`` (default 0.80, 0.85, ..., 1.20, the set of the prior
 soft-DTW code) by a generator seeded with ``(speed_seed, epoch, step)``, so a resumed run draws
-the same factors. A factor ``f`` plays the signal ``f`` times faster: the batch is resampled as
-if recorded at ``f * sample_rate`` (:func:`sb_mal.audio.resample`, windowed sinc), which gives
-``ceil(T / f)`` samples and, like torchaudio's ``SpeedPerturbation``, shifts the pitch by ``f``
-too (tempo and pitch change together; no time stretching). The whole padded batch is resampled
-by one factor, so relative lengths are unchanged and the loss gets ``length`` (relative to the
-enhanced output) and ``target_length`` (relative to the clean reference) equal. Validation and
-test never perturb.
+the same factors. A factor ``f`` plays the signal ``f`` times faster. ``speed_perturb_mode``
+decides how:
+
+``stretch`` (default)
+    a pitch-preserving time stretch (:func:`sb_mal.dsp.time_stretch`, a phase vocoder):
+    ``round(T / f)`` samples, the pitch unchanged. The clean reference is left as it is, so a
+    perfect enhancement of the perturbed input is the clean speech stretched, which a frozen,
+    pitch-sensitive feature model (FCPE) sees as close to the clean speech.
+``resample``
+    the batch is resampled as if recorded at ``f * sample_rate`` (:func:`sb_mal.audio.resample`,
+    windowed sinc; the prior soft-DTW code and torchaudio's ``SpeedPerturbation`` do this):
+    ``ceil(T / f)`` samples, and the pitch shifts by ``f`` too. Through a frozen pitch-sensitive
+    feature model the target is then out of reach: on 6 devset validation pairs through FCPE, the
+    clean speech resampled at 0.8-1.2 scores 0.41-0.78 under soft-DTW against 0.28 for the
+    untouched noisy input (tests/test_pift_reachability.py). Kept to reproduce earlier runs.
+
+The whole padded batch is perturbed by one factor, so relative lengths are unchanged and the loss
+gets ``length`` (relative to the enhanced output) and ``target_length`` (relative to the clean
+reference) equal. Validation and test never perturb.
 
 Reconstruction term (optional: ``rec_cost`` with ``lambda_rec > 0``; default off, as in the
 paper, where only the SSL loss fine-tunes). A waveform loss needs frame-aligned signals, which a
@@ -32,6 +44,11 @@ speed-perturbed output is not. Decision: when the batch is perturbed, the recons
 computed on a second forward pass of the *unperturbed* noisy input (the SE model is small next to
 the SSL model, so this costs little); the SSL term always uses the perturbed output. Every batch
 thus gets both terms with the same weights.
+
+Soft-DTW gamma. ``SSLSoftDTWLoss(gamma_relative=k)`` (YAML ``sdtw_gamma_relative``) sets its gamma
+to ``k`` times the median frame-pair cost of the first training batch instead of an absolute value;
+the Brain registers that measurement with the checkpointer (``ssl_gamma``), so a resumed run uses
+the same gamma and never measures again.
 
 Logged terms: ``ssl`` (the SSL loss; per-layer parts when it uses several layers), ``rec`` (if
 on), and in validation/test ``ssl_dtw``: the soft-DTW divergence per frame (gamma ``dtw_gamma``)
@@ -43,7 +60,8 @@ Hparams: everything :class:`~sb_mal.brains.EnhanceBrain` reads except ``compute_
 ``ssl_loss`` (required), ``init_from`` (required: a training run folder, a ``CKPT+*`` folder or its
 ``model.ckpt``, or a folder written by ``sb-mal export``), ``init_key``/``init_mode`` (which
 checkpoint of a run: ``pesq``/``max``), ``lambda_ssl`` (1.0), ``rec_cost``, ``lambda_rec`` (0.0),
-``speed_perturb`` (default: on iff ``ssl_loss`` accepts ``target_length``), ``speed_factors``,
+``speed_perturb`` (default: on iff ``ssl_loss`` accepts ``target_length``), ``speed_perturb_mode``
+(``stretch``), ``speed_factors``,
 ``speed_seed`` (default ``seed``), ``dtw_gamma`` (0.1).
 """
 
@@ -61,30 +79,40 @@ from sb_mal.audio import resample
 from sb_mal.brains.ddp import unwrap
 from sb_mal.brains.enhance import ENHANCE_HPARAMS, EnhanceBrain, loss_terms
 from sb_mal.brains.hparams import REQUIRED, HParam, HParamsError
+from sb_mal.brains.recoverables import register
+from sb_mal.dsp import time_stretch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SPEED_FACTORS", "PositionInvariantBrain", "speed_perturb"]
+__all__ = ["SPEED_FACTORS", "SPEED_MODES", "PositionInvariantBrain", "speed_perturb"]
 
 #: Speed factors of the prior soft-DTW fine-tuning code: 0.80, 0.85, ..., 1.20.
 SPEED_FACTORS = tuple(round(0.8 + 0.05 * i, 2) for i in range(9))
+#: How a speed factor is applied: pitch-preserving time stretch, or resampling (tempo and pitch).
+SPEED_MODES = ("stretch", "resample")
 
 
-def speed_perturb(wav: torch.Tensor, factor: float, sample_rate: int = 16000) -> torch.Tensor:
-    """Play ``wav`` (``[..., T]``) ``factor`` times faster: ``ceil(T / factor)`` samples, pitch x ``factor``.
+def speed_perturb(wav: torch.Tensor, factor: float, sample_rate: int = 16000, mode: str = "stretch") -> torch.Tensor:
+    """Play ``wav`` (``[..., T]``) ``factor`` times faster.
 
-    The signal is resampled from ``round(factor * sample_rate)`` to ``sample_rate`` Hz, so the
-    effective factor is ``round(factor * sample_rate) / sample_rate``.
+    ``mode="stretch"`` (default): pitch-preserving time stretch (:func:`sb_mal.dsp.time_stretch`),
+    ``round(T / factor)`` samples. ``mode="resample"``: resampled from ``round(factor * sample_rate)``
+    to ``sample_rate`` Hz, ``ceil(T / factor)`` samples, the pitch multiplied by ``factor`` too (the
+    effective factor is ``round(factor * sample_rate) / sample_rate``).
 
     Example
     -------
     >>> x = torch.randn(2, 16000)
-    >>> speed_perturb(x, 0.8).shape, speed_perturb(x, 1.25).shape, speed_perturb(x, 1.0) is x
+    >>> speed_perturb(x, 0.8).shape, speed_perturb(x, 1.25, mode="resample").shape, speed_perturb(x, 1.0) is x
     (torch.Size([2, 20000]), torch.Size([2, 12800]), True)
     """
     factor = float(factor)
     if not 0.25 <= factor <= 4.0:
         raise ValueError(f"speed factor must be in [0.25, 4], got {factor}")
+    if mode not in SPEED_MODES:
+        raise ValueError(f"speed perturbation mode must be one of {SPEED_MODES}, got {mode!r}")
+    if mode == "stretch":
+        return time_stretch(wav, factor, int(sample_rate))
     source_rate = int(round(factor * sample_rate))
     if source_rate == sample_rate:
         return wav
@@ -131,6 +159,8 @@ class PositionInvariantBrain(EnhanceBrain):
         HParam("lambda_rec", "float", 0.0, "weight of rec_cost", low=0),
         HParam("speed_perturb", "bool", None, "speed-perturb the noisy input (default: iff ssl_loss takes "
                                               "target_length)"),
+        HParam("speed_perturb_mode", "str", "stretch", "how a speed factor is applied: pitch-preserving time "
+                                                      "stretch, or resampling (tempo and pitch)", choices=SPEED_MODES),
         HParam("speed_factors", "numbers", list(SPEED_FACTORS), "the factors drawn from"),
         HParam("seed", "int", 0, "the recipe's seed (default of speed_seed)"),
         HParam("speed_seed", "int", None, "seed of the factor draws (default: seed)"),
@@ -158,8 +188,12 @@ class PositionInvariantBrain(EnhanceBrain):
         self.speed_factors = tuple(float(f) for f in h.speed_factors)
         if not self.speed_factors or not all(0.5 <= f <= 2.0 for f in self.speed_factors):
             raise HParamsError(f"speed_factors must be a non-empty list of factors in [0.5, 2], got {h.speed_factors!r}")
+        self.speed_perturb_mode = h.speed_perturb_mode
         self.speed_seed = h.seed if h.speed_seed is None else h.speed_seed
         self.dtw_metric = self._dtw_metric(h.dtw_gamma)
+        gamma_state = getattr(self.ssl_loss, "gamma_state", None)
+        if gamma_state is not None:  # a relative soft-DTW gamma: measured once, then saved with every checkpoint
+            register(self.checkpointer, {"ssl_gamma": gamma_state}, "PositionInvariantBrain", optional=["ssl_gamma"])
         self.last_speed_factor = 1.0
         self._unperturbed = None
 
@@ -212,7 +246,7 @@ class PositionInvariantBrain(EnhanceBrain):
         if stage == sb.Stage.TRAIN and self.speed_perturb:
             self.last_speed_factor = self.speed_factor(self.hparams.epoch_counter.current, self.step)
             with torch.no_grad():
-                noisy = speed_perturb(noisy, self.last_speed_factor, self._rate)
+                noisy = speed_perturb(noisy, self.last_speed_factor, self._rate, self.speed_perturb_mode)
         return self.modules.model(noisy, lens)
 
     def compute_loss(self, predictions, clean, lens, stage):

@@ -25,6 +25,8 @@ Feature reduction: ``dim_reduction="mean"`` (default) averages over the feature 
 ``ssl_softdtw`` (:class:`SSLSoftDTWLoss`)
     soft-DTW divergence (:mod:`sb_mal.losses.soft_dtw`) between the two feature sequences, which
     may differ in length (the noisy input speed-perturbed), divided by the sum of their lengths.
+    Its smoothing ``gamma`` is in cost units (default 0.1), or, with ``gamma_relative=k``, ``k`` times
+    the median frame-pair cost measured on the first batch(es) (:class:`RelativeGamma`, checkpointed).
 
 Use in a stock SpeechBrain recipe::
 
@@ -35,6 +37,7 @@ Use in a stock SpeechBrain recipe::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -42,11 +45,14 @@ from torch import nn
 
 from sb_mal.dsp import relative_to_samples
 from sb_mal.losses.reconstruction import LossTerms, check_waveforms, reduce
-from sb_mal.losses.soft_dtw import DISTANCES, soft_dtw_divergence
+from sb_mal.losses.soft_dtw import DISTANCES, pairwise_cost, soft_dtw_divergence
 from sb_mal.models.frame_features import FrameFeatureExtractor, build_frame_extractor
 from sb_mal.models.ssl import DEFAULT_SSL_SOURCE
 
-__all__ = ["SSLFeatureLoss", "SSLL1Loss", "SSLMSELoss", "SSLMSEPadLoss", "SSLSoftDTWLoss", "pad_frames"]
+__all__ = ["RelativeGamma", "SSLFeatureLoss", "SSLL1Loss", "SSLMSELoss", "SSLMSEPadLoss", "SSLSoftDTWLoss",
+           "pad_frames"]
+
+logger = logging.getLogger(__name__)
 
 PAD_SIDES = ("start", "end", "both")
 
@@ -290,6 +296,70 @@ class SSLMSEPadLoss(SSLMSELoss):
         return feats.gather(2, index), est_frames
 
 
+class RelativeGamma(nn.Module):
+    """A soft-DTW ``gamma`` set relative to the data: ``factor`` x the median frame-pair cost of the
+    first ``batches`` batches it observes (the mean of their medians), then fixed.
+
+    The state (the median cost and how many batches were observed) is in buffers, so it is saved
+    with a checkpoint and a resumed run uses the same ``gamma``
+    (:class:`~sb_mal.brains.PositionInvariantBrain` registers it as the recoverable ``ssl_gamma``).
+    Under DDP the ranks' medians are averaged, so every rank uses one ``gamma``.
+
+    Example
+    -------
+    >>> rg = RelativeGamma(0.1, batches=2)
+    >>> rg.observe(torch.tensor([[1.0, 2.0, 9.0]])), rg.measured  # gamma of the batches so far
+    (0.2, False)
+    >>> rg.observe(torch.tensor([4.0])), rg.measured, rg.observe(torch.tensor([100.0]))  # then fixed
+    (0.3, True, 0.3)
+    >>> fresh = RelativeGamma(0.1, batches=2)
+    >>> _ = fresh.load_state_dict(rg.state_dict())
+    >>> fresh.gamma, fresh.measured
+    (0.3, True)
+    """
+
+    def __init__(self, factor: float, batches: int = 1):
+        super().__init__()
+        if not float(factor) > 0:
+            raise ValueError(f"gamma_relative must be positive, got {factor}")
+        if int(batches) < 1:
+            raise ValueError(f"gamma_batches must be >= 1, got {batches}")
+        self.factor, self.batches = float(factor), int(batches)
+        self.register_buffer("median_cost", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("observed", torch.zeros((), dtype=torch.long))
+
+    @property
+    def measured(self) -> bool:
+        """Whether the first ``batches`` batches have been observed (``gamma`` is then fixed)."""
+        return int(self.observed) >= self.batches
+
+    @property
+    def gamma(self) -> float:
+        """``factor`` x the median cost measured so far (valid once at least one batch was observed),
+        floored at 1e-8 (soft-DTW needs a positive gamma; a zero median means identical sequences)."""
+        return max(round(self.factor * float(self.median_cost), 12), 1e-8)
+
+    def observe(self, costs: torch.Tensor) -> float:
+        """Take the median of ``costs`` (the valid frame-pair costs of a batch) into the measurement, unless
+        it is complete; return the ``gamma`` to use now."""
+        if self.measured:
+            return self.gamma
+        median = costs.detach().double().median().reshape(1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(median)
+            median /= torch.distributed.get_world_size()
+        n = int(self.observed)
+        self.median_cost.copy_((self.median_cost * n + median[0].to(self.median_cost)) / (n + 1))
+        self.observed += 1
+        if self.measured:
+            logger.info("soft-DTW gamma set to %.4g = %g x the median frame-pair cost %.4g (%d batch(es))",
+                        self.gamma, self.factor, float(self.median_cost), self.batches)
+        return self.gamma
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}, batches={self.batches}, gamma={self.gamma if self.measured else 'unmeasured'}"
+
+
 class SSLSoftDTWLoss(SSLFeatureLoss):
     """Soft-DTW divergence between SSL feature sequences ("ssl_softdtw"); lengths may differ.
 
@@ -312,6 +382,15 @@ class SSLSoftDTWLoss(SSLFeatureLoss):
         See :class:`SSLFeatureLoss`.
     gamma : float
         Soft-min smoothing (default 0.1, as in the prior soft-DTW fine-tuning code), in cost units.
+    gamma_relative : float, optional
+        Instead of ``gamma``: this factor times the median frame-pair cost (the frame cost below,
+        over the valid frame pairs of the enhanced and clean sequences, first layer listed) of the
+        first ``gamma_batches`` calls, then fixed (:class:`RelativeGamma`, in ``gamma_state``). The
+        raw costs differ by an order of magnitude between feature models (per-frame noisy-vs-clean
+        divergence 0.28 through FCPE, 0.026 through Resemblyzer), so one absolute ``gamma`` is a sharp
+        soft-min for one and almost an average for another.
+    gamma_batches : int
+        Calls (batches) measured for ``gamma_relative`` (default 1).
     distance : str
         Frame cost: ``"sqeuclidean"`` (default) or ``"cosine"`` (``1 - cos``, in ``[0, 2]``).
     dim_reduction : str
@@ -334,13 +413,21 @@ class SSLSoftDTWLoss(SSLFeatureLoss):
     name = "ssl_softdtw"
 
     def __init__(self, extractor: FrameFeatureExtractor | None = None, *, gamma: float = 0.1,
-                 distance: str = "sqeuclidean", **kwargs):
+                 distance: str = "sqeuclidean", gamma_relative: float | None = None, gamma_batches: int = 1,
+                 **kwargs):
         super().__init__(extractor, **kwargs)
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
         if not float(gamma) > 0:
             raise ValueError(f"gamma must be positive, got {gamma}")
         self.gamma, self.distance = float(gamma), distance
+        self.gamma_state = None if gamma_relative is None else RelativeGamma(gamma_relative, gamma_batches)
+        self._first_layer = True
+
+    @property
+    def current_gamma(self) -> float:
+        """The gamma in use: the absolute one, or the relative one measured so far."""
+        return self.gamma if self.gamma_state is None else self.gamma_state.gamma
 
     def forward(self, predictions, targets, length=None, reduction: str = "mean", target_length=None):
         name = type(self).__name__
@@ -355,7 +442,22 @@ class SSLSoftDTWLoss(SSLFeatureLoss):
         pred_counts = relative_to_samples(length, predictions.shape[1], batch, device)
         target_counts = relative_to_samples(length if target_length is None else target_length,
                                             targets.shape[1], batch, device)
+        self._first_layer = True
         return self._compare(predictions, pred_counts, targets, target_counts, reduction)
+
+    def _gamma(self, est, ref, n, m) -> float:
+        """The gamma of this layer; a relative gamma still being measured observes the first layer's costs."""
+        state = self.gamma_state
+        if state is None:
+            return self.gamma
+        if not state.measured and self._first_layer:
+            with torch.no_grad():
+                cost = pairwise_cost(est.detach().float(), ref.float(), self.distance)
+                rows = torch.arange(cost.shape[1], device=cost.device)[None, :, None] < n[:, None, None]
+                cols = torch.arange(cost.shape[2], device=cost.device)[None, None, :] < m[:, None, None]
+                state.observe(cost[rows & cols])
+        self._first_layer = False
+        return state.gamma
 
     def _distance(self, est, est_frames, ref, ref_frames):
         n, m = est_frames.clamp(min=1), ref_frames.clamp(min=1)
@@ -363,5 +465,5 @@ class SSLSoftDTWLoss(SSLFeatureLoss):
         if self.distance == "sqeuclidean" and self.dim_reduction == "mean":
             scale = est.shape[-1] ** -0.5
             est, ref = est * scale, ref * scale
-        div = soft_dtw_divergence(est, ref, n, m, gamma=self.gamma, distance=self.distance)
+        div = soft_dtw_divergence(est, ref, n, m, gamma=self._gamma(est, ref, n, m), distance=self.distance)
         return div / (n + m).to(div.dtype)
