@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from sb_mal.fileio import temporary_path
+from sb_mal.fileio import WriteError, temporary_path
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -400,7 +400,7 @@ class audio_writer:  # noqa: N801 - used as a context manager, like open()
             return err
         if str(found.strerror or "").startswith("cannot write"):
             return found
-        return OSError(found.errno, f"cannot write {self.path}: {found.strerror or found}")
+        return WriteError(found.errno, f"cannot write {self.path}: {found.strerror or found}")
 
     def _abort(self) -> None:
         for closer in (getattr(self, "_sf", None), self._file):

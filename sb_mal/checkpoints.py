@@ -379,6 +379,9 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (the message names the folder and the cause, e.g. a full disk);
     the checkpoints written before are intact."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 class AtomicCheckpointer(Checkpointer):
     """SpeechBrain's Checkpointer, with checkpoints that are complete or absent, and never lost.
@@ -446,8 +449,8 @@ class AtomicCheckpointer(Checkpointer):
                 self.checkpoints_dir = final_root
         except OSError as err:
             shutil.rmtree(staging, ignore_errors=True)
-            cause = err.strerror or str(err)
-            raise CheckpointWriteError(err.errno, f"cannot write a checkpoint in {final_root}: {cause} (the "
+            cause = os.strerror(err.errno) if err.errno else str(err)
+            raise CheckpointWriteError(err.errno, f"cannot write a checkpoint in {final_root}: {cause} ({err}; the "
                                                   "checkpoints written before are intact)") from err
         ddp_barrier()  # every process has written its files
         if saved is None:  # not the main process

@@ -19,8 +19,16 @@ import tempfile
 logger = logging.getLogger(__name__)
 _CLEANED: set[str] = set()
 
-__all__ = ["FolderLock", "FolderLockedError", "atomic_write_text", "public_mode", "remove_stale_temporaries",
+__all__ = ["FolderLock", "FolderLockedError", "WriteError", "atomic_write_text", "public_mode", "remove_stale_temporaries",
            "temporary_folder", "temporary_path"]
+
+
+class WriteError(OSError):
+    """An output could not be written: ``errno`` is the cause, the message names the file and says it
+    in words (no ``[Errno N]`` prefix)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def public_mode(base: int = 0o666) -> int:
@@ -93,7 +101,7 @@ def temporary_path(path: str | os.PathLike, suffix: str = "") -> str:
             remove_stale_temporaries(folder)
         fd, tmp = tempfile.mkstemp(prefix=f".tmp-{_host()}-{os.getpid()}-", suffix=suffix, dir=folder)
     except OSError as err:
-        raise type(err)(err.errno, f"cannot write {path}: {err.strerror}") from err
+        raise WriteError(err.errno, f"cannot write {path}: {err.strerror}") from err
     os.close(fd)
     os.chmod(tmp, public_mode())
     return tmp
@@ -109,7 +117,7 @@ def temporary_folder(path: str | os.PathLike) -> str:
         remove_stale_temporaries(parent)
         tmp = tempfile.mkdtemp(prefix=f".tmp-{_host()}-{os.getpid()}-{os.path.basename(path)}-", dir=parent)
     except OSError as err:
-        raise type(err)(err.errno, f"cannot write {path}: {err.strerror}") from err
+        raise WriteError(err.errno, f"cannot write {path}: {err.strerror}") from err
     os.chmod(tmp, public_mode(0o777))
     return tmp
 

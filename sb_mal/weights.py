@@ -95,6 +95,8 @@ def weights_only_recovery(obj, path, end_of_epoch=None) -> None:
 def save_state_file(obj, path) -> None:
     """Checkpointer save hook: ``torch.save(obj.state_dict())`` through a Python file object, so a
     write error is an ``OSError`` naming ``path`` and its cause (e.g. ENOSPC, no space left)."""
+    from sb_mal.fileio import WriteError
+
     path = os.fspath(path)
     state = obj.state_dict() if hasattr(obj, "state_dict") else obj
     try:
@@ -103,8 +105,10 @@ def save_state_file(obj, path) -> None:
             fout.flush()
             os.fsync(fout.fileno())
     except OSError as err:
-        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
+        raise WriteError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
     except RuntimeError as err:  # torch's writer wraps the file object's OSError
         cause = err.__cause__ or err.__context__
-        code = getattr(cause, "errno", None) or errno.EIO
-        raise OSError(code, f"cannot write {path}: {os.strerror(code)} ({_one_line(err, 120)})") from err
+        code = getattr(cause, "errno", None)
+        if code is None:
+            raise WriteError(errno.EIO, f"cannot write {path}: {_one_line(err, 160)}") from err
+        raise WriteError(code, f"cannot write {path}: {os.strerror(code)}") from err

@@ -191,3 +191,24 @@ def test_a_missing_cuda_device_is_one_line(tmp_path, devset):
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     lines = [line for line in out.stderr.strip().splitlines() if "torchvision is not available" not in line]
     assert out.returncode != 0 and len(lines) == 1 and "--device cuda:0" in lines[0] and "CUDA" in lines[0], lines
+
+
+@pytest.mark.recipe
+def test_a_full_disk_during_training_is_one_line_and_resumable(devset, tmp_path):
+    out = tmp_path / "run"
+    cmd = _baseline_cmd(devset, out, 2)
+    cmd = [c for c in cmd if not c.startswith(("--channels", "--bottleneck_dim"))] + ["--channels=[16,32]",
+                                                                                      "--bottleneck_dim=64"]
+    script = ("import resource, runpy, signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))\n"
+              f"sys.argv = {cmd[1:]!r}\nrunpy.run_path(sys.argv[0], run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    lines = [line for line in proc.stderr.strip().splitlines() if "torchvision is not available" not in line]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[-1].startswith(f"error: cannot write a checkpoint in {out / 'save'}: ") and "File too large" in \
+        lines[-1], lines[-3:]
+    assert not list((out / "save").glob("CKPT+*")) and not list((out / "save" / ".staging").glob("*"))
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]  # with room again, the same command trains to the end

@@ -285,6 +285,10 @@ def test_hub_ids_served_from_the_local_cache_are_checked_too(exported, tmp_path,
     with pytest.raises(UntrustedCodeError, match="outside the allow-list"):
         load_pretrained("someone/evil-enhancer", savedir=tmp_path / "s3")
     assert not marker.exists()
+    snapshot = next((cache / "models--someone--good-enhancer" / "snapshots").iterdir())
+    (snapshot / "enhance_model.ckpt").unlink()  # a hub folder missing its weights: the file is named
+    with pytest.raises(ValueError, match="someone/good-enhancer.*enhance_model.ckpt"):
+        Enhancer.from_hparams(source="someone/good-enhancer", savedir=tmp_path / "s4")
 
 
 @pytest.mark.integration
@@ -314,3 +318,16 @@ def test_export_info_and_model_config_are_judged_by_the_object(exported):
         with pytest.raises(UntrustedCodeError, match="outside the allow-list"):
             load_pretrained(run)
         assert main(["export", str(run), "-o", str(exported.parent / "again"), "--key", "loss", "--min"]) == 2
+
+
+@pytest.mark.integration
+def test_a_downloaded_speechbrain_hub_folder_naming_its_own_hub_path_loads_offline(tmp_path):
+    folder = spectral_mask_folder(tmp_path / "metricgan")
+    hp = folder / "hyperparams.yaml"
+    hp.write_text(hp.read_text() + "    paths:\n        enhance_model: speechbrain/metricgan-plus-voicebank/"
+                                   "enhance_model.ckpt\n")
+    assert Enhancer.from_hparams(source=str(folder)).layout == "spectral_mask"  # its own file, no network
+    for elsewhere in ("someone/other/deeper/enhance_model.ckpt", "/etc/enhance_model.ckpt", "../x/enhance_model.ckpt"):
+        hp.write_text(hp.read_text().rsplit("    paths:", 1)[0] + f"    paths:\n        enhance_model: {elsewhere}\n")
+        with pytest.raises(UntrustedCodeError, match="outside the model folder"):
+            Enhancer.from_hparams(source=str(folder))

@@ -169,7 +169,7 @@ def test_temporaries_of_killed_writes_are_removed_and_errors_name_the_output(tmp
         raise PermissionError(13, "Permission denied", str(tmp_path / ".tmp-xyz"))
 
     monkeypatch.setattr(fileio.tempfile, "mkstemp", read_only)
-    with pytest.raises(PermissionError, match=f"cannot write {tmp_path / 'summary.json'}: Permission denied"):
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'summary.json'}: Permission denied"):
         fileio.atomic_write_text(tmp_path / "summary.json", "{}")
 
 

@@ -103,18 +103,36 @@ def _default_hook(obj):
     return lambda o, p: hook(o, p, False)
 
 
-def _check_weight_paths(pretrainer, folder: str | None, where: str) -> None:
-    """In an untrusted folder (local, or a hub id's), each weight file is a plain file name inside it,
-    and present when the folder is local."""
+def _check_weight_paths(pretrainer, folder: str | None, hub_id, where: str) -> None:
+    """Keep an untrusted folder's weights inside it.
+
+    A pretrainer ``paths`` entry may name a file of the folder itself (``enhance_model.ckpt``) or,
+    as SpeechBrain's hub folders do, the same file under the folder's own hub id
+    (``speechbrain/metricgan-plus-voicebank/enhance_model.ckpt``). For a local folder (e.g. a
+    downloaded copy of a hub folder) that always means the folder's own file, which must exist;
+    any other location (another repository, an absolute path, ``..``) is refused.
+    """
+    from speechbrain.utils.parameter_transfer import Pretrainer
+
+    from sb_mal.checkpoints import _HUB_ID
+
     for name in pretrainer.loadables:
         given = pretrainer.paths.get(name)
-        if given is not None and (os.path.isabs(str(given)) or os.path.normpath(str(given)).startswith("..")
-                                  or "/" in str(given).replace(os.sep, "/")):
-            raise UntrustedCodeError(f"{where}: the pretrainer loads {name!r} from {given!r}, outside the model "
-                                     "folder; pass trust_code=True (--trust-code) if you trust it")
-        file = os.path.join(folder or "", str(given) if given is not None else f"{name}.ckpt")
-        if folder is not None and not os.path.isfile(file):
-            raise ModelLoadError(f"{file}: missing (the weights of {name!r} named by {where})")
+        filename = f"{name}.ckpt"
+        if given is not None:
+            source, filename = Pretrainer.split_path(given) if not isinstance(given, os.PathLike) \
+                else Pretrainer.split_path(os.fspath(given))
+            source = str(getattr(source, "path", source))
+            own = source in ("", "./", ".") or (folder is None and source == str(hub_id))
+            if folder is not None and source not in ("", "./", "."):
+                own = _HUB_ID.match(source) is not None  # org/name: the hub id this folder was downloaded from
+            if not own or filename in ("", ".", "..") or "\\" in filename:
+                raise UntrustedCodeError(f"{where}: the pretrainer loads {name!r} from {given!r}, outside the model "
+                                         "folder; pass trust_code=True (--trust-code) if you trust it")
+            if folder is not None:
+                pretrainer.paths[name] = os.path.join(folder, filename)
+        if folder is not None and not os.path.isfile(os.path.join(folder, filename)):
+            raise ModelLoadError(f"{os.path.join(folder, filename)}: missing (the weights of {name!r} named by {where})")
 
 
 def chunk_starts(total: int, chunk: int, overlap: int) -> list[int]:
@@ -323,7 +341,7 @@ class Enhancer(Pretrained):
         hparams["savedir"] = savedir
         pretrainer = hparams["pretrainer"]
         if not trust_code:
-            _check_weight_paths(pretrainer, src if kind == "local" else None, where)
+            _check_weight_paths(pretrainer, src if kind == "local" else None, src, where)
         pretrainer.set_collect_in(savedir)
         try:
             paths = pretrainer.collect_files(default_source=src, local_strategy=local_strategy,
