@@ -39,3 +39,17 @@ def test_mal_experiment_grid_includes_lambda_0_and_arms_can_be_given():
                                '{"frozen": {"lambda_mal": 4, "taps": "[enc1,enc2,enc3,bottleneck]"}}',
                                "--target-share", "0.5"])
     assert given.arms == ["frozen"] and given.arm_config["frozen"]["lambda_mal"] == 4 and given.target_share == 0.5
+
+
+def test_okd_experiment_compares_like_for_like_with_three_seeds():
+    import okd_experiment
+
+    args = okd_experiment.build_parser().parse_args([])
+    assert len(args.seeds) >= 3 and {"metricgan_plus", "metricgan_plus_csig", "okd_pesq_csig"} <= set(args.systems)
+    assert not args.warm_start  # the departure is opt-in
+    # each OKD generator's reference is MetricGAN+ trained on that generator's own metric
+    _, targets, _, _ = okd_experiment.SYSTEMS["okd_pesq_csig"]
+    refs = [okd_experiment.single_metric_baseline(m) for m in targets]
+    assert refs == ["metricgan_plus", "metricgan_plus_csig"]
+    assert okd_experiment.SYSTEMS["metricgan_plus_csig"][1:] == (["csig"], "metricgan_plus", ["--target_metrics=[csig]"])
+    assert okd_experiment.section_name("cpu", warm=True) == "okd_experiment_warm"

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[1]
 YAMLS = sorted((REPO / "hparams").glob("*/*.yaml"))
 #: the recipe (and so the Brain) each YAML is written for, by file name
-BRAINS = [(r"/baseline\.yaml$", EnhanceBrain), (r"/mal_\w+\.yaml$", MALBrain), (r"/pift_\w+\.yaml$", PositionInvariantBrain),
+BRAINS = [(r"/(baseline|metricgan_pretrain)\.yaml$", EnhanceBrain), (r"/mal_\w+\.yaml$", MALBrain), (r"/pift_\w+\.yaml$", PositionInvariantBrain),
           (r"/(le_)?(okd_\w+|metricgan_plus)\.yaml$", MetricGANOKDBrain), (r"/separation(_\w+)?\.yaml$", SeparationBrain),
           (r"mp3codec/\w+\.yaml$", CodecNetBrain)]
 

@@ -330,3 +330,39 @@ def test_max_train_minutes_stops_the_okd_recipe_after_the_epoch_that_passes_it(d
     log = (out / "train_log.txt").read_text()
     assert [int(e) for e in re.findall(r"^epoch: (\d+)", log, re.M)] == [1]  # the budget ended it after epoch 1
     assert json.loads((out / "test_summary_g0.json").read_text())["counts"]["pesq"] == 2
+
+
+def test_warm_start_loads_one_pretrained_generator_into_every_generator(tmp_path):
+    """init_generators_from: every generator starts from the same pretrained weights, on a fresh run only."""
+    import json
+
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    from sb_mal.models import MetricGANGenerator
+
+    torch.manual_seed(3)
+    pre = MetricGANGenerator(hidden_size=8, num_layers=1, lin_dim=8)
+    run = tmp_path / "pretrained"
+    run.mkdir()
+    (run / "model_config.json").write_text(json.dumps({"class": "sb_mal.models.metricgan.MetricGANGenerator",
+                                                       "kwargs": pre.config, "sample_rate": 16000}))
+    Checkpointer(run / "save", {"model": pre}).save_checkpoint(meta={"pesq": 2.0})
+    brain = _okd_brain(tmp_path / "okd", 5.0)
+    brain.hparams.init_generators_from = str(run)
+    brain.hparams.epoch_counter.current = 0
+    brain.on_fit_start()
+    for i in range(2):
+        gen = brain.modules[f"generator_{i}"]
+        assert all(torch.equal(a, b) for a, b in zip(gen.state_dict().values(), pre.state_dict().values()))
+    brain.fit_batch(_batch())  # epoch 0 < 2: nothing trains yet; a resumed run (epoch > 0) is not re-initialised
+    with torch.no_grad():
+        for p in brain.modules.generator_0.parameters():
+            p.add_(1.0)
+    brain.hparams.epoch_counter.current = 3
+    brain.on_fit_start()
+    assert not torch.equal(next(brain.modules.generator_0.parameters()), next(pre.parameters()))
+    wrong = _okd_brain(tmp_path / "okd2", 5.0)
+    wrong.hparams.init_generators_from = str(run)
+    wrong.modules.generator_0 = MetricGANGenerator(hidden_size=16, num_layers=1, lin_dim=8)
+    with pytest.raises(ValueError, match="does not fit generator_0"):
+        wrong.warm_start(str(run))

@@ -24,6 +24,12 @@ One epoch (the MetricGAN+ schedule, in the order of the OKD code):
 
 With one generator and ``alpha = 0`` this is MetricGAN+ (our baseline, same code).
 
+Warm start (``init_generators_from``, a departure from both papers, which train from scratch): a
+run folder, ``CKPT+*`` folder or ``model.ckpt`` of a generator of the same architecture trained
+beforehand (e.g. with MSE by ``recipes/baseline/train.py hparams/folders/metricgan_pretrain.yaml``);
+every generator starts from its weights when a run starts (not when it resumes), so MetricGAN+ and
+OKD can be compared from the same, already useful mask generator.
+
 Listening enhancement (``task: listening``, :mod:`sb_mal.listening`): the same loop, with the
 generator applied to the *clean* speech ``s`` of each pair; its output is rescaled to the power of
 ``s`` (the equal-power rule) and the pair's noise ``n = noisy - clean``, rescaled to the
@@ -100,6 +106,8 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
                "before noise is added)", choices=("enhancement", "listening")),
         HParam("le_snr_range", "numbers", [-10.0, 5.0], "listening: training SNRs (dB), uniform in [low, high]"),
         HParam("le_eval_snrs", "numbers", [-5.0, 0.0, 5.0], "listening: validation/test SNRs (dB), one per utterance"),
+        HParam("init_generators_from", "str", None, "warm start: a pretrained generator (run folder, CKPT+* folder "
+               "or model.ckpt) whose weights start every generator (a fresh run only)"),
     ])
 
     def __init__(self, *args, **kwargs):
@@ -276,6 +284,8 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         super().on_fit_start()
         self.epoch_log.restore()
         self.budget.start()
+        if self.hparams.init_generators_from and self.hparams.epoch_counter.current == 0:
+            self.warm_start(self.hparams.init_generators_from)
         folder = self.hparams.output_folder
         if folder and sb.utils.distributed.if_main_process():
             gen = unwrap(self.modules[self.gen_names[0]])
@@ -283,6 +293,20 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
                    "sample_rate": self.rate, "task": self.hparams.task,
                    "recoverables": {m: name for m, name in zip(self.targets, self.gen_names)}}
             atomic_write_text(os.path.join(folder, "model_config.json"), json.dumps(cfg, indent=2) + "\n")
+
+    def warm_start(self, source) -> None:
+        """Load the pretrained generator ``source`` into every generator (strictly: same architecture)."""
+        from sb_mal.checkpoints import load_pretrained
+
+        found = load_pretrained(source)
+        state = found.model.state_dict()
+        for name in self.gen_names:
+            try:
+                unwrap(self.modules[name]).load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise HParamsError(f"init_generators_from={source!r}: the pretrained generator ({found.where}) does "
+                                   f"not fit {name}; give both the same generator sizes: {err}") from err
+        logger.info("MetricGAN-OKD: %d generator(s) warm-started from %s", self.n, found.where)
 
     # -- validation / test -------------------------------------------------------------------
     def evaluate_batch(self, batch, stage):
