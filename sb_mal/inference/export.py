@@ -37,6 +37,7 @@ import yaml
 
 __all__ = ["ExportError", "export_run", "find_best_checkpoint"]
 
+from sb_mal.fileio import temporary_folder
 from sb_mal.weights import save_state_file
 from sb_mal.checkpoints import (  # noqa: E402  (ExportError, find_best_checkpoint are re-exported)
     _META_SKIP,
@@ -222,7 +223,6 @@ def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkp
     >>> sorted(p.name for p in out.iterdir())
     ['README.md', 'custom.py', 'enhance_model.ckpt', 'export_info.json', 'hyperparams.yaml']
     """
-    from sb_mal.fileio import temporary_folder
     from sb_mal.inference.enhancer import Enhancer
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
