@@ -229,7 +229,7 @@ def okd_d_correlation(run: Path, targets: list[str], start: int = 20, count: int
     ckpt = _latest_checkpoint(run)
     disc = make_discriminator(version=2, num_outputs=len(targets), channels=list(d_channels))
     disc.load_state_dict(torch.load(ckpt / "discriminator.ckpt", map_location="cpu"), strict=True)
-    disc.train()  # as the Brain uses it (BatchNorm-free by default; the generator step scores in train mode)
+    disc.train()  # as the Brain scores with it: train mode (its input BatchNorm on the batch), one utterance at a time
     pairs = _valid_pairs(start, count)
     out = {"checkpoint": ckpt.name, "epoch": None, "by_target": {}}
     counter = ckpt / "counter.ckpt"
