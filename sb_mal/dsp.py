@@ -9,11 +9,14 @@ Lengths follow SpeechBrain: ``lengths`` are *relative* (0..1] per batch item, so
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
+from torch import nn
 
-__all__ = ["StftConfig", "frame_mask", "istft", "length_mask", "relative_to_samples", "stft", "time_stretch"]
+__all__ = ["Log1pMagnitude", "StftConfig", "frame_mask", "istft", "length_mask", "relative_to_samples", "stft", "time_stretch"]
 
 
 _WINDOWS = {"hann": torch.hann_window, "hamming": torch.hamming_window}
@@ -188,3 +191,41 @@ def time_stretch(wav: torch.Tensor, rate: float, sample_rate: int = 16000, n_fft
     magnitude = (1 - frac) * left.abs() + frac * right.abs()
     out = istft(torch.polar(magnitude, phase), cfg, int(round(total / rate)))
     return out.reshape(*lead, out.shape[-1]).to(wav.dtype)
+
+
+class Log1pMagnitude(nn.Module):
+    """``log1p(|STFT(wav)|)`` ``[B, frames, F]``: the input of SpeechBrain's spectral-mask models.
+
+    Arguments
+    ---------
+    compute_stft : callable, optional
+        A SpeechBrain ``STFT`` (e.g. the recipe's ``compute_STFT``, through ``!ref``). Default:
+        ``STFT(sample_rate, win_length=32, hop_length=16, n_fft=512, window_fn=hamming)``, the
+        Voicebank recipes' settings.
+    power : float
+        Passed to ``spectral_magnitude`` (0.5 = magnitude, as in those recipes).
+    spectral_magnitude : callable, optional
+        Instead of ``power``: a model folder's own ``spectral_magnitude`` (a ``!name:`` partial).
+
+    Example
+    -------
+    >>> Log1pMagnitude()(torch.randn(2, 16000)).shape
+    torch.Size([2, 63, 257])
+    """
+
+    def __init__(self, compute_stft: Callable | None = None, power: float = 0.5, sample_rate: int = 16000,
+                 spectral_magnitude: Callable | None = None):
+        super().__init__()
+        if compute_stft is None:
+            from speechbrain.processing.features import STFT
+
+            compute_stft = STFT(sample_rate=sample_rate, win_length=32, hop_length=16, n_fft=512,
+                                window_fn=torch.hamming_window)
+        if spectral_magnitude is None:
+            from speechbrain.processing.features import spectral_magnitude as magnitude
+
+            spectral_magnitude = functools.partial(magnitude, power=float(power))
+        self.compute_stft, self.spectral_magnitude = compute_stft, spectral_magnitude
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(self.spectral_magnitude(self.compute_stft(wav)))

@@ -86,7 +86,7 @@ ALLOWED_OBJECTS = (
     "speechbrain.dataio.preprocess.AudioNormalizer",
     "speechbrain.processing.features.spectral_magnitude",
     "speechbrain.processing.signal_processing.resynthesize",
-    "sb_mal.inference.enhancer.load_strict",
+    "sb_mal.weights.load_strict",
     "torch.hamming_window",
     "torch.hann_window",
     "torch.blackman_window",
@@ -97,6 +97,9 @@ ALLOWED_OBJECTS = (
     "torch.float32",
     "torch.float64",
 )
+#: Modules that re-export allowed objects under the names published model folders use
+#: (``!name:sb_mal.inference.load_strict`` in every exported ``hyperparams.yaml``).
+REEXPORTING_MODULES = ("sb_mal.inference",)
 #: Largest hyperparameter file, and largest text its references may expand to.
 MAX_BYTES = 1_000_000
 
@@ -124,7 +127,8 @@ def _within(name: str, roots) -> bool:
 @functools.lru_cache(maxsize=1)
 def _homes() -> tuple[frozenset, frozenset]:
     """(modules of the allowed objects, their parent packages)."""
-    homes = frozenset(n.rsplit(".", 1)[0] for n in ALLOWED_OBJECTS) | frozenset(MODEL_MODULES)
+    homes = frozenset(n.rsplit(".", 1)[0] for n in ALLOWED_OBJECTS) | frozenset(MODEL_MODULES) | \
+        frozenset(REEXPORTING_MODULES)
     parents = frozenset(".".join(h.split(".")[:i]) for h in homes for i in range(1, h.count(".") + 1))
     return homes, parents
 

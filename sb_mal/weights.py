@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["WeightsError", "load_state_file", "load_weights", "save_state_file", "weights_only_recovery"]
+__all__ = ["WeightsError", "load_state_file", "load_strict", "load_weights", "save_state_file", "weights_only_recovery"]
 
 
 class WeightsError(ValueError):
@@ -80,6 +80,16 @@ def load_weights(module: torch.nn.Module, path, built_by: str | None = None) -> 
     bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise WeightsError(f"{path}: non-finite weights in {', '.join(bad[:5])}")
+
+
+def load_strict(module: torch.nn.Module, path) -> None:
+    """Pretrainer hook that model folders name (``!name:sb_mal.inference.load_strict``): :func:`load_weights`.
+
+    SpeechBrain's default parameter transfer is non-strict (missing keys are only logged) and
+    unpickles whatever the file holds when the environment asks for it; this hook loads every key,
+    plain tensors only, so stock SpeechBrain loading an exported folder is strict and safe too.
+    """
+    load_weights(module, path)
 
 
 def weights_only_recovery(obj, path, end_of_epoch=None) -> None:

@@ -147,12 +147,12 @@ def _setup(name: str, sandbox: Path, devset: Path) -> None:
         long = np.concatenate([read_audio(p, as_numpy=True)[0] for p in noisy[:8]])[: 20 * rate]
         write_audio(sandbox / "long_podcast.mp3", long, rate)
     elif name == "exported":  # two exported models (tiny random backbones) under exported/
-        from sb_mal.checkpoints import toy_run
+        from conftest import make_run
         from sb_mal.inference import export_run
 
         for model in ("baseline", "mal_dynamic"):
             if not (sandbox / "exported" / model).exists():
-                export_run(toy_run(sandbox / "toy_runs" / model), sandbox / "exported" / model)
+                export_run(make_run(sandbox / "toy_runs" / model)[0], sandbox / "exported" / model)
     else:
         raise ValueError(f"README block asks for an unknown setup {name!r}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sb_mal.losses.model_taps import unwrap_model as unwrap  # one implementation, below the Brains
+from sb_mal.models.frozen import unwrap_model as unwrap  # one implementation, below the Brains
 
 __all__ = ["GlooFriendlyDDP", "unwrap"]
 

@@ -1,7 +1,7 @@
 """``Enhancer``: a SpeechBrain ``Pretrained`` interface for sb_mal's enhancers and SpeechBrain's own.
 
-Three folder layouts are recognised from the hyperparameters, and each model is run the way its
-own interface runs it:
+Two folder layouts are recognised from the hyperparameters (:func:`sb_mal.model_folder.folder_layout`),
+and each model is run the way its own interface runs it:
 
 ``waveform`` (sb_mal's exported folders, SpeechBrain's ``WaveformEnhancement`` folders)
     ``modules.enhance_model`` maps noisy ``[B, T]`` waveforms to enhanced ``[B, T]`` waveforms:
@@ -14,216 +14,36 @@ own interface runs it:
     lengths=lengths)`` (or without lengths when the model takes none), enhanced waveform
     ``resynth(expm1(mask * features), wav)``, as ``SpectralMaskEnhancement.enhance_batch`` does.
 
-The sample rate is the hparam ``sample_rate``; for a spectral-mask folder without it,
-``compute_stft.sample_rate``; for a folder that defines an ``audio_normalizer``, its rate.
-
-Long signals are enhanced in overlapping chunks (``chunk_seconds``, default 10 s, overlapping by
-``overlap_seconds``, default 0.5 s). Each chunk is weighted by a window that is 1 in its middle and
-rises/falls as a half Hann (sin^2) ramp over the overlaps with its neighbours; the output is the
-weighted sum divided by the summed weights, so where two chunks overlap the result cross-fades from
-one to the other without a click. The last chunk is aligned with the end of the signal, so every
-chunk has full context. Signals no longer than one chunk are enhanced whole: the result is then
-exactly ``enhance_model(wav, lengths)``. For a model with long context (the bidirectional GRU of
+Long signals are enhanced in overlapping, cross-faded chunks (:mod:`sb_mal.inference.streaming`).
+Signals no longer than one chunk are enhanced whole: the result is then exactly
+``enhance_model(wav, lengths)``. For a model with long context (the bidirectional GRU of
 :class:`~sb_mal.models.SpectralUNetSE`), chunked output is *not* identical to whole-signal output:
-each chunk only sees its own 10 s.
-
-:meth:`Enhancer.enhance_file` reads long files piece by piece (downmixed, resampled to the model
-rate with margins so the result equals resampling the whole file) and writes the output
-progressively to a temporary file that is renamed at the end, so memory stays bounded for files
-of any length (pass ``return_waveform=False`` to not keep the output in memory either).
+each chunk only sees its own 10 s. :meth:`Enhancer.enhance_file` streams long files through that
+chunking and writes the output progressively and atomically (:func:`sb_mal.audio.audio_writer`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import platform
 import warnings
-from collections.abc import Callable
 
-import numpy as np
-import soundfile as sf
 import torch
 from speechbrain.dataio.preprocess import AudioNormalizer
 from speechbrain.inference.interfaces import Pretrained
 from speechbrain.utils.callchains import lengths_arg_exists
 from speechbrain.utils.fetching import FetchConfig, LocalStrategy
 
-from sb_mal.audio import AudioError, audio_format, audio_info, audio_writer, read_audio, resample, write_audio
-from sb_mal.checkpoints import ModelLoadError, one_line, resolve_source
+from sb_mal.audio import AudioError, audio_format, audio_info, audio_writer, read_audio, write_audio
 from sb_mal.dsp import relative_to_samples
-from sb_mal.trust import UntrustedCodeError, load_model_hparams
-from sb_mal.weights import WeightsError, load_weights
+from sb_mal.inference.streaming import (DEFAULT_CHUNK_SECONDS, DEFAULT_OVERLAP_SECONDS, FileReader, chunk_starts,
+                                        overlap_add)
+from sb_mal.model_folder import folder_layout, load_model_folder
+from sb_mal.weights import load_strict
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Enhancer", "chunk_starts", "load_strict"]
-
-DEFAULT_CHUNK_SECONDS = 10.0
-DEFAULT_OVERLAP_SECONDS = 0.5
-
-
-def load_strict(module: torch.nn.Module, path) -> None:
-    """Pretrainer hook: load a ``state_dict`` file into ``module`` strictly (no silent partial load).
-
-    SpeechBrain's default parameter transfer is non-strict (missing keys are only logged) and
-    unpickles whatever the file holds when the environment asks for it; the hyperparams written by
-    :func:`sb_mal.inference.export_run` name this hook instead, which reads plain tensors only
-    (:func:`sb_mal.weights.load_weights`).
-    """
-    load_weights(module, path)
-
-
-def _load_collected(pretrainer, paths: dict, where: str, trust_code: bool) -> None:
-    """Load every collected weight file the way :func:`load_strict` does.
-
-    A loadable that is not a ``torch.nn.Module``, or whose custom hook is not :func:`load_strict`,
-    is refused unless ``trust_code`` (then its own hook runs)."""
-    for name, obj in pretrainer.loadables.items():
-        if name not in paths:
-            continue
-        hook = pretrainer.custom_hooks.get(name)
-        if isinstance(obj, torch.nn.Module) and hook in (None, load_strict):
-            load_weights(obj, paths[name], built_by=where)
-        elif trust_code:
-            (hook or _default_hook(obj))(obj, paths[name])
-        else:
-            raise ModelLoadError(f"{where}: loadable {name!r} ({type(obj).__name__}) is not a torch.nn.Module loaded "
-                                 "by sb_mal.inference.load_strict; pass trust_code=True (--trust-code) to run its "
-                                 "own load hook")
-
-
-def _default_hook(obj):
-    from speechbrain.utils.checkpoints import DEFAULT_LOAD_HOOKS, get_default_hook
-
-    hook = get_default_hook(obj, DEFAULT_LOAD_HOOKS)
-    if hook is None:
-        raise ModelLoadError(f"don't know how to load a {type(obj).__name__}")
-    return lambda o, p: hook(o, p, False)
-
-
-def _check_weight_paths(pretrainer, folder: str | None, hub_id, where: str) -> None:
-    """Keep an untrusted folder's weights inside it.
-
-    A pretrainer ``paths`` entry may name a file of the folder itself (``enhance_model.ckpt``) or,
-    as SpeechBrain's hub folders do, the same file under the folder's own hub id
-    (``speechbrain/metricgan-plus-voicebank/enhance_model.ckpt``). For a local folder (e.g. a
-    downloaded copy of a hub folder) that always means the folder's own file, which must exist;
-    any other location (another repository, an absolute path, ``..``) is refused.
-    """
-    from speechbrain.utils.parameter_transfer import Pretrainer
-
-    from sb_mal.checkpoints import _HUB_ID
-
-    for name in pretrainer.loadables:
-        given = pretrainer.paths.get(name)
-        filename = f"{name}.ckpt"
-        if given is not None:
-            source, filename = Pretrainer.split_path(given) if not isinstance(given, os.PathLike) \
-                else Pretrainer.split_path(os.fspath(given))
-            source = str(getattr(source, "path", source))
-            own = source in ("", "./", ".") or (folder is None and source == str(hub_id))
-            if folder is not None and source not in ("", "./", "."):
-                own = _HUB_ID.match(source) is not None  # org/name: the hub id this folder was downloaded from
-            if not own or filename in ("", ".", "..") or "\\" in filename:
-                raise UntrustedCodeError(f"{where}: the pretrainer loads {name!r} from {given!r}, outside the model "
-                                         "folder; pass trust_code=True (--trust-code) if you trust it")
-            if folder is not None:
-                pretrainer.paths[name] = os.path.join(folder, filename)
-        if folder is not None and not os.path.isfile(os.path.join(folder, filename)):
-            raise ModelLoadError(f"{os.path.join(folder, filename)}: missing (the weights of {name!r} named by {where})")
-
-
-def chunk_starts(total: int, chunk: int, overlap: int) -> list[int]:
-    """Start samples of the chunks covering ``total`` samples (regular hop, last chunk end-aligned).
-
-    Example
-    -------
-    >>> chunk_starts(25, 10, 2)
-    [0, 8, 15]
-    >>> chunk_starts(7, 10, 2)
-    [0]
-    """
-    if chunk <= 0 or not 0 <= overlap <= chunk // 2:
-        raise ValueError(f"need chunk > 0 and 0 <= overlap <= chunk/2, got chunk={chunk}, overlap={overlap}")
-    if total <= chunk:
-        return [0]
-    starts = list(range(0, total - chunk, chunk - overlap))
-    return starts + [total - chunk]
-
-
-def _ramp(n: int, device) -> torch.Tensor:
-    """Fade-in of ``n`` samples, strictly inside (0, 1); reversed it is its complement."""
-    return torch.sin(0.5 * math.pi * (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n) ** 2
-
-
-def _overlap_add(total, chunk, overlap, read: Callable, process: Callable, emit: Callable, device) -> int:
-    """Run ``process`` on overlapping chunks from ``read(start, stop)``; ``emit(start, samples)`` in order.
-
-    Only about two chunks are ever held in memory. Returns the number of chunks.
-    """
-    starts = chunk_starts(total, chunk, overlap)
-    fade_in = _ramp(overlap, device) if overlap else None
-    num = den = None
-    base = 0
-    for k, start in enumerate(starts):
-        stop = min(start + chunk, total)
-        y = process(read(start, stop), start, stop)
-        w = torch.ones(stop - start, device=y.device)
-        if overlap and k > 0:
-            w[:overlap] = fade_in
-        if overlap and k < len(starts) - 1:
-            w[-overlap:] = fade_in.flip(0)
-        if num is None:
-            num, den = y.new_zeros(y.shape[0], 0), y.new_zeros(0)
-        grow = stop - base - den.shape[0]
-        if grow > 0:
-            num = torch.cat([num, num.new_zeros(num.shape[0], grow)], 1)
-            den = torch.cat([den, den.new_zeros(grow)])
-        num[:, start - base:stop - base] += w * y
-        den[start - base:stop - base] += w
-        final = (starts[k + 1] if k + 1 < len(starts) else total) - base  # nothing later touches these
-        emit(base, num[:, :final] / den[:final])
-        num, den, base = num[:, final:], den[final:], base + final
-    return len(starts)
-
-
-class _FileReader:
-    """Read ``[start, stop)`` of a file in *model-rate* samples, mono, without decoding the rest.
-
-    Resampling runs on the piece plus margins of whole resampler periods, so every sample equals
-    what resampling the whole file would give (up to float rounding).
-    """
-
-    def __init__(self, path: str, frames: int, file_rate: int, rate: int):
-        self.path, self.frames, self.file_rate, self.rate = path, frames, file_rate, rate
-        g = math.gcd(file_rate, rate)
-        self.of, self.nf = file_rate // g, rate // g  # one period: `of` file samples -> `nf` model samples
-        width = math.ceil(6 * self.of / (0.99 * min(self.of, self.nf)))  # torchaudio's sinc kernel half-width
-        self.margin = math.ceil(width / self.of) + 2  # periods
-        self.total = frames if file_rate == rate else math.ceil(frames * self.nf / self.of)
-        self._file = sf.SoundFile(path)
-
-    def close(self) -> None:
-        self._file.close()
-
-    def _read_frames(self, a: int, b: int) -> np.ndarray:
-        self._file.seek(a)
-        data = self._file.read(b - a, dtype="float32", always_2d=True)
-        data = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-        if not np.isfinite(data).all():
-            raise AudioError(f"{self.path}: audio contains NaN/Inf sample(s) between frames {a} and {b}")
-        return np.ascontiguousarray(data, dtype=np.float32)
-
-    def __call__(self, start: int, stop: int) -> torch.Tensor:
-        if self.file_rate == self.rate:
-            return torch.from_numpy(self._read_frames(start, stop))[None]
-        p0 = max(0, start // self.nf - self.margin)
-        p1 = -(-stop // self.nf) + self.margin
-        piece = resample(self._read_frames(p0 * self.of, min(p1 * self.of, self.frames)), self.file_rate, self.rate)
-        offset = p0 * self.nf
-        return torch.from_numpy(np.ascontiguousarray(piece[start - offset:stop - offset]))[None]
 
 
 class Enhancer(Pretrained):
@@ -248,7 +68,6 @@ class Enhancer(Pretrained):
 
     HPARAMS_NEEDED: list[str] = []  # checked in __init__, where the layout decides what is needed
     MODULES_NEEDED = ["enhance_model"]
-    SPECTRAL_MASK_HPARAMS = ("compute_stft", "spectral_magnitude", "resynth")
 
     def __init__(self, modules=None, hparams=None, run_opts=None, freeze_params=True, hparams_source=None):
         where = hparams_source or "the hparams given to Enhancer"
@@ -259,29 +78,16 @@ class Enhancer(Pretrained):
             raise ValueError(
                 f"{where}: `modules` must define {missing} (a torch.nn.Module), found {sorted(modules) or 'none'}"
             )
-        present = [k for k in self.SPECTRAL_MASK_HPARAMS if k in hparams]
-        if present and len(present) < len(self.SPECTRAL_MASK_HPARAMS):
-            missing = [k for k in self.SPECTRAL_MASK_HPARAMS if k not in hparams]
-            raise ValueError(f"{where}: a spectral-mask model folder needs {list(self.SPECTRAL_MASK_HPARAMS)}; "
-                             f"{missing} not defined")
-        self.layout = "spectral_mask" if present else "waveform"
-        rate = hparams.get("sample_rate")
-        if rate is None and self.layout == "spectral_mask":
-            rate = getattr(hparams["compute_stft"], "sample_rate", None)
-        if rate is None and "audio_normalizer" in hparams:
-            rate = getattr(hparams["audio_normalizer"], "sample_rate", None)
-        if rate is None:
+        layout = folder_layout(hparams, where)
+        self.layout = layout.layout
+        if layout.sample_rate is None:
             raise ValueError(f"{where}: hyperparameter 'sample_rate' is required but not defined")
         super().__init__(modules=modules, hparams=hparams, run_opts=run_opts, freeze_params=freeze_params)
-        self.sample_rate = int(rate)
+        self.sample_rate = layout.sample_rate
         if self.sample_rate <= 0:
-            raise ValueError(f"{where}: sample_rate must be positive, got {rate}")
+            raise ValueError(f"{where}: sample_rate must be positive, got {self.sample_rate}")
         self._model_takes_lengths = lengths_arg_exists(self.mods.enhance_model.forward)
-        self._features = None
-        if self.layout == "spectral_mask":
-            from sb_mal.losses.model_taps import Log1pMagnitude
-
-            self._features = Log1pMagnitude(hparams["compute_stft"], spectral_magnitude=hparams["spectral_magnitude"])
+        self._features = layout.input_fn
         self.task = str(hparams.get("task", "enhancement"))
         if self.task not in ("enhancement", "listening"):
             raise ValueError(f"{where}: task must be 'enhancement' or 'listening', got {self.task!r}")
@@ -296,68 +102,28 @@ class Enhancer(Pretrained):
                      overrides: dict | None = None, overrides_must_match: bool = True, savedir=None,
                      download_only: bool = False, local_strategy: LocalStrategy | None = None,
                      fetch_config: FetchConfig | None = None, **kwargs) -> Enhancer | None:
-        """Load from a local folder or a Hugging Face repo id, as ``Pretrained.from_hparams`` does, with
-        three differences:
+        """Load from a local folder or a Hugging Face repo id, as ``Pretrained.from_hparams`` does, through
+        :func:`sb_mal.model_folder.load_model_folder` (the loader every sb_mal entry point uses):
 
-        - the hyperparameter file is checked before it runs: a tag calling anything outside
-          :data:`sb_mal.trust.ALLOWED` is refused (:class:`sb_mal.trust.UntrustedCodeError`) unless
-          ``trust_code=True``;
+        - the hyperparameter file is judged before it runs: anything outside what a model folder may
+          run is refused (:class:`sb_mal.trust.UntrustedCodeError`) unless ``trust_code=True``;
         - a local folder never touches the network (``FetchConfig(allow_network=False)`` unless a
           ``fetch_config`` is given), and a path that does not exist is an error, not a hub lookup;
-        - every failure is a :class:`sb_mal.checkpoints.ModelLoadError` whose one-line message
-          names the file (or hub id) and the cause: an unreadable, empty or truncated checkpoint, a
-          checkpoint that does not match the model the hyperparameters build, a broken YAML.
+        - weights load strictly, as plain tensors only, from inside the folder;
+        - every failure is a :class:`sb_mal.model_folder.ModelLoadError` whose one-line message
+          names the file (or hub id) and the cause.
 
         On Windows, files are copied rather than symlinked into ``savedir`` unless ``local_strategy``
         is given. Other keyword arguments (``run_opts``, ``freeze_params``) go to the constructor.
         """
-        from speechbrain.utils.fetching import fetch
-
-        kind, src = resolve_source(source)
-        if kind == "local":
-            if not src.is_dir():
-                raise ModelLoadError(f"{src}: is a file; a model source is a folder (with {hparams_file}) or a hub id")
-            src = os.fspath(src)
-            fetch_config = fetch_config or FetchConfig(allow_network=False)
-        fetch_config = fetch_config or FetchConfig()
-        if local_strategy is None:
-            local_strategy = LocalStrategy.COPY if platform.system() == "Windows" else LocalStrategy.SYMLINK
-        origin = src if kind == "local" else f"hub model {src}"
-        try:
-            hparams_path = fetch(filename=hparams_file, source=src, savedir=savedir, save_filename=None,
-                                 local_strategy=local_strategy, fetch_config=fetch_config)
-        except Exception as err:  # noqa: BLE001 - the hub and the file system raise many kinds
-            raise ModelLoadError(f"{origin}: cannot fetch {hparams_file} ({one_line(err, 200)})") from err
-        where = os.path.join(src, hparams_file) if kind == "local" else f"{src}/{hparams_file}"
-        try:
-            hparams = load_model_hparams(hparams_path, trust_code, overrides, overrides_must_match)
-        except UntrustedCodeError:
-            raise
-        except Exception as err:  # noqa: BLE001 - anything a YAML program raises: name the file
-            raise ModelLoadError(f"{where}: cannot be loaded ({one_line(err, 300)})") from err
-        for key in ("pretrainer", "modules"):
-            if not isinstance(hparams, dict) or key not in hparams:
-                raise ModelLoadError(f"{where}: no {key!r} defined (see sb_mal.inference.export_run)")
-        hparams["savedir"] = savedir
-        pretrainer = hparams["pretrainer"]
-        if not trust_code:
-            _check_weight_paths(pretrainer, src if kind == "local" else None, src, where)
-        pretrainer.set_collect_in(savedir)
-        try:
-            paths = pretrainer.collect_files(default_source=src, local_strategy=local_strategy,
-                                             fetch_config=fetch_config)
-        except Exception as err:  # noqa: BLE001
-            names = ", ".join(f"{n}.ckpt" for n in pretrainer.loadables)
-            raise ModelLoadError(f"{origin}: cannot fetch the weights named by {hparams_file} ({names}): "
-                                 f"{one_line(err, 300)}") from err
-        if download_only:
+        folder = load_model_folder(source, hparams_file, trust_code=trust_code, overrides=overrides,
+                                   overrides_must_match=overrides_must_match, savedir=savedir,
+                                   download_only=download_only, local_strategy=local_strategy,
+                                   fetch_config=fetch_config)
+        if folder is None:
             return None
-        try:
-            _load_collected(pretrainer, paths, where, trust_code)
-        except WeightsError as err:
-            raise ModelLoadError(str(err)) from err
-        kwargs.setdefault("hparams_source", where)
-        return cls(modules=hparams["modules"], hparams=hparams, **kwargs)
+        kwargs.setdefault("hparams_source", folder.where)
+        return cls(modules=folder.hparams["modules"], hparams=folder.hparams, **kwargs)
 
     # -- chunking ------------------------------------------------------------------------------
     def _chunk_params(self, chunk_seconds, overlap_seconds) -> tuple[int, int]:
@@ -431,7 +197,7 @@ class Enhancer(Pretrained):
             def emit(start, y):
                 out[:, start:start + y.shape[1]] = y
 
-            _overlap_add(total, chunk, overlap, lambda a, b: noisy[:, a:b], process, emit, self.device)
+            overlap_add(total, chunk, overlap, lambda a, b: noisy[:, a:b], process, emit, self.device)
         if lengths is not None:
             out = out * (torch.arange(total, device=out.device)[None] < valid[:, None])
         if self.task == "listening":  # a listening-enhancement model: the output keeps the input's power
@@ -470,7 +236,7 @@ class Enhancer(Pretrained):
                 raise AudioError(f"{output_path}: refusing to overwrite the input file")
             audio_format(output_path)  # fails early, naming the file, for an unknown extension
         chunk, overlap = self._chunk_params(chunk_seconds, overlap_seconds)
-        reader = _FileReader(path, info.frames, info.sample_rate, self.sample_rate)
+        reader = FileReader(path, info.frames, info.sample_rate, self.sample_rate)
         try:
             # listening enhancement rescales the whole output to the input's power: one pass in memory
             if reader.total <= chunk or self.task == "listening":
@@ -488,7 +254,7 @@ class Enhancer(Pretrained):
         finally:
             reader.close()
 
-    def _enhance_stream(self, reader: _FileReader, output_path, chunk, overlap, return_waveform):
+    def _enhance_stream(self, reader: FileReader, output_path, chunk, overlap, return_waveform):
         pieces: list[torch.Tensor] = []
         out = audio_writer(output_path, self.sample_rate) if output_path is not None else None
 
@@ -502,7 +268,7 @@ class Enhancer(Pretrained):
                 pieces.append(y)
 
         def run():
-            return _overlap_add(reader.total, chunk, overlap, reader,
+            return overlap_add(reader.total, chunk, overlap, reader,
                                 lambda x, a, b: self._run_model(x.to(self.device), None), emit, self.device)
 
         if out is None:

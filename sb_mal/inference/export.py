@@ -37,15 +37,15 @@ import yaml
 
 __all__ = ["ExportError", "export_run", "find_best_checkpoint"]
 
-from sb_mal.fileio import temporary_folder
-from sb_mal.weights import save_state_file
-from sb_mal.checkpoints import (  # noqa: E402  (ExportError, find_best_checkpoint are re-exported)
+from sb_mal.fileio import temporary_folder  # noqa: E402
+from sb_mal.pretrained import (  # noqa: E402  (ExportError, find_best_checkpoint are re-exported)
     _META_SKIP,
     ExportError,
     find_best_checkpoint,
     load_model_config,
     load_pretrained,
 )
+from sb_mal.weights import save_state_file  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -217,8 +217,7 @@ def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkp
 
     Example
     -------
-    >>> from sb_mal.checkpoints import toy_run
-    >>> run = toy_run(getfixture("tmp_path"))
+    >>> run = toy_run(getfixture("tmp_path"))  # a tiny run folder (a doctest helper of conftest.py)
     >>> out = export_run(run, run / "exported")
     >>> sorted(p.name for p in out.iterdir())
     ['README.md', 'custom.py', 'enhance_model.ckpt', 'export_info.json', 'hyperparams.yaml']

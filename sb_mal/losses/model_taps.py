@@ -2,19 +2,20 @@
 
 :class:`TapEncoder` runs a model either through its ``encode()`` method (sb_mal's encode protocol)
 or through its ``forward`` with forward hooks on the tap modules, abandoning the pass once every
-tap has fired. :func:`loss_mode` puts a model in the state a loss encoder runs in (eval mode, but
-recurrent layers in train mode with dropout 0, since cuDNN cannot backpropagate through an RNN in
-eval mode). :class:`Log1pMagnitude` is the input of SpeechBrain's spectral-mask models.
+tap has fired. The state a loss encoder runs in (``loss_mode``) and ``unwrap_model`` belong to
+:mod:`sb_mal.models.frozen`, the input features of spectral-mask models (``Log1pMagnitude``) to
+:mod:`sb_mal.dsp`; both are re-exported here for existing imports.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+
+from sb_mal.dsp import Log1pMagnitude
+from sb_mal.models.frozen import loss_mode, unwrap_model
 
 __all__ = ["Log1pMagnitude", "ModelAsLossError", "TapEncoder", "describe", "listing", "loss_mode", "unwrap_model"]
 
@@ -28,50 +29,6 @@ class _TapsReady(BaseException):
 
     A BaseException so that a model's own ``except Exception`` cannot swallow it.
     """
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a DDP / DataParallel wrapper (the module itself otherwise)."""
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return model.module if isinstance(model, wrappers) else model
-
-
-class Log1pMagnitude(nn.Module):
-    """``log1p(|STFT(wav)|)`` ``[B, frames, F]``: the input of SpeechBrain's spectral-mask models.
-
-    Arguments
-    ---------
-    compute_stft : callable, optional
-        A SpeechBrain ``STFT`` (e.g. the recipe's ``compute_STFT``, through ``!ref``). Default:
-        ``STFT(sample_rate, win_length=32, hop_length=16, n_fft=512, window_fn=hamming)``, the
-        Voicebank recipes' settings.
-    power : float
-        Passed to ``spectral_magnitude`` (0.5 = magnitude, as in those recipes).
-    spectral_magnitude : callable, optional
-        Instead of ``power``: a model folder's own ``spectral_magnitude`` (a ``!name:`` partial).
-
-    Example
-    -------
-    >>> Log1pMagnitude()(torch.randn(2, 16000)).shape
-    torch.Size([2, 63, 257])
-    """
-
-    def __init__(self, compute_stft: Callable | None = None, power: float = 0.5, sample_rate: int = 16000,
-                 spectral_magnitude: Callable | None = None):
-        super().__init__()
-        if compute_stft is None:
-            from speechbrain.processing.features import STFT
-
-            compute_stft = STFT(sample_rate=sample_rate, win_length=32, hop_length=16, n_fft=512,
-                                window_fn=torch.hamming_window)
-        if spectral_magnitude is None:
-            from speechbrain.processing.features import spectral_magnitude as magnitude
-
-            spectral_magnitude = functools.partial(magnitude, power=float(power))
-        self.compute_stft, self.spectral_magnitude = compute_stft, spectral_magnitude
-
-    def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        return torch.log1p(self.spectral_magnitude(self.compute_stft(wav)))
 
 
 class TapEncoder(nn.Module):
@@ -119,29 +76,6 @@ class TapEncoder(nn.Module):
             raise ModelAsLossError(f"ModelAsLoss: taps {missing} of {type(model).__name__} were never called "
                                    "during its forward pass")
         return [owner._tap_tensor(t, captured[t]) for t in owner.taps], None
-
-
-@contextlib.contextmanager
-def loss_mode(model: nn.Module):
-    """Eval mode for a loss encoder's forward pass, restored afterwards.
-
-    Recurrent layers are the exception: cuDNN cannot backpropagate through an RNN in eval mode, so
-    they run in train mode with their dropout set to 0, which computes the same function.
-    """
-    saved = [(m, m.training) for m in model.modules()]
-    rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
-    dropouts = [m.dropout for m in rnns]
-    model.eval()
-    for m in rnns:
-        m.dropout = 0.0
-        m.train()
-    try:
-        yield
-    finally:
-        for m, p in zip(rnns, dropouts):
-            m.dropout = p
-        for m, mode in saved:
-            m.training = mode
 
 
 def describe(x) -> str:

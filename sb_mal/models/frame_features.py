@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from sb_mal.dsp import relative_to_samples
-from sb_mal.models.frozen import FrozenNetworks
+from sb_mal.models.frozen import FrozenNetworks, loss_mode
 
 __all__ = ["FCPEFeatureExtractor", "FrameFeatureExtractor", "ResemblyzerFeatureExtractor", "WHEEL_ENCODERS",
            "build_frame_extractor"]
@@ -131,7 +131,6 @@ class FrameFeatureExtractor(FrozenNetworks):
         counts = (torch.full((batch,), total, dtype=torch.long, device=wav.device) if sample_counts is None
                   else sample_counts.to(wav.device).long().clamp(1, total))
         wav = self.follow(wav)
-        from sb_mal.losses.model_taps import loss_mode  # late: sb_mal.losses imports this module
 
         with torch.autocast(device_type=wav.device.type, enabled=False), contextlib.ExitStack() as modes:
             for net in self.frozen_networks():

@@ -19,10 +19,12 @@ network declared with :meth:`FrozenNetworks.freeze`
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
-__all__ = ["FrozenNetworks", "compute_dtype"]
+__all__ = ["FrozenNetworks", "compute_dtype", "loss_mode", "unwrap_model"]
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -109,3 +111,32 @@ class FrozenNetworks(nn.Module):
         for net in self._outside.values():
             net._apply(fn)
         return self
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DDP / DataParallel wrapper (the module itself otherwise)."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
+
+
+@contextlib.contextmanager
+def loss_mode(model: nn.Module):
+    """Eval mode for a loss encoder's forward pass, restored afterwards.
+
+    Recurrent layers are the exception: cuDNN cannot backpropagate through an RNN in eval mode, so
+    they run in train mode with their dropout set to 0, which computes the same function.
+    """
+    saved = [(m, m.training) for m in model.modules()]
+    rnns = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+    dropouts = [m.dropout for m in rnns]
+    model.eval()
+    for m in rnns:
+        m.dropout = 0.0
+        m.train()
+    try:
+        yield
+    finally:
+        for m, p in zip(rnns, dropouts):
+            m.dropout = p
+        for m, mode in saved:
+            m.training = mode
