@@ -46,6 +46,24 @@ Implementation
   Double backward is not supported.
 - float32 and float64 (half precision costs are computed in float32).
 
+Backends
+--------
+The recursion (everything after the cost matrix) has three implementations of the same arithmetic,
+chosen per call by ``backend``:
+
+- ``"numba"`` (:mod:`sb_mal.losses.soft_dtw_numba`): CPU tensors; one compiled loop nest per
+  item, the cells of a diagonal vectorised, items spread over ``torch.get_num_threads()`` threads.
+  Needs numba (optional; it comes with librosa).
+- ``"triton"`` (:mod:`sb_mal.losses.soft_dtw_triton`): CUDA tensors; one kernel launch for the
+  forward and one for the backward, one program per item. Needs Triton (part of torch's CUDA builds).
+- ``"torch"``: the wavefront of tensor ops described above, on any device.
+- ``"auto"`` (default): ``"triton"`` for CUDA tensors and ``"numba"`` for CPU tensors when the
+  package imports, else ``"torch"``. The environment variable ``SB_MAL_SOFT_DTW_BACKEND`` (one of
+  the names above) replaces ``"auto"`` for every call, e.g. to force the torch path in a recipe.
+
+All three agree with the float64 reference to rounding (tests/test_soft_dtw.py runs the Triton
+kernels on the CPU under ``TRITON_INTERPRET=1``); forcing a backend that cannot run the input raises.
+
 Example
 -------
 >>> x = torch.tensor([[[0.0], [1.0], [2.0]]])
@@ -58,15 +76,20 @@ Example
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from collections.abc import Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["DISTANCES", "SoftDTWFunction", "pairwise_cost", "soft_dtw", "soft_dtw_divergence", "soft_dtw_from_cost"]
+__all__ = ["BACKENDS", "DISTANCES", "SoftDTWFunction", "pairwise_cost", "resolve_backend", "soft_dtw",
+           "soft_dtw_divergence", "soft_dtw_from_cost"]
 
 DISTANCES = ("sqeuclidean", "cosine")
+BACKENDS = ("auto", "torch", "numba", "triton")
+BACKEND_ENV = "SB_MAL_SOFT_DTW_BACKEND"
 
 
 def pairwise_cost(x: torch.Tensor, y: torch.Tensor, distance: str = "sqeuclidean", eps: float = 1e-8) -> torch.Tensor:
@@ -218,7 +241,72 @@ def _check_gamma(gamma: float) -> float:
     return gamma
 
 
-def soft_dtw_from_cost(cost: torch.Tensor, x_lengths=None, y_lengths=None, gamma: float = 0.1) -> torch.Tensor:
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def resolve_backend(backend: str | None, device: torch.device | str) -> str:
+    """The backend that runs the recursion for tensors on ``device`` (see "Backends" above).
+
+    ``None`` or ``"auto"`` read ``$SB_MAL_SOFT_DTW_BACKEND`` first. A forced backend that cannot run
+    there raises (ImportError for a missing package, ValueError for the wrong device).
+
+    Example
+    -------
+    >>> resolve_backend("torch", "cpu")
+    'torch'
+    >>> resolve_backend("auto", "cpu") in ("numba", "torch")
+    True
+    """
+    requested = backend
+    if backend in (None, "auto"):
+        backend = os.environ.get(BACKEND_ENV) or "auto"
+        requested = f"{backend} (from ${BACKEND_ENV})" if backend != "auto" else backend
+    if backend not in BACKENDS:
+        raise ValueError(f"soft-DTW backend must be one of {BACKENDS}, got {requested!r}")
+    kind = torch.device(device).type
+    if backend == "auto":
+        if kind == "cuda" and _importable("triton"):
+            return "triton"
+        if kind == "cpu" and _importable("numba"):
+            return "numba"
+        return "torch"
+    if backend == "numba":
+        if not _importable("numba"):
+            raise ImportError("soft-DTW backend 'numba' needs numba (pip install numba)")
+        if kind != "cpu":
+            raise ValueError(f"soft-DTW backend 'numba' runs on CPU tensors, got {kind} tensors")
+    if backend == "triton":
+        if not _importable("triton"):
+            raise ImportError("soft-DTW backend 'triton' needs Triton (pip install triton; torch's CUDA builds "
+                              "include it)")
+        from sb_mal.losses.soft_dtw_triton import interpreting
+
+        if kind != "cuda" and not (kind == "cpu" and interpreting()):
+            raise ValueError(f"soft-DTW backend 'triton' runs on CUDA tensors (CPU tensors only under "
+                             f"TRITON_INTERPRET=1), got {kind} tensors")
+    return backend
+
+
+def _recursion(cost: torch.Tensor, n: torch.Tensor, m: torch.Tensor, gamma: float, backend: str | None):
+    """``R[b, n_b, m_b]`` of ``cost`` with the backend chosen by :func:`resolve_backend`."""
+    chosen = resolve_backend(backend, cost.device)
+    if chosen == "numba":
+        from sb_mal.losses.soft_dtw_numba import NumbaSoftDTW
+
+        return NumbaSoftDTW.apply(cost, n, m, gamma)
+    if chosen == "triton":
+        from sb_mal.losses.soft_dtw_triton import TritonSoftDTW
+
+        return TritonSoftDTW.apply(cost, n, m, gamma)
+    return SoftDTWFunction.apply(cost, n, m, gamma)
+
+
+def soft_dtw_from_cost(cost: torch.Tensor, x_lengths=None, y_lengths=None, gamma: float = 0.1,
+                       backend: str | None = "auto") -> torch.Tensor:
     """Soft-DTW ``[B]`` of a precomputed cost matrix ``[B, N, M]`` (row lengths, column lengths).
 
     Example
@@ -239,7 +327,7 @@ def soft_dtw_from_cost(cost: torch.Tensor, x_lengths=None, y_lengths=None, gamma
     m = _lengths(y_lengths, cols, batch, cost.device, "y_lengths")
     if cost.dtype not in (torch.float32, torch.float64):
         cost = cost.float()
-    return SoftDTWFunction.apply(cost, n, m, gamma)
+    return _recursion(cost, n, m, gamma, backend)
 
 
 def _prepare(x, y, x_lengths, y_lengths):
@@ -263,7 +351,7 @@ def _prepare(x, y, x_lengths, y_lengths):
 
 def soft_dtw(x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tensor | Sequence[int] | None = None,
              y_lengths: torch.Tensor | Sequence[int] | None = None, gamma: float = 0.1,
-             distance: str = "sqeuclidean") -> torch.Tensor:
+             distance: str = "sqeuclidean", backend: str | None = "auto") -> torch.Tensor:
     """Soft-DTW ``[B]`` between ``x [B, N, D]`` and ``y [B, M, D]`` (see the module docstring).
 
     Arguments
@@ -276,6 +364,9 @@ def soft_dtw(x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tensor | Sequenc
         Smoothing (> 0), in units of the cost.
     distance : str
         ``"sqeuclidean"`` or ``"cosine"`` (``1 - cos``).
+    backend : str, optional
+        ``"auto"`` (default), ``"torch"``, ``"numba"`` or ``"triton"``: which implementation runs the
+        recursion (see "Backends" in the module docstring).
 
     Example
     -------
@@ -285,12 +376,12 @@ def soft_dtw(x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tensor | Sequenc
     (torch.Size([2]), None, True)
     """
     x, y, n, m = _prepare(x, y, x_lengths, y_lengths)
-    return SoftDTWFunction.apply(pairwise_cost(x, y, distance), n, m, _check_gamma(gamma))
+    return _recursion(pairwise_cost(x, y, distance), n, m, _check_gamma(gamma), backend)
 
 
 def soft_dtw_divergence(x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tensor | Sequence[int] | None = None,
                         y_lengths: torch.Tensor | Sequence[int] | None = None, gamma: float = 0.1,
-                        distance: str = "sqeuclidean") -> torch.Tensor:
+                        distance: str = "sqeuclidean", backend: str | None = "auto") -> torch.Tensor:
     """Soft-DTW divergence ``sdtw(x, y) - (sdtw(x, x) + sdtw(y, y)) / 2``, ``[B]``.
 
     Arguments as :func:`soft_dtw`. The three terms run as one batch of ``3B`` items (``x`` and
@@ -309,6 +400,6 @@ def soft_dtw_divergence(x: torch.Tensor, y: torch.Tensor, x_lengths: torch.Tenso
     x = torch.nn.functional.pad(x, (0, 0, 0, frames - x.shape[1]))
     y = torch.nn.functional.pad(y, (0, 0, 0, frames - y.shape[1]))
     left, right = torch.cat((x, x, y)), torch.cat((y, x, y))
-    values = SoftDTWFunction.apply(pairwise_cost(left, right, distance), torch.cat((n, n, m)), torch.cat((m, n, m)),
-                                   _check_gamma(gamma))
+    values = _recursion(pairwise_cost(left, right, distance), torch.cat((n, n, m)), torch.cat((m, n, m)),
+                        _check_gamma(gamma), backend)
     return values[:batch] - 0.5 * (values[batch:2 * batch] + values[2 * batch:])
