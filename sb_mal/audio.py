@@ -20,6 +20,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Iterable, Sequence
@@ -31,22 +32,9 @@ import soundfile as sf
 
 from sb_mal.fileio import WriteError, temporary_path
 
-__all__ = [
-    "AUDIO_EXTENSIONS",
-    "AudioError",
-    "AudioInfo",
-    "MAX_CHANNELS",
-    "MAX_SECONDS",
-    "RATE_RANGE",
-    "audio_format",
-    "audio_info",
-    "audio_writer",
-    "list_audio_files",
-    "read_audio",
-    "resample",
-    "validate_waveform",
-    "write_audio",
-]
+__all__ = ["AUDIO_EXTENSIONS", "MAX_CHANNELS", "MAX_SECONDS", "RATE_RANGE", "AudioError", "AudioInfo", "audio_format",
+           "audio_info", "audio_writer", "list_audio_files", "read_audio", "resample", "validate_waveform",
+           "write_audio"]
 
 #: File extensions treated as audio when scanning folders (lower case, with the dot).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus")
@@ -174,17 +162,9 @@ def resample(wav, orig_sr: int, new_sr: int):
     is_numpy = not isinstance(wav, torch.Tensor)
     tensor = torch.as_tensor(np.asarray(wav, dtype=np.float32)) if is_numpy else wav
     resampler = _resampler(int(orig_sr), int(new_sr), tensor.dtype if tensor.is_floating_point() else torch.float32)
-    with torch.no_grad() if is_numpy else _nullcontext():
+    with torch.no_grad() if is_numpy else contextlib.nullcontext():
         out = resampler.to(tensor.device)(tensor.float() if not tensor.is_floating_point() else tensor)
     return out.numpy() if is_numpy else out
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 @functools.lru_cache(maxsize=16)
@@ -318,8 +298,7 @@ def write_audio(
             raise AudioError(f"{path}: refusing to overwrite an input file")
     if not overwrite and os.path.exists(path):
         raise AudioError(f"{path}: file exists and overwrite=False")
-    fmt = audio_format(path)
-    ext = os.path.splitext(path)[1].lower()
+    audio_format(path)  # an unknown extension fails here, naming the file
     if hasattr(wav, "detach"):
         wav = wav.detach().cpu().float().numpy()
     data = np.asarray(wav, dtype=np.float32)
@@ -328,8 +307,6 @@ def write_audio(
     elif data.ndim != 1:
         raise AudioError(f"{path}: expected [T] or [C, T] audio, got shape {tuple(data.shape)}")
     validate_waveform(data.T if data.ndim == 2 else data, path)
-    if subtype is None and fmt in ("WAV", "FLAC"):
-        subtype = "PCM_16"
     with audio_writer(path, int(sample_rate), data.shape[1] if data.ndim == 2 else 1, subtype=subtype) as out:
         out.write(np.clip(data, -1.0, 1.0))
 

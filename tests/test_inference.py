@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from sb_mal.audio import AudioError, read_audio
-from sb_mal.cli import _enhance_jobs, main
+from sb_mal.cli import main
+from sb_mal.cli.models import enhance_jobs as _enhance_jobs
 from sb_mal.inference import Enhancer, ExportError, chunk_starts, export_run, find_best_checkpoint
 from sb_mal.models import SpectralUNetSE
 

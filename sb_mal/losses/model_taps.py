@@ -9,7 +9,7 @@ tap has fired. The state a loss encoder runs in (``loss_mode``) and ``unwrap_mod
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
