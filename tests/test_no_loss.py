@@ -16,7 +16,7 @@ import torch
 import yaml
 from speechbrain.utils.epoch_loop import EpochCounter
 
-from sb_mal.checkpoints import AtomicCheckpointer, CheckpointWriteError
+from sb_mal.checkpoints import AtomicCheckpointer
 from sb_mal.fileio import FolderLock, FolderLockedError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,8 +7,9 @@ parallel; a failing utterance gives NaN and a warning and is left out of the mea
 This package imports no torch, so metric workers start quickly.
 """
 
-from sb_mal.metrics.pool import (METRIC_GROUPS, METRICS, MetricPool, MetricWorkerError, MissingDependencyError,
-                                 check_dependencies, evaluate, get_pool, resolve_metrics, score_utterance)
+from sb_mal.metrics.pool import MetricPool, MetricWorkerError, evaluate, get_pool
+from sb_mal.metrics.registry import METRIC_GROUPS, METRICS, MissingDependencyError, check_dependencies, resolve_metrics
+from sb_mal.metrics.scoring import score_utterance
 from sb_mal.metrics.results import EvalResult, format_table
 
 __all__ = [
