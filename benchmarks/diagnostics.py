@@ -21,7 +21,14 @@ Each is a function with a small command that writes its own RESULTS.md section:
     and the true normalised metric of held-out enhanced utterances (validation pairs the run does not
     validate on), for each generator's target.
 
+``pift``  (:func:`pift_reachability`)
+    Can a perfect enhancer reach the soft-DTW target under speed perturbation? Through each frozen
+    feature model, the loss of the clean speech perturbed by each factor (what a perfect enhancement
+    of the perturbed input is) against the loss of the untouched noisy input, for the pitch-preserving
+    time stretch and for resampling; and of the clean speech delayed by 2.5 ms (sub-frame shift).
+
 Usage:
+    python benchmarks/diagnostics.py pift [--pairs 6] [--encoders torchfcpe resemblyzer wavlm_random]
     python benchmarks/diagnostics.py mal [--runs results/mal_experiment] [--seeds 1 2 3]
     python benchmarks/diagnostics.py codec [--codec-run results/codec_ladder/codec_net] [--utterances 30]
     python benchmarks/diagnostics.py okd [--out results/okd_diagnostic] [--epochs 2 5 10 20] [--system metricgan_plus]
@@ -206,6 +213,69 @@ def codec_main(args) -> None:
     update_section("diagnostic_codec", body)
 
 
+# -- position-invariant fine-tuning -------------------------------------------------------------------
+PIFT_FACTORS = (0.8, 0.9, 1.1, 1.2)
+
+
+def pift_reachability(source: str, pairs: int = 6, gamma: float = 0.1, gamma_relative: float | None = None) -> dict:
+    """Soft-DTW SSL loss (``source``'s features) against the clean reference of: the noisy input, the
+    clean speech time-stretched and resampled by each of :data:`PIFT_FACTORS`, the clean speech delayed
+    by 40 samples; means over the first ``pairs`` validation pairs (whole utterances)."""
+    from sb_mal.brains.pift import speed_perturb
+    from sb_mal.losses import SSLSoftDTWLoss
+    from sb_mal.models.frame_features import build_frame_extractor
+
+    extractor = build_frame_extractor(source, None)
+    data = _valid_pairs(0, pairs)
+
+    def mean(fn) -> float:
+        values = []
+        with torch.no_grad():
+            for _, noisy, clean in data:
+                # a fresh loss per pair: a relative gamma is measured on that pair's noisy input
+                loss = SSLSoftDTWLoss(extractor, gamma=gamma, gamma_relative=gamma_relative)
+                if gamma_relative is not None:
+                    loss(noisy[None], clean[None])
+                values.append(float(loss(fn(noisy, clean)[None], clean[None])))
+        return float(np.mean(values))
+
+    return {"noisy": mean(lambda n, c: n),
+            "stretch": {f: mean(lambda n, c, f=f: speed_perturb(c, f, mode="stretch")) for f in PIFT_FACTORS},
+            "resample": {f: mean(lambda n, c, f=f: speed_perturb(c, f, mode="resample")) for f in PIFT_FACTORS},
+            "delay_2.5ms": mean(lambda n, c: torch.nn.functional.pad(c, (40, 0))), "pairs": len(data)}
+
+
+def pift_main(args) -> None:
+    lines = []
+    folder = Path("/tmp") if args.wavlm_folder is None else Path(args.wavlm_folder)
+    for name in args.encoders:
+        source = name
+        if name == "wavlm_random":  # the random WavLM of pift_experiment.py (4 layers, hidden 128, seed 0)
+            from sb_mal.models import build_tiny_wavlm
+
+            source = str(folder / "wavlm_random_L4_H128")
+            if not Path(source, "config.json").exists():
+                build_tiny_wavlm(source, num_layers=4, hidden_size=128, dropout=0.0)
+        for label, rel in (("0.1 (absolute)", None), ("0.1 x median pair cost", 0.1)):
+            r = pift_reachability(source, args.pairs, gamma_relative=rel)
+            fmt = lambda d: " / ".join(f"{d[f]:.3f}" for f in PIFT_FACTORS)  # noqa: E731
+            reach = "yes" if max(r["stretch"].values()) < r["noisy"] else "no"
+            lines.append(f"| {name} | {label} | {r['noisy']:.3f} | {fmt(r['stretch'])} | {fmt(r['resample'])} | "
+                         f"{r['delay_2.5ms']:.3f} | {reach} |")
+    body = (header("Diagnostic: can a perfect enhancer reach the soft-DTW target under speed perturbation? "
+                   "(diagnostics.py pift)")
+            + f"- soft-DTW SSL loss (SSLSoftDTWLoss, last layer) against the clean reference, mean over the first "
+            f"{args.pairs} devset validation pairs (whole utterances); a perfect enhancement of the input perturbed by "
+            "f is the clean speech perturbed by f; factors 0.8 / 0.9 / 1.1 / 1.2; stretch = sb_mal.dsp.time_stretch "
+            "(pitch kept), resample = tempo and pitch (the earlier speed perturbation); delay = the clean speech 40 "
+            "samples late\n"
+            "- reachable: every stretched value below the noisy input's\n\n"
+            "| feature model | gamma | noisy input | stretched clean | resampled clean | clean delayed 2.5 ms | "
+            "reachable (stretch) |\n|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+    print(body)
+    update_section("diagnostic_pift", body)
+
+
 # -- MetricGAN-OKD -----------------------------------------------------------------------------------
 def _latest_checkpoint(run: Path) -> Path:
     import yaml
@@ -303,6 +373,10 @@ def okd_main(args) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="which", required=True)
+    p = sub.add_parser("pift", help="soft-DTW loss of a perfect output of the perturbed input vs the noisy input")
+    p.add_argument("--pairs", type=int, default=6, help="validation pairs")
+    p.add_argument("--encoders", nargs="+", default=["torchfcpe", "resemblyzer", "wavlm_random"])
+    p.add_argument("--wavlm-folder", default=None, help="where the random WavLM is built (default /tmp)")
     p = sub.add_parser("mal", help="L_mal of the phase-1 encoder against quality")
     p.add_argument("--runs", default="results/mal_experiment", help="the --out folder of mal_experiment.py")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -319,7 +393,7 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    {"mal": mal_main, "codec": codec_main, "okd": okd_main}[args.which](args)
+    {"pift": pift_main, "mal": mal_main, "codec": codec_main, "okd": okd_main}[args.which](args)
 
 
 if __name__ == "__main__":
