@@ -124,14 +124,18 @@ def mal_main(args) -> None:
         if not (phase1 / "seconds").exists():
             print(f"seed {seed}: no finished phase-1 run in {phase1}")
             continue
+        from mal_experiment import measured_share
+
         start = max((phase1 / "save").glob("CKPT+*"), key=lambda p: p.stat().st_mtime)  # what phase 2 starts from
         for taps in (["bottleneck"], ["enc1", "enc2", "enc3", "bottleneck"]):
             out = mal_ranking(start, taps, args.pairs)
+            out["share_per_lambda"] = measured_share(start, f"[{','.join(taps)}]", seed)["share_per_lambda"]
             (phase1 / f"diagnostic_mal_{'_'.join(taps)}.json").write_text(json.dumps(out, indent=1))
             m, p = out["mean_mal"], out["mean_pesq"]
             lines.append(f"| {seed} | {', '.join(taps)} | {out['ranked_clean_output_noisy']} / {out['pairs']} | "
                          f"{m['enhanced']:.4f} | {m['noisy']:.4f} | {p['enhanced']:.3f} | {p['noisy']:.3f} | "
-                         f"{out['spearman_outputs']:+.2f} | {out['spearman_pooled']:+.2f} |")
+                         f"{out['spearman_outputs']:+.2f} | {out['spearman_pooled']:+.2f} | "
+                         f"{out['share_per_lambda']:.4f} | {0.5 / out['share_per_lambda']:.1f} |")
     if not lines:
         return
     body = (header("Diagnostic: does the phase-1 encoder's L_mal measure quality? (diagnostics.py mal)")
@@ -140,9 +144,12 @@ def mal_main(args) -> None:
             f"- data: the first {args.pairs} devset validation pairs; L_mal of the clean speech is 0 by construction\n"
             "- ranked: pairs with L_mal(clean) < L_mal(phase-1 output) < L_mal(noisy input); Spearman: L_mal against "
             "PESQ across the pairs, for the outputs alone and for outputs and noisy inputs pooled (negative = L_mal "
-            "falls as PESQ rises)\n\n"
+            "falls as PESQ rises)\n"
+            "- gradient share per unit of lambda: ||grad L_mal|| / ||grad L_rec|| on the decoder at lambda 1 (4 batches "
+            "of 8 devset training mixtures, mal_experiment.measured_share); lambda for a share of 0.5 = 0.5 / it\n\n"
             "| seed | taps | ranked | mean L_mal output | mean L_mal noisy | PESQ output | PESQ noisy | Spearman "
-            "(outputs) | Spearman (pooled) |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+            "(outputs) | Spearman (pooled) | share per unit lambda | lambda for share 0.5 |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
     print(body)
     update_section("diagnostic_mal", body)
 

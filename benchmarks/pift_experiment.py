@@ -24,7 +24,7 @@ Shift study (per feature model, on the first seed's starting model, first ``--sh
 utterances): every loss for the enhanced signal delayed or zero-padded by 0-100 ms against the clean
 reference, relative to the loss of the noisy input.
 
-Usage: python benchmarks/pift_experiment.py [--seeds 1 2 3] [--encoders torchfcpe resemblyzer wavlm_random]
+Usage: python benchmarks/pift_experiment.py [--seeds 1 2 3 4 5] [--encoders torchfcpe resemblyzer wavlm_random]
        [--epochs 4] [--examples 64] [--report-only]
 """
 
@@ -85,7 +85,8 @@ def main():
     parser = experiment_parser(__doc__, "results/pift_experiment")
     parser.add_argument("--start", default="results/mal_experiment",
                         help="the mal_experiment.py output folder (its seed<k>/baseline runs are the starting models)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5],
+                        help="seeds (5 by default; at least 3): each needs that seed's mal_experiment.py baseline")
     parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
     parser.add_argument("--wavlm", default=None, help="a local pretrained WavLM folder instead of the random one")
     parser.add_argument("--epochs", type=int, default=4)
