@@ -6,7 +6,7 @@ enhancement keys (:class:`~sb_mal.data.mp3.Mp3PairDataset`: ``noisy_sig`` = orig
 input, ``clean_sig`` = coded = target). The objective is the network's own
 ``fit_loss(original, coded, lengths)`` (L1 to the coded normalised magnitude, or to the coded
 waveform for the time net), averaged over the batch. It is computed as
-:func:`sb_mal.evaluation.codec_imitation.imitation_l1` does, which equals ``fit_loss`` but runs the
+:func:`sb_mal.models.codec_imitation.imitation_l1` does, which equals ``fit_loss`` but runs the
 network through ``modules.model`` (so a DDP wrapper sees the forward pass and syncs gradients) and
 gives the **identity baseline** (``C(S) = S``: the L1 between the prepared input and the coded
 target) from the same preparation.
@@ -42,7 +42,7 @@ from sb_mal.brains.ddp import unwrap
 from sb_mal.brains.enhance import ENHANCE_HPARAMS, EnhanceBrain
 from sb_mal.brains.hparams import HParam
 from sb_mal.data.mp3 import Mp3PairDataset
-from sb_mal.evaluation.codec_imitation import imitation_l1
+from sb_mal.models.codec_imitation import imitation_l1
 from sb_mal.metrics.results import EvalResult
 
 logger = logging.getLogger(__name__)
