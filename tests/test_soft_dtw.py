@@ -7,14 +7,16 @@ gradients), its own per-pair cost. benchmarks/bench_soft_dtw.py times it too.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from sb_mal.losses.soft_dtw import pairwise_cost, soft_dtw, soft_dtw_divergence, soft_dtw_from_cost
+from sb_mal.losses.soft_dtw import pairwise_cost, resolve_backend, soft_dtw, soft_dtw_divergence, soft_dtw_from_cost
 
+soft_dtw_module = importlib.import_module("sb_mal.losses.soft_dtw")  # the package exports a function of that name
 GAMMAS = (0.01, 0.1, 10.0)
 DISTANCES = ("sqeuclidean", "cosine")
 
@@ -212,6 +214,225 @@ def test_invalid_arguments_are_rejected_with_clear_messages():
         soft_dtw(x, torch.randn(2, 5, 4))
     with pytest.raises(ValueError, match=r"x must be \[batch, frames, features\]"):
         soft_dtw(x[0], y)
+
+
+# -- backends: the numba CPU kernel, the Triton kernels (interpreted on the CPU), the torch wavefront ------------
+HAVE_NUMBA = soft_dtw_module._importable("numba")
+HAVE_TRITON = soft_dtw_module._importable("triton")
+BACKEND_PARAMS = [
+    "torch",
+    pytest.param("numba", marks=pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")),
+    pytest.param("triton", marks=pytest.mark.skipif(not HAVE_TRITON, reason="triton not installed")),
+]
+GRAD_FN = {"torch": "SoftDTWFunction", "numba": "NumbaSoftDTW", "triton": "TritonSoftDTW"}
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+    """A backend name; for "triton" on a machine without CUDA the kernels run under Triton's interpreter."""
+    name = request.param
+    if name == "triton" and not torch.cuda.is_available():
+        import triton.language  # noqa: F401  imported uninterpreted first, so later compilations in this process work
+
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    return name
+
+
+def _device(backend: str) -> str:
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+def _leaf(t: torch.Tensor, device: str) -> torch.Tensor:
+    return t.detach().clone().to(device).requires_grad_(True)
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS, indirect=True)
+@pytest.mark.parametrize("shape", [(7, 5), (4, 9)], ids=["N>M", "N<M"])
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_each_backend_matches_the_naive_reference(backend, shape, distance):
+    """Values and gradients of every backend against the float64 double loop (per-item lengths, one of 1 frame)."""
+    device = _device(backend)
+    x, y, xl, yl = _batch(*shape)
+    weights = torch.tensor([1.0, -0.5, 2.0, 0.3], dtype=torch.float64)
+    for gamma in (0.01, 1.0):
+        ref_x, ref_y = _leaf(x, "cpu"), _leaf(y, "cpu")
+        ref = _naive_batch(ref_x, ref_y, xl, yl, gamma, distance)
+        (ref * weights).sum().backward()
+        a, b = _leaf(x, device), _leaf(y, device)
+        value = soft_dtw(a, b, xl, yl, gamma=gamma, distance=distance, backend=backend)
+        assert type(value.grad_fn).__name__.startswith(GRAD_FN[backend])  # this backend ran, not a fallback
+        (value * weights.to(device)).sum().backward()
+        assert torch.allclose(value.detach().cpu(), ref.detach(), rtol=0, atol=1e-10), (value, ref)
+        assert torch.allclose(a.grad.cpu(), ref_x.grad, rtol=0, atol=1e-10)
+        assert torch.allclose(b.grad.cpu(), ref_y.grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS, indirect=True)
+def test_each_backend_in_float32_is_close_to_the_float64_reference(backend):
+    device = _device(backend)
+    x, y, xl, yl = _batch(9, 8, seed=1, dtype=torch.float32)
+    a = _leaf(x, device)
+    value = soft_dtw_divergence(a, y.to(device), xl, yl, gamma=0.1, backend=backend)
+    value.sum().backward()
+    xd = x.double().requires_grad_(True)
+    yd = y.double()
+    ref = (_naive_batch(xd, yd, xl, yl, 0.1, "sqeuclidean")
+           - 0.5 * (_naive_batch(xd, xd, xl, xl, 0.1, "sqeuclidean") + _naive_batch(yd, yd, yl, yl, 0.1, "sqeuclidean")))
+    ref.sum().backward()
+    assert value.dtype == torch.float32 and a.grad.dtype == torch.float32
+    assert torch.allclose(value.double().cpu(), ref, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(a.grad.double().cpu(), xd.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", [p for p in BACKEND_PARAMS if p != "torch"], indirect=True)
+def test_kernels_equal_the_torch_path_on_longer_sequences(backend):
+    """A bigger case (several kernel chunks in neither kernel, but diagonals of different widths, long
+    and short items, N < M and N > M through the transposed cost): equal to the torch wavefront to rounding."""
+    device = _device(backend)
+    g = torch.Generator().manual_seed(11)
+    rows, cols = (40, 55) if backend == "triton" else (130, 170)  # the interpreter is slow
+    for shape in ((rows, cols), (cols, rows)):
+        cost = (3 * torch.rand(3, *shape, generator=g, dtype=torch.float64)).requires_grad_(True)
+        n, m = [shape[0], shape[0] // 3, 1], [shape[1], 2, shape[1] - 5]
+        scale = torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64)
+        results = []
+        for name, c in (("torch", cost), (backend, _leaf(cost, device))):
+            value = soft_dtw_from_cost(c, n, m, gamma=0.05, backend=name)
+            (value * scale.to(device)).sum().backward()
+            results.append((value.detach().cpu(), c.grad.cpu()))
+        assert torch.allclose(results[0][0], results[1][0], rtol=1e-12, atol=1e-10)
+        assert torch.allclose(results[0][1], results[1][1], rtol=0, atol=1e-12)
+        assert torch.all(results[1][1][1, n[1]:] == 0) and torch.all(results[1][1][2, :, m[2]:] == 0)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+def test_numba_kernel_splits_the_batch_over_threads_without_changing_a_bit():
+    x, y, xl, yl = _batch(12, 10, seed=12)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            a = _leaf(x, "cpu")
+            value = soft_dtw(a, y, xl, yl, backend="numba")
+            value.sum().backward()
+            results.append((value.detach(), a.grad))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+def test_numba_exp_and_log_are_exact_to_float64():
+    """The kernel's own exp and log (plain arithmetic, so that LLVM vectorises them) against numpy's."""
+    import numba
+
+    from sb_mal.losses import soft_dtw_numba
+
+    @numba.njit
+    def apply(values, out, which):
+        for t in range(values.shape[0]):
+            out[t] = soft_dtw_numba._exp_nonpositive(values[t]) if which == 0 else soft_dtw_numba._log_1_to_3(values[t])
+
+    x = np.concatenate((-np.geomspace(1e-12, 700, 20001), [0.0, -0.5 * math.log(2), -math.log(2)]))
+    out = np.empty_like(x)
+    apply(x, out, 0)
+    assert np.max(np.abs(out / np.exp(x) - 1)) < 4e-16
+    apply(np.array([-np.inf, -800.0]), out[:2], 0)
+    assert np.all(out[:2] < 1e-300)  # far below every weight that counts beside the largest (1)
+    s = np.linspace(1.0, 3.0, 20001)
+    apply(s, out[: s.size], 1)
+    assert np.max(np.abs(out[: s.size] - np.log(s))) < 4e-16
+
+
+def test_backend_is_chosen_automatically_and_can_be_forced(monkeypatch):
+    monkeypatch.delenv(soft_dtw_module.BACKEND_ENV, raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cost = torch.rand(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    auto = soft_dtw_from_cost(cost)
+    assert type(auto.grad_fn).__name__.startswith("NumbaSoftDTW" if HAVE_NUMBA else "SoftDTWFunction")
+    assert resolve_backend("auto", "cuda") == ("triton" if HAVE_TRITON else "torch")  # a CUDA tensor's kernel
+    assert resolve_backend("auto", "meta") == "torch"
+    forced = soft_dtw_from_cost(cost, backend="torch")
+    assert type(forced.grad_fn).__name__.startswith("SoftDTWFunction")
+    assert torch.allclose(auto, forced, rtol=1e-13)
+    monkeypatch.setenv(soft_dtw_module.BACKEND_ENV, "torch")  # the environment replaces "auto" ...
+    assert type(soft_dtw_from_cost(cost).grad_fn).__name__.startswith("SoftDTWFunction")
+    assert resolve_backend("numba", "cpu") == "numba" or not HAVE_NUMBA  # ... not an explicit choice
+    monkeypatch.setenv(soft_dtw_module.BACKEND_ENV, "fast")
+    with pytest.raises(ValueError, match=r"backend must be one of .*'fast \(from \$SB_MAL_SOFT_DTW_BACKEND\)'"):
+        soft_dtw_from_cost(cost)
+    monkeypatch.delenv(soft_dtw_module.BACKEND_ENV)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        soft_dtw_from_cost(cost, backend="cuda")
+    with pytest.raises(ValueError, match="'numba' runs on CPU tensors, got cuda"):
+        resolve_backend("numba", "cuda")
+    if HAVE_TRITON and not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'triton' runs on CUDA tensors .*TRITON_INTERPRET=1"):
+            soft_dtw_from_cost(cost, backend="triton")
+
+
+def test_without_the_kernel_packages_auto_falls_back_to_torch_and_forcing_says_what_to_install(monkeypatch):
+    monkeypatch.delenv(soft_dtw_module.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(soft_dtw_module, "_importable", lambda module: False)
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    value = soft_dtw(x, x.flip(1))
+    assert type(value.grad_fn).__name__.startswith("SoftDTWFunction") if value.requires_grad else True
+    assert resolve_backend("auto", "cpu") == "torch" and resolve_backend("auto", "cuda") == "torch"
+    with pytest.raises(ImportError, match=r"pip install numba"):
+        soft_dtw(x, x, backend="numba")
+    with pytest.raises(ImportError, match=r"pip install triton"):
+        resolve_backend("triton", "cuda")
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton not installed")
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+def test_triton_kernels_compile_for_an_h100(dtype):
+    """Both kernels go through Triton's whole CUDA pipeline down to a cubin for sm_90, no GPU needed."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    import triton
+    from sb_mal.losses import soft_dtw_triton
+
+    ptr = f"*{dtype}"
+    ints = dict.fromkeys(("stride_b", "stride_r", "stride_c", "width", "diagonals"), "i32")
+    signatures = {
+        soft_dtw_triton._forward_kernel: {"cost_ptr": ptr, "n_ptr": "*i64", "m_ptr": "*i64", "gamma_ptr": ptr,
+                                          "ring_ptr": ptr, "w_ptr": ptr, "out_ptr": ptr, **ints},
+        soft_dtw_triton._backward_kernel: {"w_ptr": ptr, "n_ptr": "*i64", "m_ptr": "*i64", "ring_ptr": ptr,
+                                           "grad_ptr": ptr, "scale_ptr": ptr, **ints},
+    }
+    for fn, signature in signatures.items():
+        source = ASTSource(triton.jit(fn), {**signature, "BLOCK": "constexpr", "CHUNKS": "constexpr"},
+                           constexprs={"BLOCK": 1024, "CHUNKS": 2})
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+        assert compiled.asm["cubin"] and compiled.asm["ptx"].count("bar.sync") >= 2  # a barrier per diagonal
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_kernel_on_cuda_matches_the_cpu_paths(dtype):
+    """On a GPU: auto picks the Triton kernel; it agrees with the torch path on the GPU and the CPU's numba
+    path, across several chunks of a diagonal (width > 1024) and per-item lengths."""
+    g = torch.Generator().manual_seed(13)
+    for rows, cols in ((300, 200), (1100, 1300)):
+        cost = 2 * torch.rand(3, rows, cols, generator=g, dtype=dtype)
+        n, m = [rows, rows // 2, 1], [cols, 3, cols - 7]
+        scale = torch.tensor([1.0, -2.0, 0.5], dtype=dtype)
+        out = {}
+        for name, device in (("auto", "cuda"), ("torch", "cuda"), ("auto", "cpu")):
+            c = _leaf(cost, device)
+            value = soft_dtw_from_cost(c, n, m, gamma=0.1, backend=name)
+            if device == "cuda" and name == "auto":
+                assert type(value.grad_fn).__name__.startswith("TritonSoftDTW")
+            (value * scale.to(device)).sum().backward()
+            out[name, device] = (value.detach().cpu().double(), c.grad.cpu().double())
+        tol = dict(rtol=1e-4, atol=1e-3) if dtype == torch.float32 else dict(rtol=1e-11, atol=1e-9)
+        for other in (("torch", "cuda"), ("auto", "cpu")):
+            assert torch.allclose(out["auto", "cuda"][0], out[other][0], **tol), other
+            assert torch.allclose(out["auto", "cuda"][1], out[other][1], rtol=0, atol=tol["atol"]), other
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -41,6 +41,9 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+# The kernels use Triton's builtins only (no @triton.jit helpers of triton.language such as tl.zeros): those
+# are compiled or interpreted depending on TRITON_INTERPRET when triton.language is first imported, and a
+# kernel must work both ways in one process (the tests interpret and compile).
 def _forward_kernel(cost_ptr, n_ptr, m_ptr, gamma_ptr, ring_ptr, w_ptr, out_ptr, stride_b, stride_r, stride_c,
                     width, diagonals, BLOCK: tl.constexpr, CHUNKS: tl.constexpr):
     b = tl.program_id(0)
@@ -101,7 +104,7 @@ def _backward_kernel(w_ptr, n_ptr, m_ptr, ring_ptr, grad_ptr, scale_ptr, stride_
     for c in range(CHUNKS):
         i = c * BLOCK + lanes
         for s in range(3):
-            tl.store(ring + s * width + i, tl.zeros([BLOCK], ring_ptr.dtype.element_ty), mask=i < width)
+            tl.store(ring + s * width + i, tl.full([BLOCK], 0.0, ring_ptr.dtype.element_ty), mask=i < width)
     tl.debug_barrier()
     for step in range(0, end - 1):
         k = end - step
