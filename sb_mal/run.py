@@ -295,10 +295,11 @@ def _run(brain_class, script, hparams_file, run_opts, overrides, hparams):
         valid_loader_kwargs=hparams.get("valid_dataloader_opts", {}),
     )
     if "test" in datasets:
+        key = brain.hparams.ckpt_key  # the Brain's own declared default when the YAML gives none
         brain.evaluate(
             datasets["test"],
-            max_key=hparams.get("ckpt_key", "pesq") if hparams.get("ckpt_key", "pesq") != "loss" else None,
-            min_key="loss" if hparams.get("ckpt_key", "pesq") == "loss" else None,
+            max_key=None if key == "loss" else key,
+            min_key="loss" if key == "loss" else None,
             test_loader_kwargs=hparams.get("test_dataloader_opts", {}),
         )
     return brain

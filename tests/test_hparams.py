@@ -9,19 +9,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from sb_mal.brains import CodecNetBrain, EnhanceBrain, MALBrain, MetricGANOKDBrain, PositionInvariantBrain
+from sb_mal.brains import PARADIGMS, EnhanceBrain, MALBrain, MetricGANOKDBrain
 from sb_mal.brains.hparams import HParamsError, markdown
-from sb_mal.brains.separation import SeparationBrain
 from sb_mal.run import load_recipe_hparams
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[1]
 YAMLS = sorted((REPO / "hparams").glob("*/*.yaml"))
-#: the recipe (and so the Brain) each YAML is written for, by file name
-BRAINS = [(r"/(baseline|metricgan_pretrain)\.yaml$", EnhanceBrain), (r"/mal_\w+\.yaml$", MALBrain), (r"/pift_\w+\.yaml$", PositionInvariantBrain),
-          (r"/(le_)?(okd_\w+|metricgan_plus)\.yaml$", MetricGANOKDBrain), (r"/separation(_\w+)?\.yaml$", SeparationBrain),
-          (r"mp3codec/\w+\.yaml$", CodecNetBrain)]
+#: the recipe (and so the Brain) each YAML is written for, by file name (sb_mal.brains.PARADIGMS)
+BRAINS = [(p.yamls, p.brain) for p in PARADIGMS]
 
 
 def brain_of(path: Path):
@@ -51,9 +48,9 @@ def test_every_yaml_loads_and_passes_its_brains_declaration(path, fills):
     if re.search(r"^init_from: !PLACEHOLDER", text, re.M):
         extra.append("--init_from=some/run")
     _, _, _, hparams = load_recipe_hparams([str(path), *args, *extra], brain)
-    resolved = brain.HPARAMS.apply(SimpleNamespace(**hparams))
-    for name in brain.HPARAMS.names():
-        assert hasattr(resolved, name)
+    brain.HPARAMS.apply(SimpleNamespace(**hparams))  # raises on a missing, mistyped or out-of-range key
+    recipe = REPO / next(p.recipe for p in PARADIGMS if p.brain is brain)  # and the recipe it is written for runs it
+    assert re.search(rf"\bmain\({brain.__name__}\b", recipe.read_text()), f"{recipe} does not run {brain.__name__}"
 
 
 def test_documented_options_work_with_every_yaml(fills):
@@ -114,15 +111,12 @@ def test_okd_generator_count_must_match_the_targets(fills):
 
 def test_the_declarations_are_documented():
     doc = (REPO / "docs" / "hparams.md").read_text()
-    for brain in (EnhanceBrain, MALBrain, PositionInvariantBrain, MetricGANOKDBrain, SeparationBrain, CodecNetBrain):
+    for brain in (p.brain for p in PARADIGMS):
         assert markdown([brain.HPARAMS]) in doc, f"docs/hparams.md is stale for {brain.__name__}: rerun " \
                                                  "python -m sb_mal.brains.hparams_doc"
 
 
 def test_every_brain_reads_the_training_budget():
     """--max_train_minutes (README, training recipes) is declared by every recipe's Brain."""
-    from sb_mal.brains import CodecNetBrain, EnhanceBrain, MALBrain, MetricGANOKDBrain, PositionInvariantBrain
-    from sb_mal.brains.separation import SeparationBrain
-
-    for brain in (EnhanceBrain, MALBrain, MetricGANOKDBrain, PositionInvariantBrain, CodecNetBrain, SeparationBrain):
+    for brain in (p.brain for p in PARADIGMS):
         assert "max_train_minutes" in brain.HPARAMS.index, brain.__name__

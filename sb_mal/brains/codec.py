@@ -23,9 +23,8 @@ mode for training, eval mode for validation and test); under DDP they become Syn
 any SpeechBrain recipe, except with the gloo backend (CPU), where SyncBatchNorm cannot run.
 
 Hparams: those of :class:`~sb_mal.brains.enhance.EnhanceBrain` except ``compute_cost`` and the
-metric lists (unused); ``ckpt_key`` must be ``loss`` (the default here; a recipe YAML should
-still say ``ckpt_key: loss`` because :func:`sb_mal.run.run_recipe` reads it to pick the test
-checkpoint).
+metric lists (unused); ``ckpt_key`` is ``loss`` (the declared default, which
+:func:`sb_mal.run.run_recipe` also uses to pick the test checkpoint).
 """
 
 from __future__ import annotations

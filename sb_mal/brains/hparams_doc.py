@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sb_mal.brains import CodecNetBrain, EnhanceBrain, MALBrain, MetricGANOKDBrain, PositionInvariantBrain, SeparationBrain
+from sb_mal.brains import PARADIGMS
 from sb_mal.brains.hparams import markdown
 
-BRAINS = (EnhanceBrain, MALBrain, PositionInvariantBrain, MetricGANOKDBrain, SeparationBrain, CodecNetBrain)
+BRAINS = tuple(p.brain for p in PARADIGMS)
 
 HEADER = """# Hyperparameters each Brain reads
 
