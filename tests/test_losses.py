@@ -77,3 +77,17 @@ def test_works_like_a_stock_speechbrain_cost():
     t = torch.randn(3, 8000)
     stats.append(["a", "b", "c"], t + 0.1 * torch.randn(3, 8000), t, torch.tensor([1.0, 0.8, 0.6]), reduction="batch")
     assert len(stats.scores) == 3 and stats.summarize("average") > 0
+
+
+def test_mean_reduction_weighs_every_utterance_the_same_unlike_speechbrains_length_weighted_mean():
+    from speechbrain.nnet.losses import l1_loss
+
+    pred = torch.zeros(2, 100)
+    target = torch.cat([torch.ones(1, 100), 3 * torch.ones(1, 100)])
+    lengths = torch.tensor([1.0, 0.2])  # item 0: 100 valid samples of error 1; item 1: 20 of error 3
+    ours = WaveformL1()(pred, target, lengths)
+    assert torch.isclose(ours, torch.tensor((1.0 + 3.0) / 2))  # the mean of the per-item means
+    theirs = l1_loss(pred, target, lengths)
+    assert torch.isclose(theirs, torch.tensor((100 * 1.0 + 20 * 3.0) / 120))  # weighted by valid length
+    full = torch.ones(2)
+    assert torch.isclose(WaveformL1()(pred, target, full), l1_loss(pred, target, full))  # equal lengths: the same

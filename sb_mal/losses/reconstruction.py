@@ -84,7 +84,7 @@ def check_waveforms(predictions: torch.Tensor, targets: torch.Tensor, name: str)
     """Validate ``[B, T]`` inputs (``[B, T, 1]`` is squeezed); trim a small length difference.
 
     SpeechBrain recipes tolerate a few samples of difference between prediction and target
-    (e.g. from STFT framing); so do we, up to 3 STFT hops' worth (1 % of the length).
+    (e.g. from STFT framing); so do we, up to the larger of 1024 samples and 1 % of the length.
     """
     if predictions.dim() == 3 and predictions.shape[-1] == 1:
         predictions = predictions.squeeze(-1)
@@ -107,7 +107,14 @@ def check_waveforms(predictions: torch.Tensor, targets: torch.Tensor, name: str)
 
 
 def reduce(per_item: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Apply ``reduction`` ("mean", "batch" or "sum") to per-item losses ``[B]``."""
+    """Apply ``reduction`` ("mean", "batch" or "sum") to per-item losses ``[B]``.
+
+    Every sb_mal loss first averages each item over its own valid samples or frames, so
+    ``"mean"`` is the mean of the per-item means: every utterance weighs the same, whatever its
+    length. SpeechBrain's ``reduce_loss`` instead averages over all valid elements of the batch
+    (a long utterance weighs more); the two agree when all lengths are equal.
+    ``tests/test_losses.py`` pins both facts.
+    """
     if reduction == "mean":
         return per_item.mean()
     if reduction == "batch":
