@@ -115,8 +115,8 @@ def score_utterance(enhanced, clean, sample_rate: int, metrics: Sequence[str]) -
             return None
         return values
 
-    from sb_mal.metrics import composite as comp
-    from sb_mal.metrics import intrusive as intr
+    import sb_mal.metrics.composite as comp
+    import sb_mal.metrics.intrusive as intr
 
     pesq_value = None
     if any(m in metrics for m in ("pesq", "csig", "cbak", "covl")):
