@@ -229,6 +229,7 @@ class AtomicCheckpointer(Checkpointer):
         for ckpt in candidates:
             try:
                 self.load_checkpoint(ckpt)
+                self.recovered = ckpt  # e.g. which checkpoint a test stage scored
                 return ckpt
             except Exception as err:  # noqa: BLE001 - a damaged file raises anything; fall back and say so
                 error = err

@@ -26,6 +26,7 @@ import difflib
 import logging
 import os
 import re
+import shlex
 import shutil
 import sys
 
@@ -215,7 +216,7 @@ def run_recipe(brain_class, script: str | None = None, argv: list[str] | None = 
     try:
         if sb.utils.distributed.if_main_process():  # one writer per run folder: a requeued twin stops here
             lock.acquire()
-        brain = _run(brain_class, script, hparams_file, run_opts, overrides, hparams)
+        brain = _run(brain_class, script, hparams_file, run_opts, overrides, hparams, argv)
         ok = True
         return brain
     except (HParamsError, AudioError, FolderLockedError, CheckpointWriteError) as err:  # one line naming it
@@ -271,12 +272,18 @@ def _atomic_checkpoints(hparams) -> None:
         hparams["checkpointer"].__class__ = AtomicCheckpointer
 
 
-def _run(brain_class, script, hparams_file, run_opts, overrides, hparams):
+def _run(brain_class, script, hparams_file, run_opts, overrides, hparams, argv=()):
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )
-    if script and sb.utils.distributed.if_main_process():
-        shutil.copy(os.path.realpath(script), hparams["output_folder"])
+    if sb.utils.distributed.if_main_process():
+        if script:
+            shutil.copy(os.path.realpath(script), hparams["output_folder"])
+        from sb_mal.fileio import atomic_write_text
+
+        command = " ".join(shlex.quote(a) for a in ["python", os.path.relpath(script) if script else "train.py",
+                                                     *argv])
+        atomic_write_text(os.path.join(hparams["output_folder"], "train_command.txt"), command + "\n")
     sb.utils.distributed.run_on_main(_prepare, kwargs={"hparams": hparams})
     datasets = {name: hparams[f"{name}_data"]() for name in ("train", "valid", "test") if hparams.get(f"{name}_data")}
     _atomic_checkpoints(hparams)

@@ -38,7 +38,7 @@ def valid_losses(log: Path) -> list[float]:
 
 def test_debug_run_end_to_end_loss_goes_down(devset, tmp_path):
     out = tmp_path / "run"
-    proc = run([f"--data_folder={devset}", f"--output_folder={out}", "--debug", "--debug_batches=6",
+    proc = run([f"--data_folder={devset}", f"--output_folder={out}", "--debug", "--debug_persistently", "--debug_batches=6",
                 "--debug_epochs=3", *TINY], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = valid_losses(out / "train_log.txt")
@@ -49,6 +49,20 @@ def test_debug_run_end_to_end_loss_goes_down(devset, tmp_path):
     assert len(list((out / "enhanced_test").glob("*.wav"))) == 4
     cfg = json.loads((out / "model_config.json").read_text())
     assert cfg["class"] == "sb_mal.models.backbone.SpectralUNetSE" and cfg["sample_rate"] == 16000
+    # the exported folder's model card carries the run's test results, for the checkpoint they were measured on
+    from sb_mal.cli import main
+
+    assert main(["export", str(out), "-o", str(tmp_path / "model")]) == 0
+    info = json.loads((tmp_path / "model" / "export_info.json").read_text())
+    assert summary["checkpoint"] == info["checkpoint"]
+    card = (tmp_path / "model" / "README.md").read_text()
+    front = card.split("---")[1]
+    assert "- audio-to-audio" in front and "- speech-enhancement" in front and "- speechbrain" in front
+    header, _, row = [line for line in card.splitlines() if line.startswith("| ") and "Test" in line or
+                      re.match(r"\| \d\d-\d\d-\d\d \|", line) or line.startswith("|---|---|---")][:3]
+    assert header == "| Release | Test PESQ | Test STOI |"
+    assert [float(v) for v in row.strip("|").split("|")[1:]] == [round(summary["means"][m], 3) for m in ("pesq", "stoi")]
+    assert (out / "train_command.txt").read_text().strip() in card and "--examples_per_epoch=16" in card
 
 
 def test_ddp_two_processes_gloo(devset, tmp_path):

@@ -241,7 +241,9 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
             folder = self.hparams.output_folder
             if result is not None and folder and sb.utils.distributed.if_main_process():
                 result.to_csv(os.path.join(folder, "test_scores.csv"))
-                result.to_json(os.path.join(folder, "test_summary.json"))
+                tested = getattr(self.checkpointer, "recovered", None)  # the checkpoint these scores belong to
+                extra = {"checkpoint": os.path.basename(str(tested.path))} if tested is not None else {}
+                result.to_json(os.path.join(folder, "test_summary.json"), extra)
             self.test_stats = stats
 
     def _log(self, meta, **stats):

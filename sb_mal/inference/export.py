@@ -39,12 +39,12 @@ __all__ = ["ExportError", "export_run", "find_best_checkpoint"]
 
 from sb_mal.fileio import temporary_folder  # noqa: E402
 from sb_mal.pretrained import (  # noqa: E402  (ExportError, find_best_checkpoint are re-exported)
-    _META_SKIP,
     ExportError,
     find_best_checkpoint,
     load_model_config,
     load_pretrained,
 )
+from sb_mal.inference.model_card import render_card  # noqa: E402
 from sb_mal.weights import save_state_file  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -80,81 +80,6 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
         enhance_model: !ref <enhance_model>
     custom_hooks:
         enhance_model: !name:sb_mal.inference.load_strict
-"""
-
-
-_LE_NOTE = ("A listening-enhancement model trained with sb_mal, a SpeechBrain plugin: its input is *clean* speech and "
-            "its output is the same speech modified, at the input's power, to be better understood when played into a "
-            "noisy place. It does not remove noise; do not give it noisy speech.")
-
-
-def _render_card(cfg: dict, sample_rate: int, run_name: str, ckpt_name: str, meta: dict, key: str, mode: str,
-                 n_params: int) -> str:
-    metrics = {k: v for k, v in meta.items() if k not in _META_SKIP}
-    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
-    table = f"| metric | value |\n|---|---|\n{rows}" if rows else "(no metrics recorded in CKPT.yaml)"
-    kwargs = json.dumps(cfg["kwargs"])
-    return f"""---
-library_name: speechbrain
-pipeline_tag: audio-to-audio
-tags:
-- speechbrain
-- speech-enhancement
-- sb_mal
----
-
-# Speech enhancement: `{cfg["class"].rsplit(".", 1)[-1]}` (sb_mal)
-
-{_LE_NOTE if cfg.get("task") == "listening" else "A waveform-to-waveform speech enhancer trained with sb_mal, a SpeechBrain plugin."}
-
-- Model: `{cfg["class"]}` with `{kwargs}` ({n_params:,} parameters)
-- Sample rate: {sample_rate} Hz, mono (other rates and channel counts are resampled and downmixed)
-- Run: `{run_name}`, checkpoint `{ckpt_name}`, chosen by the {mode}imum of `{key}` on the validation set
-
-## Validation metrics of this checkpoint
-
-{table}
-
-## Use it
-
-Needs the `sb_mal` package installed (it brings SpeechBrain); no code is downloaded.
-
-```python
-from sb_mal.inference import Enhancer
-
-enhancer = Enhancer.from_hparams(source="path/to/this/folder")       # a local folder: no network
-enhancer.enhance_file("noisy.wav", "enhanced.wav")                    # long files: chunked, bounded memory
-enhanced = enhancer.enhance_batch(noisy_batch)                       # [batch, samples] at {sample_rate} Hz
-```
-
-From the Hugging Face hub (after uploading this folder, see below):
-
-```python
-enhancer = Enhancer.from_hparams(source="<user>/<repo>", savedir="pretrained_models/<repo>",
-                                 run_opts={{"device": "cuda:0"}})
-```
-
-or from the command line: `sb-mal enhance noisy_folder/ -o enhanced_folder/ --source <folder or user/repo>`.
-SpeechBrain's generic loader works too (`custom.py` names sb_mal's `Enhancer`):
-`foreign_class(source="<folder or user/repo>", pymodule_file="custom.py", classname="CustomInterface")`.
-
-On Windows, pass `local_strategy=LocalStrategy.COPY` (from `speechbrain.utils.fetching`) with a
-`savedir` to copy files instead of symlinking them (sb_mal does this by default on Windows).
-
-## Publish it
-
-```bash
-hf upload <user>/<repo> path/to/this/folder .    # the `hf` CLI of huggingface_hub
-```
-
-or `huggingface_hub.HfApi().upload_folder(folder_path="path/to/this/folder", repo_id="<user>/<repo>")`.
-
-## Files
-
-- `hyperparams.yaml`: inference hyperparameters (model class and arguments, chunking)
-- `enhance_model.ckpt`: the model weights (a plain PyTorch `state_dict`)
-- `export_info.json`: where the weights come from; `train_hyperparams.yaml`: the training recipe's YAML
-- `custom.py`: the interface class for SpeechBrain's `foreign_class` (an import of sb_mal's `Enhancer`)
 """
 
 
@@ -244,8 +169,8 @@ def export_run(run_dir, out_dir, *, key: str = "pesq", mode: str = "max", checkp
                                                               origin), encoding="utf-8")
         (tmp / "custom.py").write_text(_CUSTOM_INTERFACE, encoding="utf-8")
         n_params = sum(p.numel() for p in model.parameters())
-        (tmp / "README.md").write_text(_render_card(cfg, sample_rate, run_dir.name, ckpt_dir.name, meta, key, mode,
-                                                    n_params), encoding="utf-8")
+        (tmp / "README.md").write_text(render_card(run_dir, cfg, sample_rate, ckpt_dir.name, meta, key, mode, n_params),
+                                       encoding="utf-8")
         if (run_dir / "hyperparams.yaml").is_file():
             shutil.copyfile(run_dir / "hyperparams.yaml", tmp / "train_hyperparams.yaml")
         import speechbrain

@@ -102,6 +102,6 @@ class EvalResult:
             "failures": [{"id": i, "message": m} for i, m in self.failures],
         }
 
-    def to_json(self, path: str | os.PathLike) -> None:
-        """Write :meth:`summary` as JSON (atomically)."""
-        atomic_write_text(path, json.dumps(self.summary(), indent=2) + "\n")
+    def to_json(self, path: str | os.PathLike, extra: dict | None = None) -> None:
+        """Write :meth:`summary` (and the ``extra`` fields) as JSON (atomically)."""
+        atomic_write_text(path, json.dumps({**self.summary(), **(extra or {})}, indent=2) + "\n")
