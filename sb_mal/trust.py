@@ -8,9 +8,10 @@ files as they come. sb_mal loads a model folder's ``hyperparams.yaml`` only thro
 loader *would* do, and refuses the file unless every step is known to be harmless:
 
 1. **Deny by default.** Only these tags pass: the YAML core tags (string, number, boolean, null,
-   sequence, mapping, timestamp), ``!ref``, and ``!new:`` / ``!name:`` / ``!apply:`` naming an
-   allowed object. ``!applyref:``, ``!include:``, ``!module:``, ``!copy``, ``!tuple``,
-   ``!PLACEHOLDER``, ``!!python/...`` and every tag HyperPyYAML may add later are refused. Anchors,
+   sequence, mapping, timestamp), ``!ref``, ``!PLACEHOLDER`` (an error unless an override replaces
+   it), and ``!new:`` / ``!name:`` / ``!apply:`` naming an allowed object. ``!applyref:``,
+   ``!include:``, ``!module:``, ``!copy``, ``!tuple``, ``!!python/...`` and every tag HyperPyYAML
+   may add later are refused. Anchors,
    aliases and ``%TAG`` directives are refused (no "billion laughs").
 2. **Bounded work.** The file is at most :data:`MAX_BYTES`; a ``!ref`` may not read attributes
    (``<a.b>``) or raise to a power, may multiply only numbers, and the text that references expand
@@ -107,8 +108,8 @@ def _check_source(text: str, where: str) -> None:
             if isinstance(event, AliasEvent) or (isinstance(event, NodeEvent) and event.anchor is not None):
                 raise _refuse(where, line, "a YAML anchor or alias (&name / *name); write the value out or use !ref")
             tag = _tag(event)
-            if tag is None or tag in _SOURCE_TAGS or tag == "!ref":
-                continue
+            if tag is None or tag in _SOURCE_TAGS or tag in ("!ref", "!PLACEHOLDER"):  # a placeholder runs nothing:
+                continue  # HyperPyYAML refuses the file unless an override replaced it
             if tag.startswith(_CALLING):
                 _check_calling_tag(tag, where, line)
                 continue

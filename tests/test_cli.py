@@ -1,6 +1,7 @@
 """The sb-mal command line: evaluate folders and manifests, prepare pairs."""
 
 import csv
+from pathlib import Path
 import json
 import os
 import re
@@ -10,6 +11,8 @@ import sys
 import pytest
 
 from conftest import link_pairs
+
+REPO = Path(__file__).resolve().parents[1]
 from sb_mal.cli import main
 
 
@@ -206,3 +209,23 @@ def test_every_command_and_option_has_help():
 
     walk(parser, "sb-mal")
     assert not missing, missing
+
+
+def test_taps_lists_what_each_stock_model_offers(tmp_path, capsys):
+    models = REPO / "tests" / "stock_recipe" / "hparams" / "models"
+    expected = {"cnn_transformer.yaml": ("custom_emb_module", "log1p-stft [2, 63, 257]"),
+                "blstm.yaml": ("lstm", "log1p-stft"), "metricgan_generator.yaml": ("blstm", "log1p-stft"),
+                "fcn.yaml": ("act2", "waveform-channel [2, 16000, 1]")}
+    for name, (tap, used) in expected.items():
+        assert main(["taps", str(models / name), "--set", "N_fft=512"]) == 0
+        out = capsys.readouterr().out
+        assert used in out.splitlines()[0], out
+        assert re.search(rf"^{re.escape(tap)}\s+\[2, ", out, re.M), out
+    assert main(["taps", str(models / "cnn_transformer.yaml")]) == 2  # its placeholder must be given
+    assert "--set KEY=VALUE" in capsys.readouterr().err
+    from conftest import make_run
+
+    run, _ = make_run(tmp_path / "run")  # a run folder of sb_mal's backbone: its own taps, waveform input
+    assert main(["taps", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "input waveform [2, 16000]" in out and re.search(r"^encoder_blocks\.0\s+\[2, ", out, re.M), out

@@ -91,3 +91,12 @@ def test_mean_reduction_weighs_every_utterance_the_same_unlike_speechbrains_leng
     assert torch.isclose(theirs, torch.tensor((100 * 1.0 + 20 * 3.0) / 120))  # weighted by valid length
     full = torch.ones(2)
     assert torch.isclose(WaveformL1()(pred, target, full), l1_loss(pred, target, full))  # equal lengths: the same
+
+
+def test_spectra_instead_of_waveforms_name_the_recipe_setting():
+    spectra = torch.rand(2, 63, 257)
+    with pytest.raises(ValueError, match=r"waveform_target: True"):
+        WaveformL1()(spectra, spectra)
+    with pytest.raises(ValueError, match=r"expected waveforms") as err:
+        WaveformL1()(torch.rand(2, 3, 4, 5), torch.rand(2, 3, 4, 5))
+    assert "waveform_target" not in str(err.value)  # the hint only where it is the likely fix

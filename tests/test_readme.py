@@ -146,6 +146,11 @@ def _setup(name: str, sandbox: Path, devset: Path) -> None:
 
         long = np.concatenate([read_audio(p, as_numpy=True)[0] for p in noisy[:8]])[: 20 * rate]
         write_audio(sandbox / "long_podcast.mp3", long, rate)
+    elif name == "stock-models":  # models/ of SpeechBrain's recipes: the stock-recipe tests' own versions
+        stock = REPO / "tests" / "stock_recipe" / "hparams" / "models"
+        _link(sandbox / "models" / "CNNTransformer.yaml", stock / "cnn_transformer.yaml")
+        generator = (stock / "metricgan_generator.yaml").read_text().replace("\nmodel:", "\ngenerator:")
+        (sandbox / "models" / "MetricGAN.yaml").write_text(generator)
     elif name == "exported":  # two exported models (tiny random backbones) under exported/
         from conftest import make_run
         from sb_mal.inference import export_run

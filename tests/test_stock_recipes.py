@@ -94,8 +94,11 @@ def fixtures(devset, tmp_path_factory, tiny_wavlm_dir):
     net = SpectralCodecNet(filters=4, levels=3)
     (codec_run / "model_config.json").write_text(json.dumps({**model_config(net), "sample_rate": 16000}))
     Checkpointer(codec_run / "save", {"model": net}).save_checkpoint(meta={"loss": 1.0})
+    from sb_folders import spectral_mask_folder
+
     placeholders = {"my_exported_model": str(exported), "results/mp3codec/spectral/1234": str(codec_run),
-                    "microsoft/wavlm-base-plus": str(tiny_wavlm_dir)}
+                    "microsoft/wavlm-base-plus": str(tiny_wavlm_dir),
+                    "my_speechbrain_model": str(spectral_mask_folder(root / "speechbrain_model"))}
     return vb, placeholders
 
 
@@ -106,8 +109,10 @@ def _hparams_with(tmp: Path, recipe: str, model: str, entry: str, placeholders: 
     text = (folder / f"{recipe}.yaml").read_text()
     for key, value in placeholders.items():
         entry = entry.replace(key, value)
-    text, n = re.subn(r"^compute_cost: !name:speechbrain\.nnet\.losses\.mse_loss\n", entry, text, flags=re.M)
-    assert n == 1
+    for key in re.findall(r"^(\w+):", entry, re.M):  # the entry replaces the recipe's own entries of its keys
+        text, n = re.subn(rf"^{key}:.*\n(?:[ #].*\n|\n)*", "", text, flags=re.M)
+        assert n == 1, key
+    text += "\n" + entry
     text, n = re.subn(r"^models: !include:models/\w+\.yaml", f"models: !include:models/{model}.yaml", text, flags=re.M)
     assert n == 1
     path = folder / f"{recipe}.yaml"
@@ -147,6 +152,10 @@ def test_readme_entry_trains_in_the_stock_recipe(entry_id, recipe, model, entry,
     moved = [not torch.equal(a.detach().cpu(), b.detach().cpu())
              for a, b in zip(brain.modules.model.parameters(), fresh["models"]["model"].parameters())]
     assert any(moved)
+    # an entry that adds the loss to the recoverables: its snapshot is in the checkpoint
+    if "mal_loss: !ref <compute_cost>" in entry:
+        saved = list((tmp_path / "out" / "save").glob("CKPT+*/mal_loss.ckpt"))
+        assert saved and any(k.startswith("snapshot") for k in torch.load(saved[0]))
     # the loss networks stayed frozen and received no gradient
     cost = brain.hparams.compute_cost
     if isinstance(cost, torch.nn.Module):

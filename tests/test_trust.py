@@ -60,7 +60,6 @@ PAYLOADS = {
     "torch_load": "x: !apply:torch.load ['{marker}']\n",
     "torch_load_in_allowed_class": "x: !apply:torch.nn.Module.load_state_dict [null, '{marker}']\n",
     "unknown_future_tag": "x: !execute:os.system ['touch {marker}']\n",
-    "placeholder": "x: !PLACEHOLDER\n",
     "copy": "x: !copy <enhance_model>\n",
 }
 
@@ -96,6 +95,15 @@ def test_no_payload_runs_through_any_entry_point(exported, tmp_path, capsys, cas
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(hp) in err and "--trust-code" in err, err
     assert not marker.exists()
+
+
+@pytest.mark.integration
+def test_a_placeholder_must_be_replaced(tmp_path):
+    file = tmp_path / "hyperparams.yaml"
+    file.write_text("n_fft: !PLACEHOLDER\nlayer: !new:torch.nn.Linear [!ref <n_fft>, 2]\n")
+    with pytest.raises(UntrustedCodeError, match="n_fft.*PLACEHOLDER"):
+        load_model_hparams(file)
+    assert load_model_hparams(file, overrides={"n_fft": 8})["layer"].in_features == 8
 
 
 @pytest.mark.integration

@@ -8,6 +8,7 @@ Subcommands
 ``sb-mal export``     turn a training run into an inference folder (publish it with ``hf upload``)
 ``sb-mal enhance``    enhance audio files or folders with an exported model
 ``sb-mal iterate``    self-consistency study: enhance K times, metrics and spectrograms per pass
+``sb-mal taps``       list a model's module paths (Model-as-Loss taps) with the shape each produces
 
 Run ``sb-mal <command> --help`` for the options of each.
 """
@@ -22,6 +23,7 @@ from sb_mal.cli.common import CommandError
 from sb_mal.cli.corpus import cmd_demo, cmd_prepare
 from sb_mal.cli.evaluate import cmd_evaluate
 from sb_mal.cli.models import cmd_enhance, cmd_export, cmd_iterate
+from sb_mal.cli.taps import add_parser as add_taps_parser
 
 __all__ = ["CommandError", "build_parser", "main"]
 
@@ -145,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--trust-code", action="store_true",
                     help="let the model folder's hyperparams.yaml call code outside sb_mal's allow-list (read it first)")
     en.set_defaults(func=cmd_enhance)
+
+    add_taps_parser(sub)
     return parser
 
 

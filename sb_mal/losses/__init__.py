@@ -2,6 +2,7 @@
 
 from sb_mal.losses.codec import LAYER_SETS, CodecApproximationLoss, layer_set
 from sb_mal.losses.model_as_loss import Log1pMagnitude, ModelAsLoss, ModelAsLossError
+from sb_mal.losses.model_taps import list_taps
 from sb_mal.losses.soft_dtw import soft_dtw, soft_dtw_divergence
 from sb_mal.losses.ssl import SSLFeatureLoss, SSLL1Loss, SSLMSELoss, SSLMSEPadLoss, SSLSoftDTWLoss, pad_frames
 from sb_mal.losses.reconstruction import (
@@ -33,6 +34,7 @@ __all__ = [
     "WaveformMSE",
     "WeightedSum",
     "layer_set",
+    "list_taps",
     "pad_frames",
     "soft_dtw",
     "soft_dtw_divergence",

@@ -66,8 +66,6 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from speechbrain.utils.callchains import lengths_arg_exists
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
-
 from sb_mal.losses.model_taps import (
     Log1pMagnitude,
     ModelAsLossError,
@@ -75,6 +73,7 @@ from sb_mal.losses.model_taps import (
     describe,
     listing,
     loss_mode,
+    tap_tensor,
     unwrap_model,
 )
 from sb_mal.losses.reconstruction import LossTerms, check_waveforms, reduce
@@ -297,14 +296,12 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
 
     # -- loss --------------------------------------------------------------------------------------
     def _tap_tensor(self, tap: str, output) -> torch.Tensor:
-        if isinstance(output, (tuple, list)) and output:
-            output = output[0]
-        if isinstance(output, PackedSequence):
-            output = pad_packed_sequence(output, batch_first=True)[0]
-        if not isinstance(output, torch.Tensor):
+        tensor = tap_tensor(output)
+        if tensor is None:
             raise ModelAsLossError(f"ModelAsLoss: tap {tap!r} of {self.model_name} produced a "
-                                   f"{type(output).__name__}, not a tensor; choose a module that outputs a tensor")
-        return output
+                                   f"{type(output).__name__}, not a tensor; choose a module that outputs a tensor "
+                                   "(sb-mal taps lists them)")
+        return tensor
 
     def _axis(self, tap: str) -> int:
         if isinstance(self.time_axis, Mapping):

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
 import torch
 from torch import nn
 
 from sb_mal.dsp import Log1pMagnitude
 from sb_mal.models.frozen import loss_mode, unwrap_model
 
-__all__ = ["Log1pMagnitude", "ModelAsLossError", "TapEncoder", "describe", "listing", "loss_mode", "unwrap_model"]
+__all__ = ["Log1pMagnitude", "ModelAsLossError", "TapEncoder", "describe", "list_taps", "listing", "loss_mode",
+           "tap_tensor", "unwrap_model"]
 
 
 class ModelAsLossError(RuntimeError):
@@ -87,3 +90,52 @@ def describe(x) -> str:
 def listing(names: Sequence[str], limit: int = 30) -> str:
     shown = ", ".join(names[:limit])
     return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)} in all)"
+
+
+def tap_tensor(output) -> torch.Tensor | None:
+    """The tensor a tap contributes: the first element of a tuple (an RNN's output, not its state), a
+    packed sequence unpacked; None when the module's output holds no tensor."""
+    if isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    if isinstance(output, PackedSequence):
+        output = pad_packed_sequence(output, batch_first=True)[0]
+    return output if isinstance(output, torch.Tensor) else None
+
+
+def list_taps(model: nn.Module, example: torch.Tensor, lengths: torch.Tensor | None = None) -> list[tuple[str, tuple]]:
+    """``(module path, output shape)`` of every submodule that runs when ``model`` sees ``example``:
+    the taps :class:`~sb_mal.losses.ModelAsLoss` can use, in the order they run (``sb-mal taps``).
+
+    ``example`` is the model's own input (e.g. ``input_fn(wav)``); ``lengths`` is passed when the
+    model's ``forward`` takes it. Modules whose output holds no tensor are left out.
+
+    Example
+    -------
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> list_taps(net, torch.randn(3, 4))
+    [('0', (3, 8)), ('1', (3, 8)), ('2', (3, 2))]
+    """
+    from speechbrain.utils.callchains import lengths_arg_exists
+
+    found: list[tuple[str, tuple]] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(module, args, output, name=name):
+            tensor = tap_tensor(output)
+            if tensor is not None and name not in {n for n, _ in found}:
+                found.append((name, tuple(tensor.shape)))
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad(), loss_mode(model):
+            if lengths is not None or lengths_arg_exists(model.forward):
+                model(example, torch.ones(example.shape[0]) if lengths is None else lengths)
+            else:
+                model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found

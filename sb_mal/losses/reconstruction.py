@@ -91,9 +91,12 @@ def check_waveforms(predictions: torch.Tensor, targets: torch.Tensor, name: str)
     if targets.dim() == 3 and targets.shape[-1] == 1:
         targets = targets.squeeze(-1)
     if predictions.dim() != 2 or targets.dim() != 2:
+        spectra = any(t.dim() == 3 and t.shape[-1] > 1 for t in (predictions, targets))
+        hint = ("; spectra? In SpeechBrain's spectral_mask recipe set `waveform_target: True`, so the cost "
+                "compares the resynthesised waveforms") if spectra else ""
         raise ValueError(
             f"{name}: expected waveforms [batch, samples], got predictions {tuple(predictions.shape)} "
-            f"and targets {tuple(targets.shape)}"
+            f"and targets {tuple(targets.shape)}{hint}"
         )
     if predictions.shape[0] != targets.shape[0]:
         raise ValueError(f"{name}: batch sizes differ ({predictions.shape[0]} vs {targets.shape[0]})")
