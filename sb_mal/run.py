@@ -201,7 +201,9 @@ def run_recipe(brain_class, script: str | None = None, argv: list[str] | None = 
     from sb_mal.brains.hparams import HParamsError
 
     from sb_mal.checkpoints import CheckpointWriteError
+    from sb_mal.data.download import DownloadError
     from sb_mal.devices import DeviceError, check_device
+    from sb_mal.models.ssl import SSLModelLoadError
     from sb_mal.fileio import FolderLock, FolderLockedError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -221,6 +223,11 @@ def run_recipe(brain_class, script: str | None = None, argv: list[str] | None = 
         return brain
     except (HParamsError, AudioError, FolderLockedError, CheckpointWriteError) as err:  # one line naming it
         raise SystemExit(f"error: {err}") from None
+    except DownloadError as err:  # the corpus could not be fetched: the recipe's own switch
+        raise SystemExit(f"error: {err.with_hint('--download=False (the YAML key download)')}") from None
+    except SSLModelLoadError as err:  # a hub id offline: the recipe's key that names the model
+        raise SystemExit(f"error: {err}; the YAML key ssl_source chooses the model (--ssl_source=/a/local/folder)") \
+            from None
     finally:
         lock.release()
         _shutdown_process_group(wait_for_peers=ok)

@@ -330,3 +330,25 @@ def test_offline_download_is_one_line_naming_the_url_and_the_manual_route(tmp_pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "cannot download https://datashare.ed.ac.uk/" in err and "--no-download" in err and "Traceback" not in err
+
+
+def test_a_recipe_offline_is_one_line_naming_its_own_key(tmp_path, monkeypatch):
+    """The recipe's message names the YAML key that turns the download off, not the CLI's --no-download."""
+    import urllib.error
+
+    from speechbrain.utils import data_utils
+
+    from sb_mal.brains import EnhanceBrain
+    from sb_mal.run import run_recipe
+
+    def offline(source, dest, **kwargs):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(data_utils, "download_file", offline)
+    repo = Path(__file__).resolve().parents[1]
+    with pytest.raises(SystemExit) as stop:
+        run_recipe(EnhanceBrain, argv=[str(repo / "hparams/voicebank/baseline.yaml"), f"--data_folder={tmp_path / 'vb'}",
+                                       f"--output_folder={tmp_path / 'out'}", "--test_metrics=[pesq]"])
+    message = str(stop.value)
+    assert "\n" not in message and message.startswith("error: cannot download https://datashare.ed.ac.uk/")
+    assert "--download=False (the YAML key download)" in message and "--no-download" not in message

@@ -19,9 +19,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                                 sample_rate=args.sample_rate)
         print(f"{len(entries)} pairs -> {args.output}")
     elif args.corpus == "voicebank":
+        from sb_mal.cli.common import CommandError
+        from sb_mal.data.download import DownloadError
         from sb_mal.data.voicebank import prepare_voicebank
 
-        paths = prepare_voicebank(args.data_folder, args.save_folder, download=not args.no_download)
+        try:
+            paths = prepare_voicebank(args.data_folder, args.save_folder, download=not args.no_download)
+        except DownloadError as err:
+            raise CommandError(str(err.with_hint("--no-download"))) from err
         for split, path in paths.items():
             print(f"{split}: {path}")
     elif args.corpus == "mini":

@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from sb_mal.audio import audio_info, read_audio, write_audio
+from sb_mal.data.download import download_archive
 from sb_mal.data.manifest import to_placeholder, write_manifest
 from sb_mal.data.mixing import mix_at_snr
 from sb_mal.fileio import atomic_write_text
@@ -259,14 +260,6 @@ def _stored(path: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _download(url: str, archive: str, scratch: str) -> None:
-    from speechbrain.utils import data_utils  # looked up at call time (tests replace it)
-
-    shutil.rmtree(scratch, ignore_errors=True)
-    logger.info("downloading %s", url)
-    data_utils.download_file(url, archive, unpack=True, dest_unpack=scratch)
-
-
 def _librispeech_dir(folder: str, subset: str) -> str | None:
     for candidate in (os.path.join(folder, subset), os.path.join(folder, "LibriSpeech", subset)):
         if os.path.isdir(candidate):
@@ -284,7 +277,7 @@ def _ensure_librispeech(folder: str, subset: str, download: bool) -> str:
                                 f"download=True or get {librispeech_url(subset)}")
     os.makedirs(folder, exist_ok=True)
     archive, scratch = os.path.join(folder, f"{subset}.tar.gz"), os.path.join(folder, f".unpack-{subset}")
-    _download(librispeech_url(subset), archive, scratch)
+    download_archive(librispeech_url(subset), archive, scratch, f"unpack it into {folder} (giving {folder}/{subset}/)")
     unpacked = _librispeech_dir(scratch, subset)
     if unpacked is None:
         raise FileNotFoundError(f"{archive}: expected LibriSpeech/{subset}/ inside the archive")
@@ -305,7 +298,8 @@ def _ensure_demand(folder: str, noise: str, channel: str, download: bool) -> str
                                 f"{channel}.wav); pass download=True or get {demand_url(noise)}")
     os.makedirs(folder, exist_ok=True)
     archive, scratch = os.path.join(folder, f"{noise}_16k.zip"), os.path.join(folder, f".unpack-{noise}")
-    _download(demand_url(noise), archive, scratch)
+    download_archive(demand_url(noise), archive, scratch,
+                     f"unzip it into {folder} (giving {os.path.join(folder, noise, channel)}.wav)")
     candidates = [p.parent for p in Path(scratch).rglob(f"{channel}.wav") if p.parent.name == noise]
     if not candidates:
         raise FileNotFoundError(f"{archive}: expected {noise}/{channel}.wav inside the zip")

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sb_mal.audio import AudioError, audio_info, list_audio_files, read_audio, write_audio
+from sb_mal.data.download import download_archive
 from sb_mal.data.manifest import to_placeholder, write_manifest
 from sb_mal.fileio import atomic_write_text
 
@@ -215,7 +216,7 @@ def _ensure_corpus(data_folder: str, download: bool, sample_rate: int) -> None:
             f"{', '.join(missing)}. Expected subfolders: "
             f"{', '.join(VOICEBANK_SUBSETS.values())} (48 kHz, from the zips at "
             f"{VOICEBANK_URL_PREFIX}) and optionally {', '.join(VOICEBANK_TRANSCRIPTS.values())}; "
-            "or pass download=True")
+            "or let it download them (download=True)")
     os.makedirs(data_folder, exist_ok=True)
     for name in missing:
         _download_zip(data_folder, name)
@@ -230,8 +231,6 @@ def _ensure_corpus(data_folder: str, download: bool, sample_rate: int) -> None:
 
 def _download_zip(data_folder: str, name: str) -> None:
     """Download ``<name>.zip``, unpack it in a scratch folder, then move ``<name>/`` into place."""
-    from speechbrain.utils import data_utils  # looked up at call time (tests replace it)
-
     url = f"{VOICEBANK_URL_PREFIX}{name}.zip"
     archive = os.path.join(data_folder, f"{name}.zip")
     if os.path.exists(archive) and not zipfile.is_zipfile(archive):
@@ -239,17 +238,7 @@ def _download_zip(data_folder: str, name: str) -> None:
                        archive)
         os.unlink(archive)
     scratch = os.path.join(data_folder, f".unpack-{name}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    logger.info("downloading %s", url)
-    try:
-        data_utils.download_file(url, archive, unpack=True, dest_unpack=scratch)
-    except (OSError, ValueError) as err:  # offline, DNS, HTTP errors (urllib's are OSErrors)
-        shutil.rmtree(scratch, ignore_errors=True)
-        reason = " ".join(str(getattr(err, "reason", err)).split())[:200]
-        raise ConnectionError(
-            f"cannot download {url} ({type(err).__name__}: {reason}); offline, download it by hand, unzip it into "
-            f"{data_folder} (giving {os.path.join(data_folder, name)}/) and run again with --no-download "
-            "(download=False)") from err
+    download_archive(url, archive, scratch, f"unzip it into {data_folder} (giving {os.path.join(data_folder, name)}/)")
     candidates = [p for p in (Path(scratch) / name, *Path(scratch).glob(f"*/{name}")) if p.is_dir()]
     if not candidates:
         found = sorted(p.name for p in Path(scratch).iterdir()) if os.path.isdir(scratch) else []

@@ -101,8 +101,9 @@ def load_ssl_model(source: str | Path, cache_dir: str | Path | None = None,
                 "a hub id needs network access once, after which it is cached (cache_dir or $HF_HOME); offline "
                 "(HF_HUB_OFFLINE=1, local_files_only=True) it must already be in that cache, or give a local "
                 "folder written by save_pretrained")
+        cause = " ".join(str(err).split())[:300]
         raise SSLModelLoadError(f"could not load SSL model source={text!r} with transformers.AutoModel "
-                                f"({type(err).__name__}: {err}); {hint}") from err
+                                f"({type(err).__name__}: {cause}); {hint}") from err
     return model
 
 
