@@ -385,6 +385,31 @@ def test_without_the_kernel_packages_auto_falls_back_to_torch_and_forcing_says_w
         resolve_backend("triton", "cuda")
 
 
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+def test_a_kernel_chosen_automatically_that_fails_is_replaced_by_the_torch_path(monkeypatch, caplog):
+    from sb_mal.losses import soft_dtw_numba
+
+    def broken(*args):
+        raise RuntimeError("cannot compile here")
+
+    monkeypatch.delenv(soft_dtw_module.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(soft_dtw_module, "_FAILED", {})
+    monkeypatch.setattr(soft_dtw_numba.NumbaSoftDTW, "apply", broken)
+    cost = torch.rand(2, 5, 4, dtype=torch.float64)
+    with caplog.at_level("WARNING", logger=soft_dtw_module.__name__):
+        value = soft_dtw_from_cost(cost.requires_grad_(True))
+    assert type(value.grad_fn).__name__.startswith("SoftDTWFunction")
+    assert "numba kernel failed (RuntimeError: cannot compile here)" in caplog.text
+    assert torch.allclose(value, soft_dtw_from_cost(cost, backend="torch"))
+    with pytest.raises(RuntimeError, match="cannot compile here"):  # forced: the error is the caller's to see
+        soft_dtw_from_cost(cost, backend="numba")
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # out of memory is never hidden
+        monkeypatch.setattr(soft_dtw_module, "_FAILED", {})
+        monkeypatch.setattr(soft_dtw_numba.NumbaSoftDTW, "apply",
+                            lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("out of memory")))
+        soft_dtw_from_cost(cost)
+
+
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton not installed")
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
 def test_triton_kernels_compile_for_an_h100(dtype):
@@ -429,7 +454,7 @@ def test_triton_kernel_on_cuda_matches_the_cpu_paths(dtype):
                 assert type(value.grad_fn).__name__.startswith("TritonSoftDTW")
             (value * scale.to(device)).sum().backward()
             out[name, device] = (value.detach().cpu().double(), c.grad.cpu().double())
-        tol = dict(rtol=1e-4, atol=1e-3) if dtype == torch.float32 else dict(rtol=1e-11, atol=1e-9)
+        tol = dict(rtol=1e-3, atol=1e-3) if dtype == torch.float32 else dict(rtol=1e-11, atol=1e-9)
         for other in (("torch", "cuda"), ("auto", "cpu")):
             assert torch.allclose(out["auto", "cuda"][0], out[other][0], **tol), other
             assert torch.allclose(out["auto", "cuda"][1], out[other][1], rtol=0, atol=tol["atol"]), other

@@ -77,6 +77,7 @@ Example
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -86,6 +87,8 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["BACKENDS", "DISTANCES", "SoftDTWFunction", "pairwise_cost", "resolve_backend", "soft_dtw",
            "soft_dtw_divergence", "soft_dtw_from_cost"]
+
+logger = logging.getLogger(__name__)
 
 DISTANCES = ("sqeuclidean", "cosine")
 BACKENDS = ("auto", "torch", "numba", "triton")
@@ -291,17 +294,37 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
     return backend
 
 
+_FAILED: dict[str, str] = {}  # kernel backends whose first use failed in this process -> why (auto skips them)
+
+
 def _recursion(cost: torch.Tensor, n: torch.Tensor, m: torch.Tensor, gamma: float, backend: str | None):
-    """``R[b, n_b, m_b]`` of ``cost`` with the backend chosen by :func:`resolve_backend`."""
+    """``R[b, n_b, m_b]`` of ``cost`` with the backend chosen by :func:`resolve_backend`.
+
+    A kernel backend chosen by ``"auto"`` that fails (e.g. a Triton or numba build that cannot compile
+    here) is reported once in the log and replaced by the torch path for the rest of the process; a
+    forced backend raises. Out-of-memory errors always propagate.
+    """
     chosen = resolve_backend(backend, cost.device)
-    if chosen == "numba":
-        from sb_mal.losses.soft_dtw_numba import NumbaSoftDTW
+    automatic = chosen != backend
+    if automatic and chosen in _FAILED:
+        chosen = "torch"
+    try:
+        if chosen == "numba":
+            from sb_mal.losses.soft_dtw_numba import NumbaSoftDTW
 
-        return NumbaSoftDTW.apply(cost, n, m, gamma)
-    if chosen == "triton":
-        from sb_mal.losses.soft_dtw_triton import TritonSoftDTW
+            return NumbaSoftDTW.apply(cost, n, m, gamma)
+        if chosen == "triton":
+            from sb_mal.losses.soft_dtw_triton import TritonSoftDTW
 
-        return TritonSoftDTW.apply(cost, n, m, gamma)
+            return TritonSoftDTW.apply(cost, n, m, gamma)
+    except (torch.cuda.OutOfMemoryError, MemoryError):
+        raise
+    except Exception as exc:
+        if not automatic:
+            raise
+        _FAILED[chosen] = f"{type(exc).__name__}: {exc}"
+        logger.warning("soft-DTW: the %s kernel failed (%s); using the torch wavefront from now on (set %s=torch "
+                       "to skip the kernel)", chosen, _FAILED[chosen], BACKEND_ENV)
     return SoftDTWFunction.apply(cost, n, m, gamma)
 
 
