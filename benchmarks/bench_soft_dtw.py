@@ -70,6 +70,7 @@ SLOW = ("autograd, cell loop", "naive reference")  # run at --slow-dims only, wi
 #: system -> (module it imports, package to pip install)
 PEERS = {"pysdtw": ("pysdtw", "pysdtw"), "pysdtw, all cores": ("pysdtw", "pysdtw"), "tslearn": ("tslearn", "tslearn"),
          "sdtw-cuda-torch": ("sdtw_cuda_torch", "sdtw-cuda-torch")}
+KERNEL_FUNCTION = {"numba": "NumbaSoftDTW", "triton": "TritonSoftDTW", "torch": "SoftDTWFunction"}
 NOT_OURS = ("autograd, wavefront", "pysdtw", "pysdtw, all cores", "tslearn", "sdtw-cuda-torch") + SLOW
 #: (system, N, D) left out on the CPU: tslearn's loss holds [B, N, N, D] tensors, over 20 GB here (it was killed for
 #: memory in earlier runs on this 24 GB machine, which other jobs share)
@@ -202,7 +203,11 @@ def run_case(system: str, batch: int, frames: int, dim: int, repeats: int, budge
     fn = FUNCTIONS[system]
     cuda = device.startswith("cuda")
     if system not in SLOW:  # warm-up: JIT compilation and caches stay out of the timings
-        fn(x, y).sum().backward()
+        value = fn(x, y)
+        expected = KERNEL_FUNCTION[resolve_backend("auto", device)]
+        if system == "ours" and not type(value.grad_fn).__name__.startswith(expected):
+            raise RuntimeError(f"ours ran {type(value.grad_fn).__name__}, not {expected} (a kernel failed: see the log)")
+        value.sum().backward()
         if cuda:
             torch.cuda.synchronize()
     times, peak = [], None
