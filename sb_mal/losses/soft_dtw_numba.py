@@ -246,6 +246,16 @@ class NumbaSoftDTW(torch.autograd.Function):
 
     Same contract as :class:`sb_mal.losses.soft_dtw.SoftDTWFunction` (float32 or float64 ``cost``,
     long lengths ``1 <= n_b <= N``; cells beyond them get zero gradient, their values are never read).
+
+    Example
+    -------
+    >>> cost = torch.tensor([[[0.0, 5.0], [5.0, 0.0]], [[1.0, 0.0], [9.0, 9.0]]], requires_grad=True)
+    >>> value = NumbaSoftDTW.apply(cost, torch.tensor([2, 1]), torch.tensor([2, 2]), 0.01)
+    >>> (value.round(decimals=3) + 0.0).tolist()  # item 1: its first row only
+    [0.0, 1.0]
+    >>> value.sum().backward()
+    >>> cost.grad.round().tolist()  # the expected alignments; nothing beyond item 1's lengths
+    [[[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [0.0, 0.0]]]
     """
 
     @staticmethod

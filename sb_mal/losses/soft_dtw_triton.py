@@ -150,6 +150,17 @@ class TritonSoftDTW(torch.autograd.Function):
 
     Same contract as :class:`sb_mal.losses.soft_dtw.SoftDTWFunction` (float32 or float64 ``cost``,
     long lengths ``1 <= n_b <= N``; cells beyond them get zero gradient, their values are never read).
+
+    Example (on CPU tensors, interpreted)
+    -------------------------------------
+    >>> import os
+    >>> os.environ["TRITON_INTERPRET"] = "1"
+    >>> cost = torch.tensor([[[0.0, 5.0], [5.0, 0.0]], [[1.0, 0.0], [9.0, 9.0]]], requires_grad=True)
+    >>> value = TritonSoftDTW.apply(cost, torch.tensor([2, 1]), torch.tensor([2, 2]), 0.01)
+    >>> value.sum().backward()
+    >>> del os.environ["TRITON_INTERPRET"]
+    >>> (value.round(decimals=3) + 0.0).tolist(), cost.grad.round().tolist()
+    ([0.0, 1.0], [[[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [0.0, 0.0]]])
     """
 
     @staticmethod
