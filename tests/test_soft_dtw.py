@@ -428,11 +428,15 @@ def test_triton_kernels_compile_for_an_h100(dtype):
         soft_dtw_triton._backward_kernel: {"w_ptr": ptr, "n_ptr": "*i64", "m_ptr": "*i64", "ring_ptr": ptr,
                                            "grad_ptr": ptr, "scale_ptr": ptr, **ints},
     }
-    for fn, signature in signatures.items():
-        source = ASTSource(triton.jit(fn), {**signature, "BLOCK": "constexpr", "CHUNKS": "constexpr"},
-                           constexprs={"BLOCK": 1024, "CHUNKS": 2})
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
-        assert compiled.asm["cubin"] and compiled.asm["ptx"].count("bar.sync") >= 2  # a barrier per diagonal
+    for width in (502, 1502):  # one chunk per diagonal, and two
+        block, chunks, options = soft_dtw_triton._launch_shape(width)
+        for fn, signature in signatures.items():
+            source = ASTSource(triton.jit(fn), {**signature, "BLOCK": "constexpr", "CHUNKS": "constexpr"},
+                               constexprs={"BLOCK": block, "CHUNKS": chunks})
+            compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+            ptx = compiled.asm["ptx"]
+            assert compiled.asm["cubin"] and ptx.count("bar.sync") >= 2  # after the set-up and after each diagonal
+            assert "cp.async" not in ptx  # no load is prefetched across a barrier
 
 
 @pytest.mark.gpu

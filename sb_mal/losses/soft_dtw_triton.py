@@ -41,6 +41,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+# Each diagonal reads what other lanes of the same program wrote for the diagonals before it, through the
+# scratch ring in global memory: the stores, then tl.debug_barrier() (bar.sync), then plain loads in the next
+# iteration, in program order. bar.sync makes a block's global writes visible to the whole block (all its threads
+# share the SM's L1), so the loads may hit L1; the kernels are launched with num_stages=1 so that no load is
+# software-pipelined ahead of the barrier (tests/test_soft_dtw.py checks the compiled PTX has no cp.async).
+#
 # The kernels use Triton's builtins only (no @triton.jit helpers of triton.language such as tl.zeros): those
 # are compiled or interpreted depending on TRITON_INTERPRET when triton.language is first imported, and a
 # kernel must work both ways in one process (the tests interpret and compile).
@@ -70,9 +76,9 @@ def _forward_kernel(cost_ptr, n_ptr, m_ptr, gamma_ptr, ring_ptr, w_ptr, out_ptr,
             i = c * BLOCK + lanes
             inside = (i >= lo) & (i <= hi)
             # predecessors of (i, k - i): (i-1, j-1) on k-2, (i-1, j) and (i, j-1) on k-1
-            d = tl.load(prev2 + i - 1, mask=inside, other=0.0, volatile=True)
-            u = tl.load(prev + i - 1, mask=inside, other=0.0, volatile=True)
-            v = tl.load(prev + i, mask=inside, other=0.0, volatile=True)
+            d = tl.load(prev2 + i - 1, mask=inside, other=0.0)
+            u = tl.load(prev + i - 1, mask=inside, other=0.0)
+            v = tl.load(prev + i, mask=inside, other=0.0)
             cst = tl.load(cost + (i - 1) * stride_r + (k - i - 1) * stride_c, mask=inside, other=0.0)
             top = tl.maximum(d, tl.maximum(u, v))  # finite inside: every cell has a finite predecessor
             ed = tl.exp(d - top)
@@ -86,7 +92,7 @@ def _forward_kernel(cost_ptr, n_ptr, m_ptr, gamma_ptr, ring_ptr, w_ptr, out_ptr,
             tl.store(weights + (diagonals + k) * width + i, eu * inv, mask=i < width)
             tl.store(weights + (2 * diagonals + k) * width + i, ev * inv, mask=i < width)
         tl.debug_barrier()
-    q_end = tl.load(ring + ((nb + mb) % 3) * width + nb, volatile=True)
+    q_end = tl.load(ring + ((nb + mb) % 3) * width + nb)
     tl.store(out_ptr + b, -gamma * q_end)
 
 
@@ -120,11 +126,11 @@ def _backward_kernel(w_ptr, n_ptr, m_ptr, ring_ptr, grad_ptr, scale_ptr, stride_
             on2 = inside & (k + 2 <= end)
             # successors of (i, j): (i+1, j) via its "up" weight and (i, j+1) via "left" on k+1,
             # (i+1, j+1) via "diagonal" on k+2 (E and the weights are zero outside their bands)
-            e = tl.load(next1 + i + 1, mask=on1, other=0.0, volatile=True) * tl.load(
+            e = tl.load(next1 + i + 1, mask=on1, other=0.0) * tl.load(
                 weights + (diagonals + k + 1) * width + i + 1, mask=on1, other=0.0)
-            e += tl.load(next1 + i, mask=on1, other=0.0, volatile=True) * tl.load(
+            e += tl.load(next1 + i, mask=on1, other=0.0) * tl.load(
                 weights + (2 * diagonals + k + 1) * width + i, mask=on1, other=0.0)
-            e += tl.load(next2 + i + 1, mask=on2, other=0.0, volatile=True) * tl.load(
+            e += tl.load(next2 + i + 1, mask=on2, other=0.0) * tl.load(
                 weights + (k + 2) * width + i + 1, mask=on2, other=0.0)
             e = tl.where(inside & (k == end), 1.0, e)  # E[n_b, m_b] = 1
             e = tl.where(inside, e, 0.0)
@@ -140,9 +146,10 @@ def _kernels(interpret: bool):
     return triton.jit(_forward_kernel), triton.jit(_backward_kernel)
 
 
-def _launch_shape(width: int) -> tuple[int, int, int]:
+def _launch_shape(width: int) -> tuple[int, int, dict]:
+    """``BLOCK``, ``CHUNKS`` and the launch options for diagonals of ``width`` cells."""
     block = min(triton.next_power_of_2(width), _MAX_BLOCK)
-    return block, triton.cdiv(width, block), max(1, min(8, block // 128))
+    return block, triton.cdiv(width, block), {"num_warps": max(1, min(8, block // 128)), "num_stages": 1}
 
 
 class TritonSoftDTW(torch.autograd.Function):
@@ -178,9 +185,9 @@ class TritonSoftDTW(torch.autograd.Function):
         ring = cost.new_empty(batch, 3, width)
         weights = cost.new_empty(batch, 3, diagonals, width)
         out = cost.new_empty(batch)
-        block, chunks, warps = _launch_shape(width)
+        block, chunks, options = _launch_shape(width)
         forward_kernel, _ = _kernels(interpret)
-        extra = {} if interpret else {"num_warps": warps}
+        extra = {} if interpret else options
         params = torch.tensor([gamma, 1.0 / gamma], dtype=cost.dtype).to(cost.device)
         forward_kernel[(batch,)](cost, n, m, params, ring, weights, out, cost.stride(0), cost.stride(1),
                                  cost.stride(2), width, diagonals, BLOCK=block, CHUNKS=chunks, **extra)
@@ -197,10 +204,10 @@ class TritonSoftDTW(torch.autograd.Function):
         grad = weights.new_zeros(batch, rows, cols)
         ring = weights.new_empty(batch, 3, width)
         scale = grad_output.to(weights.dtype).contiguous()
-        block, chunks, warps = _launch_shape(width)
+        block, chunks, options = _launch_shape(width)
         interpret = interpreting()
         _, backward_kernel = _kernels(interpret)
-        extra = {} if interpret else {"num_warps": warps}
+        extra = {} if interpret else options
         backward_kernel[(batch,)](weights, n, m, ring, grad, scale, grad.stride(0), grad.stride(1), grad.stride(2),
                                   width, diagonals, BLOCK=block, CHUNKS=chunks, **extra)
         return (grad.transpose(1, 2) if transpose else grad), None, None, None
