@@ -134,19 +134,31 @@ def _skew_index(n: int, m: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return to_skew, from_skew
 
 
-def _lengths(lengths, total: int, batch: int, device, name: str) -> torch.Tensor:
-    if lengths is None:
-        return torch.full((batch,), total, dtype=torch.long, device=device)
-    lengths = torch.as_tensor(lengths, device=device)
-    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-        raise TypeError(f"{name} must be integer frame counts, got dtype {lengths.dtype} (convert relative "
-                        "lengths first, e.g. torch.round(rel * frames).long())")
-    if lengths.shape != (batch,):
-        raise ValueError(f"{name} must have shape [{batch}], got {tuple(lengths.shape)}")
-    low, high = int(lengths.min()), int(lengths.max())
-    if low < 1 or high > total:
-        raise ValueError(f"{name} must lie in 1..{total} (the padded length), got values in {low}..{high}")
-    return lengths.long()
+def _lengths(x_lengths, y_lengths, rows: int, cols: int, batch: int, device) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                    int, int]:
+    """Validated long lengths ``n``, ``m`` on ``device`` and their maxima, with one host sync at most (none when
+    both are ``None``: full lengths)."""
+    tensors, given = [], []
+    for lengths, total, name in ((x_lengths, rows, "x_lengths"), (y_lengths, cols, "y_lengths")):
+        if lengths is None:
+            tensors.append(torch.full((batch,), total, dtype=torch.long, device=device))
+            continue
+        lengths = torch.as_tensor(lengths)
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"{name} must be integer frame counts, got dtype {lengths.dtype} (convert relative "
+                            "lengths first, e.g. torch.round(rel * frames).long())")
+        if lengths.shape != (batch,):
+            raise ValueError(f"{name} must have shape [{batch}], got {tuple(lengths.shape)}")
+        given.append((len(tensors), total, name))
+        tensors.append(lengths.to(device=device, dtype=torch.long))
+    maxima = [rows, cols]
+    if given:
+        bounds = torch.stack([f(tensors[i]) for i, _, _ in given for f in (torch.amin, torch.amax)]).tolist()
+        for (i, total, name), low, high in zip(given, bounds[0::2], bounds[1::2]):
+            if low < 1 or high > total:
+                raise ValueError(f"{name} must lie in 1..{total} (the padded length), got values in {low}..{high}")
+            maxima[i] = high
+    return tensors[0], tensors[1], maxima[0], maxima[1]
 
 
 class SoftDTWFunction(torch.autograd.Function):
@@ -346,8 +358,7 @@ def soft_dtw_from_cost(cost: torch.Tensor, x_lengths=None, y_lengths=None, gamma
     if rows == 0 or cols == 0:
         raise ValueError(f"cost must have at least one row and column, got shape {tuple(cost.shape)}")
     gamma = _check_gamma(gamma)
-    n = _lengths(x_lengths, rows, batch, cost.device, "x_lengths")
-    m = _lengths(y_lengths, cols, batch, cost.device, "y_lengths")
+    n, m, _, _ = _lengths(x_lengths, y_lengths, rows, cols, batch, cost.device)
     if cost.dtype not in (torch.float32, torch.float64):
         cost = cost.float()
     return _recursion(cost, n, m, gamma, backend)
@@ -361,14 +372,16 @@ def _prepare(x, y, x_lengths, y_lengths):
         raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must agree in batch and feature size")
     if x.shape[1] == 0 or y.shape[1] == 0:
         raise ValueError(f"x and y need at least one frame, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
-    n = _lengths(x_lengths, x.shape[1], x.shape[0], x.device, "x_lengths")
-    m = _lengths(y_lengths, y.shape[1], y.shape[0], y.device, "y_lengths")
+    n, m, n_max, m_max = _lengths(x_lengths, y_lengths, x.shape[1], y.shape[1], x.shape[0], x.device)
     if x.dtype not in (torch.float32, torch.float64):
         x, y = x.float(), y.float()
     # trim to the longest valid item and zero the padding (so NaN/inf there cannot leak in)
-    x, y = x[:, : int(n.max())], y[:, : int(m.max())]
-    x = x.masked_fill(~(torch.arange(x.shape[1], device=x.device)[None, :, None] < n[:, None, None]), 0.0)
-    y = y.masked_fill(~(torch.arange(y.shape[1], device=y.device)[None, :, None] < m[:, None, None]), 0.0)
+    if x_lengths is not None:
+        x = x[:, :n_max]
+        x = x.masked_fill(~(torch.arange(x.shape[1], device=x.device)[None, :, None] < n[:, None, None]), 0.0)
+    if y_lengths is not None:
+        y = y[:, :m_max]
+        y = y.masked_fill(~(torch.arange(y.shape[1], device=y.device)[None, :, None] < m[:, None, None]), 0.0)
     return x, y, n, m
 
 

@@ -152,6 +152,12 @@ def _launch_shape(width: int) -> tuple[int, int, dict]:
     return block, triton.cdiv(width, block), {"num_warps": max(1, min(8, block // 128)), "num_stages": 1}
 
 
+@functools.lru_cache(maxsize=32)
+def _gamma_params(gamma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(gamma, 1 / gamma)`` on the device, made once per value: a host-to-device copy waits for the GPU."""
+    return torch.tensor([gamma, 1.0 / gamma], dtype=dtype).to(device)
+
+
 class TritonSoftDTW(torch.autograd.Function):
     """``TritonSoftDTW.apply(cost [B, N, M], n [B], m [B], gamma) -> [B]`` on CUDA tensors.
 
@@ -188,7 +194,7 @@ class TritonSoftDTW(torch.autograd.Function):
         block, chunks, options = _launch_shape(width)
         forward_kernel, _ = _kernels(interpret)
         extra = {} if interpret else options
-        params = torch.tensor([gamma, 1.0 / gamma], dtype=cost.dtype).to(cost.device)
+        params = _gamma_params(float(gamma), cost.dtype, cost.device)
         forward_kernel[(batch,)](cost, n, m, params, ring, weights, out, cost.stride(0), cost.stride(1),
                                  cost.stride(2), width, diagonals, BLOCK=block, CHUNKS=chunks, **extra)
         ctx.save_for_backward(weights, n, m)
