@@ -1,20 +1,23 @@
 """``sb-mal demo``: train the baseline, then continue it with and without Model as Loss, side by side.
 
-Everything runs offline on a fresh machine, on the CPU, in about six minutes:
+Everything runs offline on a fresh machine, on the CPU, in about seven minutes (ten with the corpus to build):
 
 1. builds (or reuses) the embedded synthetic mini corpus;
 2. trains the backbone with the reconstruction loss (L1 + multi-resolution STFT) for a wall-clock
    budget (``sb_mal/hparams/demo.yaml``, run by :class:`sb_mal.brains.MALBrain` with
-   ``lambda_mal: 0``);
-3. continues that model twice for the same number of steps: reconstruction only, and with Model as
-   Loss (its own encoder as the loss, ``variant``/``lambda_mal``);
-4. scores the noisy input and both continuations on the same test utterances and prints them side
-   by side, with the paired difference MAL - reconstruction-only and its bootstrap 95 % interval
-   over the utterances (one seed: this is a demonstration, not the evidence; see
+   ``lambda_mal: 0``), stopping at the first step past it;
+3. continues that model with Model as Loss (its own encoder as the loss, ``variant``/``lambda_mal``)
+   for the continuation budget, then reconstruction-only for exactly as many steps (equal steps;
+   a reconstruction step costs less than a MAL step, so it fits the same budget);
+4. scores the noisy input, the baseline and both continuations on the same test utterances and
+   prints them side by side, with the paired difference MAL - reconstruction-only and its bootstrap
+   95 % interval over the utterances (one seed: this is a demonstration, not the evidence; see
    ``benchmarks/RESULTS.md``), and writes example audio and a spectrogram figure
    (noisy / reconstruction only / MAL / clean) to the output folder.
 
-Whatever the result, it is printed as measured.
+The budgets are wall-clock and checked after every training step, so a slow or busy machine trains
+fewer steps rather than taking longer. The plan and the expected total are printed at the start, the
+remaining time after each stage. Whatever the result, it is printed as measured.
 """
 
 from __future__ import annotations
@@ -34,6 +37,30 @@ __all__ = ["run_demo"]
 
 _TABLE_METRICS = ("pesq", "stoi", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak")
 _SYSTEMS = ("reconstruction only", "Model as Loss")
+#: What the demo spends besides training, from runs on 2 idle cores (RESULTS.md, `sb-mal demo`): minutes to
+#: build the corpus and to set up one run, and seconds per utterance to enhance and score it (with and without
+#: DNSMOS) or to validate it.
+_CORPUS_MINUTES, _RUN_MINUTES = 2.7, 0.15
+_TEST_SECONDS, _TEST_SECONDS_DNSMOS, _VALID_SECONDS = 0.3, 0.8, 0.25
+
+
+def _overheads(test_limit: int, valid_limit: int, dnsmos: bool) -> tuple[float, float]:
+    """(minutes of one run besides training: set-up, validation, test; minutes to score the noisy input)."""
+    per_test = (_TEST_SECONDS_DNSMOS if dnsmos else _TEST_SECONDS) * test_limit / 60
+    return _RUN_MINUTES + valid_limit * _VALID_SECONDS / 60 + per_test, per_test
+
+
+def plan_minutes(minutes: float, continue_minutes: float, test_limit: int, valid_limit: int, dnsmos: bool,
+                 build_corpus: bool) -> float:
+    """The demo's expected wall-clock minutes: its training budgets plus the work around them.
+
+    Example
+    -------
+    >>> round(plan_minutes(2.5, 1.0, 40, 30, True, False), 1)  # the defaults, DNSMOS installed, corpus built
+    7.5
+    """
+    run, noisy = _overheads(test_limit, valid_limit, dnsmos)
+    return (_CORPUS_MINUTES if build_corpus else 0) + minutes + 2 * continue_minutes + 3 * run + noisy
 
 
 def _demo_yaml() -> str:
@@ -110,33 +137,64 @@ def run_demo(
               f"--test_metrics=[{','.join(m for m in metrics if not m.startswith('dnsmos'))}"
               f"{',dnsmos' if any(m.startswith('dnsmos') for m in metrics) else ''}]", *(extra_args or [])]
 
-    print(f"[1/5] mini corpus in {corpus}")
     paths = {split: corpus / f"{split}.json" for split in ("train", "valid", "test")}
-    if corpus_dir is None or not all(p.is_file() for p in paths.values()):
+    build = corpus_dir is None and not all(p.is_file() for p in paths.values())
+    valid_limit = next((int(a.split("=", 1)[1]) for a in extra_args or [] if a.startswith("--valid_limit=")), 30)
+    dnsmos = any(m.startswith("dnsmos") for m in metrics)
+    promised = plan_minutes(minutes, continue_minutes, test_limit, valid_limit, dnsmos, build)
+    run_overhead, noisy_overhead = _overheads(test_limit, valid_limit, dnsmos)
+    slowness = 1.0  # how much slower than planned the work around training turns out (measured per run)
+
+    def budget(wanted: float, runs_left: int) -> float:
+        """Training minutes for the next run: as planned, or less when the work so far ran slow."""
+        left = promised - (time.monotonic() - t0) / 60
+        need = slowness * (runs_left * run_overhead + noisy_overhead)
+        return max(min(wanted, (left - need) / max(runs_left, 1)), 0.02)  # at least a few steps
+
+    def measured(started: float, trained: float) -> float:
+        return max(slowness, ((time.monotonic() - started) / 60 - trained) / run_overhead)
+    print(f"plan: {'build the mini corpus, ' if build else ''}train the baseline for {minutes:g} min, continue it "
+          f"with Model as Loss for {continue_minutes:g} min and reconstruction-only for as many steps, score "
+          f"{test_limit} test utterances; about {promised:.1f} min in all")
+    print(f"[1/5] mini corpus in {corpus}")
+    if build:
         paths = build_mini_corpus(corpus, progress=True)
     # else: a corpus folder given by the user is used as it is (e.g. one built with other sizes)
 
-    print(f"[2/5] training the baseline with the reconstruction loss for about {minutes:g} min")
-    first = out / "baseline"
-    brain = run_recipe(MALBrain, None, argv=[_demo_yaml(), f"--output_folder={first}", f"--max_train_minutes={minutes}",
-                                             "--lambda_mal=0.0", "--test_data=null", *common])
-    epochs = brain.hparams.epoch_counter.current
-    epoch_minutes = (time.monotonic() - t0) / 60 / max(epochs, 1)
-    more = max(1, round(continue_minutes / max(epoch_minutes, 1e-9)))
+    def remaining(step: str) -> None:
+        used = (time.monotonic() - t0) / 60
+        print(f"{step} ({used:.1f} min so far, about {max(promised - used, 0):.1f} min to go)")
 
-    runs = {}
-    for step, (name, loss_args) in enumerate(
-        [("reconstruction only", ["--lambda_mal=0.0"]),
-         ("Model as Loss", [f"--lambda_mal={lambda_mal}", f"--variant={variant}"])], start=3):
-        print(f"[{step}/5] continuing it for {more} epoch(s): {name}")
-        folder = out / ("continued_reconstruction" if name == _SYSTEMS[0] else "continued_mal")
-        run_recipe(MALBrain, None, argv=[_demo_yaml(), f"--output_folder={folder}", f"--init_from={first}",
-                                         f"--number_of_epochs={more}", "--max_train_minutes=null", *loss_args,
-                                         *common])
-        runs[name] = folder
+    remaining(f"[2/5] training the baseline with the reconstruction loss for {minutes:g} min")
+    first, started = out / "baseline", time.monotonic()
+    brain = run_recipe(MALBrain, None, argv=[_demo_yaml(), f"--output_folder={first}", f"--max_train_minutes={minutes}",
+                                             "--lambda_mal=0.0", *common])
+    epochs, base_steps = brain.hparams.epoch_counter.current, brain.optimizer_step
+    slowness = measured(started, minutes)
+
+    runs = {"baseline": first}
+    mal_minutes = budget(continue_minutes, 2)
+    shortened = f" (shortened from {continue_minutes:g} to keep the planned time)" if mal_minutes < continue_minutes else ""
+    remaining(f"[3/5] continuing it with Model as Loss ({variant}, lambda_mal {lambda_mal:g}) for "
+              f"{mal_minutes:.2g} min{shortened}")
+    started = time.monotonic()
+    mal = run_recipe(MALBrain, None, argv=[_demo_yaml(), f"--output_folder={out / 'continued_mal'}",
+                                           f"--init_from={first}", f"--max_train_minutes={mal_minutes}",
+                                           f"--lambda_mal={lambda_mal}", f"--variant={variant}", *common])
+    steps = mal.optimizer_step
+    slowness = measured(started, mal_minutes)
+    remaining(f"[4/5] continuing it reconstruction-only for the same {steps} step(s)")
+    rec = run_recipe(MALBrain, None, argv=[_demo_yaml(), f"--output_folder={out / 'continued_reconstruction'}",
+                                           f"--init_from={first}", f"--optimizer_step_limit={steps}",
+                                           f"--max_train_minutes={max(budget(continue_minutes, 1), mal_minutes)}",
+                                           "--lambda_mal=0.0", *common])  # the cap guards against a pathological slowdown
+    if rec.optimizer_step < steps:
+        print(f"(reconstruction-only made {rec.optimizer_step} of the {steps} steps before its time cap: the "
+              "comparison below is at unequal steps)")
+    runs.update({_SYSTEMS[0]: out / "continued_reconstruction", _SYSTEMS[1]: out / "continued_mal"})
     train_minutes = (time.monotonic() - t0) / 60
 
-    print("[5/5] scoring the noisy input of the same test utterances; audio examples and spectrograms")
+    remaining("[5/5] scoring the noisy input of the same test utterances; audio examples and spectrograms")
     test = load_manifest(paths["test"], corpus)
     scores = {name: _read_scores(folder / "test_scores.csv") for name, folder in runs.items()}
     ids = sorted(set.intersection(*(set(s) for s in scores.values())))
@@ -148,7 +206,7 @@ def run_demo(
     rows, comparison = [], {}
     for m in metrics:
         row = {"metric": m, "noisy": noisy.means.get(m, math.nan)}
-        for name in _SYSTEMS:
+        for name in ("baseline", *_SYSTEMS):
             values = [scores[name][u].get(m, math.nan) for u in ids]
             finite = [v for v in values if not math.isnan(v)]
             row[name] = sum(finite) / len(finite) if finite else math.nan
@@ -157,17 +215,20 @@ def run_demo(
         comparison[m] = {"diff": mean, "lo": lo, "hi": hi, "verdict": verdict(lo, hi, m)}
         row["MAL - rec. only [95% CI]"] = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] {comparison[m]['verdict']}"
         rows.append(row)
-    table = format_table(rows, ["metric", "noisy", *_SYSTEMS, "MAL - rec. only [95% CI]"])
+    table = format_table(rows, ["metric", "noisy", "baseline", *_SYSTEMS, "MAL - rec. only [95% CI]"])
     figure, examples = _write_examples(out, test, ids[:3], [runs[n] / "enhanced_test" for n in _SYSTEMS])
     summary = {
         "corpus": str(corpus),
         "test_utterances": len(ids),
         "baseline_epochs": epochs,
-        "continuation_epochs_each": more,
+        "baseline_steps": base_steps,
+        "continuation_steps_each": steps,
+        "reconstruction_only_steps": rec.optimizer_step,
+        "promised_minutes": round(promised, 2),
         "mal": {"variant": variant, "lambda_mal": lambda_mal},
         "minutes_total": round((time.monotonic() - t0) / 60, 2),
         "minutes_until_trained": round(train_minutes, 2),
-        "metrics": {r["metric"]: {k: r[k] for k in ("noisy", *_SYSTEMS)} for r in rows},
+        "metrics": {r["metric"]: {k: r[k] for k in ("noisy", "baseline", *_SYSTEMS)} for r in rows},
         "mal_minus_reconstruction": comparison,
         "figure": str(figure),
         "examples": examples,
@@ -176,12 +237,12 @@ def run_demo(
     atomic_write_text(out / "results.md", table + "\n")
     print()
     print(f"Test set of the mini corpus ({len(ids)} utterances, unseen voices), means; the baseline trained "
-          f"{epochs} epoch(s), then each continuation {more} more (MAL: {variant}, lambda_mal {lambda_mal:g}):")
+          f"{base_steps} steps, then each continuation {steps} more (MAL: {variant}, lambda_mal {lambda_mal:g}):")
     print(table)
     print("(one seed and a few minutes of training: a demonstration of the paradigm, not evidence; "
           "benchmarks/RESULTS.md has the multi-seed comparison)")
     print(f"\nspectrograms: {figure}\naudio examples: {out / 'examples'}\nsummary: {out / 'summary.json'}")
-    print(f"total time {summary['minutes_total']:.1f} min")
+    print(f"total time {summary['minutes_total']:.1f} min (planned: about {promised:.1f} min)")
     return summary
 
 

@@ -111,6 +111,26 @@ def _run_option_names() -> set[str]:
     return {f.name for f in dataclasses.fields(RunOptions)}
 
 
+def _typed_run_options(run_opts):
+    """SpeechBrain's parser leaves run options whose default is None as strings (``--optimizer_step_limit=5``
+    then fails at the first step comparing an int with "5"); returns them with their declared type."""
+    import typing
+
+    from speechbrain.utils.run_opts import RunOptions
+
+    fixed = {}
+    for name, hint in typing.get_type_hints(RunOptions).items():
+        value = getattr(run_opts, name, None)
+        kinds = [k for k in typing.get_args(hint) if k in (int, float)]
+        if isinstance(value, str) and kinds:
+            try:
+                fixed[name] = kinds[0](value)
+            except ValueError:
+                raise SystemExit(f"error: --{name}={value}: expected {'an integer' if kinds[0] is int else 'a number'}") \
+                    from None
+    return dataclasses.replace(run_opts, **fixed) if fixed and dataclasses.is_dataclass(run_opts) else run_opts
+
+
 def _split_overrides(overrides: str, file_keys: set[str], declared, hparams_file: str) -> tuple[str, dict]:
     """``(overrides of keys the file defines, {declared key absent from the file: override text})``.
 
@@ -141,6 +161,7 @@ def load_recipe_hparams(argv: list[str], brain_class=None):
     can still be given on the command line.
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    run_opts = _typed_run_options(run_opts)
     if not os.path.isfile(hparams_file):
         raise SystemExit(f"error: hparams file {hparams_file} not found")
     with open(hparams_file, encoding="utf-8") as fin:

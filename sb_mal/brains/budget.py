@@ -13,9 +13,13 @@ __all__ = ["TrainingBudget"]
 
 
 class TrainingBudget:
-    """Stops training after the first epoch that ends past ``minutes`` of this fit (resumes included
-    count from their own start). Under DDP every rank follows the main process's clock, so all stop
-    after the same epoch.
+    """A wall-clock budget of ``minutes`` for one fit (a resume counts from its own start).
+
+    :meth:`expired` is asked after every training step: past the budget, the Brain ends the epoch
+    there (SpeechBrain's ``optimizer_step_limit``: validation and a checkpoint follow, so the steps
+    made are kept), whatever the length of an epoch or of a step. :meth:`check` after each epoch
+    makes it the last (the validation may have used the rest of the budget). Under DDP every rank
+    follows the main process's clock, so all stop at the same step.
 
     Example
     -------
@@ -32,15 +36,23 @@ class TrainingBudget:
         """Start the clock (at the start of fit)."""
         self.started = time.monotonic()
 
-    def check(self, minutes: float | None, epoch: int | None, counter) -> bool:
-        """After ``epoch``: if the budget is used, make it the last epoch of ``counter``; returns whether."""
-        if minutes is None or epoch is None or counter is None:
-            return False
+    def _elapsed(self) -> float:
         elapsed = (time.monotonic() - self.started) / 60
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             decision = [elapsed]
             torch.distributed.broadcast_object_list(decision, src=0)
             elapsed = decision[0]
+        return elapsed
+
+    def expired(self, minutes: float | None) -> bool:
+        """Whether ``minutes`` of this fit have passed (None: no budget)."""
+        return minutes is not None and self._elapsed() >= float(minutes)
+
+    def check(self, minutes: float | None, epoch: int | None, counter) -> bool:
+        """After ``epoch``: if the budget is used, make it the last epoch of ``counter``; returns whether."""
+        if minutes is None or epoch is None or counter is None:
+            return False
+        elapsed = self._elapsed()
         if elapsed < float(minutes):
             return False
         logger.info("training budget of %.1f min used (%.1f min); stopping after epoch %d", minutes, elapsed, epoch)

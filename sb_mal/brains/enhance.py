@@ -56,7 +56,8 @@ ENHANCE_HPARAMS = HParams("EnhanceBrain", [
     HParam("metric_timeout", "float", 120.0, "seconds per utterance before a metric worker is replaced", low=1),
     HParam("ckpt_key", "str", "pesq", "validation metric that picks the best checkpoint (`loss`: the lowest)"),
     HParam("keep_checkpoints", "int", 1, "checkpoints kept (the best by ckpt_key)", low=1),
-    HParam("max_train_minutes", "float", None, "stop after the first epoch that ends past this budget", low=0),
+    HParam("max_train_minutes", "float", None, "wall-clock budget: training stops at the first step past it (the "
+                                               "epoch ends there: validation, checkpoint)", low=0),
     HParam("output_folder", "str", None, "run folder (model_config.json, test scores)"),
     HParam("enhanced_folder", "str", None, "where the test set's enhanced audio is written"),
     HParam("train_logger", "any", None, "a SpeechBrain train logger"),
@@ -162,6 +163,13 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
     @property
     def _rate(self) -> int:
         return self.hparams.sample_rate
+
+    def fit_batch(self, batch):
+        """SpeechBrain's step, then the wall-clock budget: past it, this step is the epoch's last."""
+        loss = super().fit_batch(batch)
+        if self.budget.expired(self.hparams.max_train_minutes):
+            self.optimizer_step_limit = self.optimizer_step  # SpeechBrain ends the epoch and the fit here
+        return loss
 
     def on_fit_start(self):
         """Record the model configuration next to the checkpoints, then the usual start."""

@@ -35,11 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     de = sub.add_parser("demo", help="train the baseline on the mini corpus, continue it with and without Model as "
-                                      "Loss, show the three side by side (about 6 min on 2 CPU cores)")
+                                      "Loss, show them side by side (about 7 min on 2 CPU cores; the plan and its estimate print first)")
     de.add_argument("-o", "--output", default="sb_mal_demo", help="output folder")
     de.add_argument("--minutes", type=float, default=2.5, help="budget of the reconstruction-only baseline, minutes")
     de.add_argument("--continue-minutes", type=float, default=1.0,
-                    help="budget of each continuation (turned into the same number of epochs for both), minutes")
+                    help="budget of the Model-as-Loss continuation, minutes; the reconstruction-only one makes as "
+                         "many steps")
     de.add_argument("--variant", default="frozen", choices=["frozen", "frozen_fe", "dynamic"],
                     help="Model-as-Loss variant of the second continuation")
     de.add_argument("--lambda-mal", type=float, default=1.0, help="weight of the Model-as-Loss term")
