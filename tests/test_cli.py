@@ -229,3 +229,27 @@ def test_taps_lists_what_each_stock_model_offers(tmp_path, capsys):
     assert main(["taps", str(run)]) == 0
     out = capsys.readouterr().out
     assert "input waveform [2, 16000]" in out and re.search(r"^encoder_blocks\.0\s+\[2, ", out, re.M), out
+
+
+def test_evaluate_keeps_what_it_scored_when_stopped(small_pairs, tmp_path, capsys, monkeypatch):
+    from sb_mal.metrics.results import PartialRows
+
+    real_add, calls = PartialRows.add, []
+
+    def add_then_stop(self, uid, scores):
+        real_add(self, uid, scores)
+        calls.append(uid)
+        if len(calls) == 5:  # the second system's second utterance: Ctrl-C
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(PartialRows, "add", add_then_stop)
+    out = tmp_path / "eval"
+    rc = main(["evaluate", "--clean", str(small_pairs / "clean"), "--noisy", str(small_pairs / "noisy"),
+               "--enhanced", str(small_pairs / "clean"), "--metrics", "si_sdr", "--jobs", "0", "-o", str(out)])
+    assert rc == 130
+    first = list(csv.DictReader(open(out / "noisy_scores.csv")))  # the finished system: complete
+    assert [r["id"] for r in first] == ["test_000", "test_001", "test_002"]
+    assert json.loads((out / "summary.json").read_text())["noisy"]["n_utterances"] == 3
+    partial = list(csv.DictReader(open(out / "clean_scores.csv.partial")))  # the stopped one: what it scored
+    assert [r["id"] for r in partial] == ["test_000", "test_001"] and not (out / "clean_scores.csv").exists()
+    assert float(partial[0]["si_sdr"]) > 40  # clean against itself

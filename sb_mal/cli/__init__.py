@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--strict", action="store_true",
                     help="stop (exit 2) when a file has no partner or several candidates instead of warning and "
                          "leaving it out")
-    ev.add_argument("-o", "--output", default="sb_mal_eval", help="folder for CSV/JSON results")
+    ev.add_argument("-o", "--output", default="sb_mal_eval", help="folder for CSV/JSON results (each system's "
+                                                                   "rows are written as they are scored)")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     ev.add_argument("--trust-code", action="store_true",
                     help="let the model folder's hyperparams.yaml call code outside sb_mal's allow-list (read it first)")
     ev.set_defaults(func=cmd_evaluate)

@@ -16,7 +16,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         # files outside it are stored with absolute paths
         root = args.data_root or os.path.dirname(os.path.abspath(args.output))
         entries = prepare_pairs(args.noisy, args.clean, args.output, match=args.match, data_root=root,
-                                sample_rate=args.sample_rate)
+                                sample_rate=args.sample_rate, progress=True)
         print(f"{len(entries)} pairs -> {args.output}")
     elif args.corpus == "voicebank":
         from sb_mal.cli.common import CommandError

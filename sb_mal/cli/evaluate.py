@@ -68,18 +68,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for spec in args.source or []:
         systems.append((*_enhance_for_evaluation(spec, noisy_input, out, args), {}))
-    rows, summary, notes = [], {}, []
-    for name, ids, files, clean, unmatched in systems:
-        result = evaluate(files, clean, metrics=metrics, n_jobs=args.jobs, ids=ids, timeout=args.timeout, progress=True)
-        result.to_csv(out / f"{name}_scores.csv")
-        rows.append({"system": name, "n": len(ids), **result.means})
-        summary[name] = {**result.summary(), "unmatched": unmatched}
-        short = {m: c for m, c in result.counts.items() if c < len(ids)}
-        if short:
-            notes.append(f"{name}: " + ", ".join(f"{m} on {c} of {len(ids)}" for m, c in short.items()))
-    from sb_mal.fileio import atomic_write_text
+    from tqdm.auto import tqdm
 
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    from sb_mal.fileio import atomic_write_text
+    from sb_mal.metrics.results import PartialRows
+
+    rows, summary, notes = [], {}, []
+    total = sum(len(ids) for _, ids, *_ in systems)
+    with tqdm(total=total, desc=f"scoring {len(systems)} system(s)", unit="utt", disable=args.quiet) as bar:
+        for name, ids, files, clean, unmatched in systems:  # each system's rows are on disk as they come
+            bar.set_postfix_str(name)
+            partial = PartialRows(out / f"{name}_scores.csv", metrics)
+            result = evaluate(files, clean, metrics=metrics, n_jobs=args.jobs, ids=ids, timeout=args.timeout,
+                              bar=bar, on_result=lambda i, scores, _, ids=ids, rows=partial: rows.add(ids[i], scores))
+            partial.finish(result)
+            rows.append({"system": name, "n": len(ids), **result.means})
+            summary[name] = {**result.summary(), "unmatched": unmatched}
+            atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+            short = {m: c for m, c in result.counts.items() if c < len(ids)}
+            if short:
+                notes.append(f"{name}: " + ", ".join(f"{m} on {c} of {len(ids)}" for m, c in short.items()))
     print(format_table(rows, ["system", "n", *metrics]))
     if notes:
         print("\nmeans over the utterances where a metric is defined (the others are NaN, with the reason, in "
@@ -106,7 +114,7 @@ def _enhance_for_evaluation(spec: str, noisy_input, out: Path, args: argparse.Na
     run_opts = {"device": args.device} if args.device else {}
     enhancer = Enhancer.from_hparams(source=source, run_opts=run_opts, trust_code=args.trust_code)
     files = []
-    for uid, noisy in tqdm(list(zip(ids, noisy_files)), desc=f"enhance ({name})", unit="file"):
+    for uid, noisy in tqdm(list(zip(ids, noisy_files)), desc=f"enhance ({name})", unit="file", disable=args.quiet):
         target = folder / f"{uid}.wav"
         enhancer.enhance_file(noisy, target, return_waveform=False)
         files.append(str(target))

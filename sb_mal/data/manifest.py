@@ -285,6 +285,7 @@ def prepare_pairs(
     sample_rate: int | None = None,
     allow_unpaired: bool = False,
     extensions=AUDIO_EXTENSIONS,
+    progress: bool = False,
 ) -> dict:
     """Write a manifest for a folder of noisy files and a folder of same-named clean files.
 
@@ -304,6 +305,8 @@ def prepare_pairs(
         its clean partner must have the same rate in any case.
     allow_unpaired : bool
         Skip (with a warning) files without a partner instead of failing.
+    progress : bool
+        Show a progress bar over the pairs (their headers are read).
 
     Returns
     -------
@@ -342,8 +345,10 @@ def prepare_pairs(
         raise ValueError(f"unpaired files in {noisy_dir} / {clean_dir}: " + "; ".join(parts))
     for k in missing_clean + missing_noisy:
         logger.warning("prepare_pairs: skipping unpaired file %s", noisy.get(k) or clean.get(k))
+    from tqdm import tqdm
+
     entries = {}
-    for key in sorted(set(noisy) & set(clean)):
+    for key in tqdm(sorted(set(noisy) & set(clean)), desc="pairs", unit="pair", disable=not progress):
         n_info, c_info = audio_info(noisy[key]), audio_info(clean[key])
         for info in (n_info, c_info):
             if sample_rate is not None and info.sample_rate != sample_rate:

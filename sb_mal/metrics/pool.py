@@ -30,7 +30,7 @@ import multiprocessing as mp
 import os
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait as mp_wait
 
 from sb_mal.metrics.registry import check_dependencies
@@ -205,6 +205,8 @@ class MetricPool:
         ids: Sequence[str] | None = None,
         progress: bool = False,
         desc: str = "metrics",
+        bar=None,
+        on_result: Callable[[int, dict, list], None] | None = None,
     ) -> EvalResult:
         """Score lists of utterances (arrays, tensors or file paths).
 
@@ -222,6 +224,12 @@ class MetricPool:
             Utterance ids for the rows and warnings (default: running numbers).
         progress : bool
             Show a tqdm progress bar.
+        bar : tqdm, optional
+            A progress bar of the caller's to advance by one per utterance (e.g. one over several
+            systems), instead of a bar of its own.
+        on_result : callable, optional
+            ``on_result(i, scores, problems)`` as soon as utterance ``i`` is scored, in the order
+            they finish (e.g. to write rows as they come, so a stopped run keeps them).
 
         Returns
         -------
@@ -237,23 +245,29 @@ class MetricPool:
             raise ValueError(f"got {len(ids)} ids for {n} utterances")
         results: list[dict | None] = [None] * n
         problems: list[list[str]] = [[] for _ in range(n)]
-        bar = None
-        if progress:
+        own_bar = None
+        if progress and bar is None:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=n, desc=desc, unit="utt")
+            bar = own_bar = tqdm(total=n, desc=desc, unit="utt")
+
+        def done(i: int, scores: dict, msgs: list) -> None:
+            results[i], problems[i] = scores, list(msgs)
+            if bar is not None:
+                bar.update(1)
+            if on_result is not None:
+                on_result(i, scores, problems[i])
+
         try:
             if self.n_jobs == 0:
                 for i in range(n):
                     ref = clean[i] if clean is not None else None
-                    results[i], problems[i] = score_utterance(enhanced[i], ref, sample_rate, names)
-                    if bar is not None:
-                        bar.update(1)
+                    done(i, *score_utterance(enhanced[i], ref, sample_rate, names))
             else:
-                self._run_parallel(enhanced, clean, sample_rate, names, results, problems, bar)
+                self._run_parallel(enhanced, clean, sample_rate, names, done)
         finally:
-            if bar is not None:
-                bar.close()
+            if own_bar is not None:
+                own_bar.close()
         failures = []
         for i, msgs in enumerate(problems):
             for msg in msgs:
@@ -261,12 +275,16 @@ class MetricPool:
                 failures.append((ids[i], msg))
         return EvalResult.from_rows(ids, results, names, failures)
 
-    def _run_parallel(self, enhanced, clean, rate, names, results, problems, bar):
+    def _run_parallel(self, enhanced, clean, rate, names, done):
         self._ensure_workers()
         pending = list(range(len(enhanced)))[::-1]  # pop() from the end = in order
         resent: set[int] = set()  # utterances whose worker died before taking them (sent once more, no more)
         idle = list(self._workers)
         busy: dict = {}  # conn -> worker
+
+        def left_out(i: int, why: str) -> None:
+            done(i, {m: math.nan for m in names}, [why])
+
         while pending or busy:
             while pending and idle:
                 worker = idle.pop()
@@ -278,10 +296,7 @@ class MetricPool:
                     worker.kill()
                     idle.append(self._replace(worker))
                     if i in resent:
-                        results[i] = {m: math.nan for m in names}
-                        problems[i].append("two metric workers died before taking this utterance; left out")
-                        if bar is not None:
-                            bar.update(1)
+                        left_out(i, "two metric workers died before taking this utterance; left out")
                     else:
                         resent.add(i)
                         pending.append(i)
@@ -299,27 +314,21 @@ class MetricPool:
                 try:
                     key, scores, msgs = conn.recv()
                 except (EOFError, OSError):
-                    results[i] = {m: math.nan for m in names}
-                    problems[i].append("metric worker crashed; utterance left out")
                     worker.kill()
                     idle.append(self._replace(worker))
+                    left_out(i, "metric worker crashed; utterance left out")
                 else:
-                    results[key], problems[key] = scores, list(msgs)
                     worker.task = None
                     idle.append(worker)
-                if bar is not None:
-                    bar.update(1)
+                    done(key, scores, msgs)
             now = time.monotonic()
             for conn, worker in list(busy.items()):
                 i, started = worker.task
                 if now - started >= self.timeout:
                     busy.pop(conn)
-                    results[i] = {m: math.nan for m in names}
-                    problems[i].append(f"timed out after {self.timeout:.0f} s; worker replaced")
                     worker.kill()
                     idle.append(self._replace(worker))
-                    if bar is not None:
-                        bar.update(1)
+                    left_out(i, f"timed out after {self.timeout:.0f} s; worker replaced")
 
     def _replace(self, worker: _Worker) -> _Worker:
         """A started, ready worker in place of ``worker`` (MetricWorkerError if it cannot start)."""
@@ -357,6 +366,8 @@ def evaluate(
     ids: Sequence[str] | None = None,
     timeout: float = 120.0,
     progress: bool = False,
+    bar=None,
+    on_result: Callable[[int, dict, list], None] | None = None,
 ) -> EvalResult:
     """Score utterances with the persistent pool of ``n_jobs`` workers.
 
@@ -371,4 +382,5 @@ def evaluate(
     1
     """
     pool = MetricPool(n_jobs=0) if n_jobs == 0 else get_pool(n_jobs, timeout)
-    return pool.evaluate(enhanced, clean, sample_rate, metrics, ids=ids, progress=progress)
+    return pool.evaluate(enhanced, clean, sample_rate, metrics, ids=ids, progress=progress, bar=bar,
+                         on_result=on_result)

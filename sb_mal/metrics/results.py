@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from sb_mal.fileio import atomic_write_text
 
-__all__ = ["EvalResult", "format_table"]
+__all__ = ["EvalResult", "PartialRows", "format_table"]
 
 
 def _fmt(value) -> str:
@@ -105,3 +105,40 @@ class EvalResult:
     def to_json(self, path: str | os.PathLike, extra: dict | None = None) -> None:
         """Write :meth:`summary` (and the ``extra`` fields) as JSON (atomically)."""
         atomic_write_text(path, json.dumps({**self.summary(), **(extra or {})}, indent=2) + "\n")
+
+
+class PartialRows:
+    """Per-utterance rows written as they are scored, so a stopped run keeps what it scored.
+
+    Rows go to ``<path>.partial`` (CSV, flushed after each row, in the order utterances finish);
+    :meth:`finish` writes the complete ``path`` atomically, in utterance order, and removes the
+    partial file.
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "noisy_scores.csv")
+    >>> rows = PartialRows(path, ["pesq"])
+    >>> rows.add("u1", {"pesq": 2.5})
+    >>> open(path + ".partial").read().splitlines()
+    ['id,pesq', 'u1,2.500']
+    >>> rows.finish(EvalResult.from_rows(["u1"], [{"pesq": 2.5}], ["pesq"]))
+    >>> os.path.exists(path + ".partial"), open(path).read().splitlines()[1]
+    (False, 'u1,2.500')
+    """
+
+    def __init__(self, path: str | os.PathLike, metrics: list[str]):
+        self.path, self.metrics = os.fspath(path), list(metrics)
+        self._file = open(self.path + ".partial", "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self._writer = csv.DictWriter(self._file, fieldnames=["id", *self.metrics])
+        self._writer.writeheader()
+        self._file.flush()
+
+    def add(self, uid: str, scores: dict) -> None:
+        self._writer.writerow({"id": uid, **{m: _fmt(float(scores.get(m, math.nan))) for m in self.metrics}})
+        self._file.flush()
+
+    def finish(self, result: EvalResult) -> None:
+        self._file.close()
+        result.to_csv(self.path)
+        os.unlink(self.path + ".partial")
