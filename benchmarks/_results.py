@@ -86,15 +86,14 @@ def timed(fn, repeats: int = 3) -> tuple[float, list[float]]:
 
 def experiment_parser(doc: str, out: str):
     """An argument parser with the options every experiment driver shares: ``--out`` (default
-    ``out``), ``--threads`` (torch threads per run), ``--parallel`` (runs at a time), ``--seed``."""
+    ``out``), ``--threads`` (torch threads per run), ``--parallel`` (runs at a time). The drivers'
+    seeds are their own ``--seeds``."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--out", default=out, help=f"folder of the runs, resumable (default {out})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time (default 2)")
-    parser.add_argument("--seed", type=int, default=1234,
-                        help="seed of the shared choices (data subsets, tuning order); the runs' own seeds are --seeds")
     return parser
 
 
