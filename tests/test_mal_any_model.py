@@ -245,3 +245,63 @@ def test_speechbrain_generator_mask_covers_every_frame():
     g = SpeechBrainGenerator(num_layers=1)
     wav = torch.randn(1, 8000)
     assert g(wav, torch.tensor([0.9])).shape == (1, 8000)  # SpeechBrain's LSTM unpacks to the valid length
+
+
+def _through_detached_views(loss):
+    """The live encoder as it ran before constant_weights: ``torch.func.functional_call`` with detached
+    copies of the weights (the reference the faster path must equal)."""
+    from sb_mal.losses.model_taps import loss_mode
+
+    def features(wav, lengths):
+        x = loss._model_input(wav)
+        live = loss._live[0]
+        params = {f"model.{n}": p.detach() for n, p in live.model.named_parameters()}
+        with loss_mode(live.model):
+            return torch.func.functional_call(live, params, (x, lengths, loss), strict=False)
+
+    return features
+
+
+@pytest.mark.parametrize("kind", ["metricgan_hooks", "backbone_encode"])
+def test_live_encoder_equals_detached_views_and_restores_requires_grad(kind, monkeypatch):
+    """The live encoder runs the model itself with its weights as constants (no functional_call, no
+    copies): the loss value and the gradient reaching the enhanced signal equal those of the former
+    functional_call path, no weight gets a gradient, and frozen weights stay frozen."""
+    from sb_mal.models import SpectralUNetSE
+
+    torch.manual_seed(0)
+    if kind == "metricgan_hooks":
+        model = EnhancementGenerator(num_layers=2)
+        make = lambda: ModelAsLoss(model, taps=["blstm"], encoder="live", input_fn=Log1pMagnitude())  # noqa: E731
+        frozen_part = model.linear1
+    else:
+        model = SpectralUNetSE(channels=(8, 16), bottleneck_dim=32)
+        make = lambda: ModelAsLoss(model, taps=["enc2", "bottleneck"], encoder="live")  # noqa: E731
+        frozen_part = model.encoder_blocks[0]
+    frozen_part.requires_grad_(False)  # as frozen_fe leaves part of a model
+    flags = [p.requires_grad for p in model.parameters()]
+    clean, noisy = signals(samples=8000)
+    lengths = torch.tensor([1.0, 0.7])
+    results = []
+    for path in ("constant weights", "detached views"):
+        loss = make()
+        if path == "detached views":
+            monkeypatch.setattr(loss, "_features", _through_detached_views(loss))
+        enhanced = noisy.clone().requires_grad_(True)
+        value = loss(enhanced, clean, lengths, reduction="batch")
+        value.sum().backward()
+        assert all(p.grad is None for p in model.parameters())
+        assert [p.requires_grad for p in model.parameters()] == flags
+        results.append((value.detach(), enhanced.grad))
+    (v_new, g_new), (v_ref, g_ref) = results
+    assert torch.equal(v_new, v_ref)
+    assert torch.allclose(g_new, g_ref, rtol=1e-5, atol=1e-9) and g_new.abs().sum() > 0
+
+
+def test_live_encoder_restores_requires_grad_when_the_model_fails():
+    model = fcn()
+    loss = ModelAsLoss(model, taps=["act1"], encoder="live")  # no input_fn: the conv net rejects [B, T]
+    clean, noisy = signals(samples=800)
+    with pytest.raises(ModelAsLossError):
+        loss(noisy.requires_grad_(True), clean)
+    assert all(p.requires_grad for p in model.parameters())

@@ -36,10 +36,11 @@ Which weights define ``E`` (a decision the paper leaves open; docs/design.md, "M
     :meth:`ModelAsLoss.take_snapshot` (MALBrain does it when phase 2 starts). The copy is part of
     the loss's ``state_dict``, so it is checkpointed.
 ``encoder="live"``
-    the current weights of the model being trained. They are read in place through detached views
-    (``torch.func.functional_call``), so nothing is copied, the loss always sees the weights of the
-    moment, and it can be called any number of times before ``backward()`` (SpeechBrain's templates
-    compute the cost twice per step: for the loss and for ``MetricStats``).
+    the current weights of the model being trained. They are read in place, as constants of the
+    loss's graph (:func:`~sb_mal.losses.model_taps.constant_weights`: the weights' ``requires_grad``
+    is off for the length of the loss's forward pass), so nothing is copied, the loss always sees
+    the weights of the moment, and it can be called any number of times before ``backward()``
+    (SpeechBrain's templates compute the cost twice per step: for the loss and for ``MetricStats``).
 
 In both cases no gradient reaches the weights that define the loss (the snapshot is frozen; the
 live weights enter detached), so the encoder cannot collapse to a constant to make the loss vanish;
@@ -60,7 +61,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -70,6 +70,7 @@ from sb_mal.losses.model_taps import (
     Log1pMagnitude,
     ModelAsLossError,
     TapEncoder,
+    constant_weights,
     describe,
     listing,
     loss_mode,
@@ -324,11 +325,9 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
             with loss_mode(self.snapshot):
                 return self.snapshot(x, lengths, self)
         live = self._live[0]
-        params = {f"model.{name}": p.detach() for name, p in live.model.named_parameters()}
-        with loss_mode(live.model), warnings.catch_warnings():
-            # the detached views are not cuDNN's flat RNN buffer: it compacts them per call (a copy)
-            warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous")
-            return torch.func.functional_call(live, params, (x, lengths, self), strict=False)
+        # the live weights enter as constants (no copy, cuDNN's flat RNN weights used as they are)
+        with loss_mode(live.model), constant_weights(live.model):
+            return live(x, lengths, self)
 
     def _flatten(self, tap: str, feats: torch.Tensor, lengths, protocol_mask):
         """``(feats as [B, frames, D], valid frames [B, frames] or None)``."""

@@ -9,7 +9,8 @@ tap has fired. The state a loss encoder runs in (``loss_mode``) and ``unwrap_mod
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
@@ -19,8 +20,8 @@ from torch import nn
 from sb_mal.dsp import Log1pMagnitude
 from sb_mal.models.frozen import loss_mode, unwrap_model
 
-__all__ = ["Log1pMagnitude", "ModelAsLossError", "TapEncoder", "describe", "list_taps", "listing", "loss_mode",
-           "tap_tensor", "unwrap_model"]
+__all__ = ["Log1pMagnitude", "ModelAsLossError", "TapEncoder", "constant_weights", "describe", "list_taps", "listing",
+           "loss_mode", "tap_tensor", "unwrap_model"]
 
 
 class ModelAsLossError(RuntimeError):
@@ -79,6 +80,35 @@ class TapEncoder(nn.Module):
             raise ModelAsLossError(f"ModelAsLoss: taps {missing} of {type(model).__name__} were never called "
                                    "during its forward pass")
         return [owner._tap_tensor(t, captured[t]) for t in owner.taps], None
+
+
+@contextlib.contextmanager
+def constant_weights(model: nn.Module) -> Iterator[None]:
+    """The model's weights enter the graphs built inside the block as constants: gradient reaches the
+    inputs only, and the weights themselves (no copy, no detached views) are used as they are, so a
+    cuDNN RNN keeps its flat weight buffer. The weights that required gradient get it back on exit.
+
+    Equal, in values and in the input's gradient, to running the model through
+    ``torch.func.functional_call`` with detached weights (``tests/test_mal_any_model.py`` checks it).
+
+    Example
+    -------
+    >>> net = nn.Linear(3, 1)
+    >>> x = torch.ones(2, 3, requires_grad=True)
+    >>> with constant_weights(net):
+    ...     y = net(x).sum()
+    >>> y.backward()
+    >>> net.weight.grad is None, net.weight.requires_grad, bool(x.grad.abs().sum() > 0)
+    (True, True, True)
+    """
+    trained = [p for p in model.parameters() if p.requires_grad]
+    for p in trained:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trained:
+            p.requires_grad_(True)
 
 
 def describe(x) -> str:
