@@ -31,15 +31,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
-
 from _results import devset_batch, header, interleaved_times, update_section
+
 from sb_mal.brains.mal import MAL_VARIANTS
 from sb_mal.dsp import stft
-from sb_mal.losses import Log1pMagnitude, ModelAsLoss, MultiResolutionSTFTLoss, WaveformL1, WeightedSum
+from sb_mal.losses import (
+    Log1pMagnitude,
+    ModelAsLoss,
+    MultiResolutionSTFTLoss,
+    WaveformL1,
+    WeightedSum,
+)
 from sb_mal.metrics import format_table
 from sb_mal.models import SpectralUNetSE
 

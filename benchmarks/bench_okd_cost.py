@@ -1,118 +1,482 @@
-"""Epoch cost of MetricGAN-OKD with N = 2 and N = 4 generators against MetricGAN+ (N = 1).
+"""Seconds per epoch of VoiceBank's MetricGAN+ schedule: sb_mal's MetricGAN+ and OKD (N=2) beside SpeechBrain's recipe.
 
-Each configuration is the recipe itself (``recipes/metricgan_okd/train.py`` with
-hparams/folders/{metricgan_plus, okd_pesq_csig, okd_4metrics}.yaml, default model sizes) run for
-``--epochs`` epochs of ``--samples`` devset mixtures. Epoch 1 has no generator step (the
-MetricGAN+ schedule: the discriminator learns first), so the timed epochs are 2..``--epochs``:
-generator steps, metric targets of the epoch's enhanced and noisy utterances (the pool, ``--n-jobs``
-workers) and the discriminator step with history replay. The recipe logs each epoch's wall time
-(``epoch_seconds``) and the part spent in metric computation (``metric_seconds``). Validation runs
-once after the last epoch (2 pairs) and is not timed; there is no test stage.
+Systems, each the recipe itself on one VoiceBank-layout folder (``_sb_recipe.voicebank_layout``:
+``--train`` fixed devset training mixtures of 3 s, ``--valid`` devset valid pairs as the held-out
+speakers p226/p287, a few test pairs; SpeechBrain's own ``voicebank_prepare.py`` and sb_mal's
+``prepare_voicebank`` both read it):
 
-The configurations run one after the other, ``--rounds`` times interleaved; the median epoch time
-of each is compared with N = 1's. Goal: N = 2 costs at most 1.6x the N = 1 epoch.
+- ``speechbrain``: SpeechBrain's ``recipes/Voicebank/enhance/MetricGAN`` (``hparams/train.yaml``), copied
+  at run time from ``--speechbrain-recipe`` (a checkout) or exported from ``--speechbrain-git`` (a git
+  directory of SpeechBrain's repository) into a temporary folder;
+- ``metricgan_plus``: ``recipes/metricgan_okd/train.py hparams/voicebank/metricgan_plus.yaml``;
+- ``okd_pesq_csig``: the same recipe with ``hparams/voicebank/okd_pesq_csig.yaml`` (two generators).
 
-Usage: python benchmarks/bench_okd_cost.py [--epochs 3] [--samples 24] [--rounds 2]
+Every run trains ``--epochs`` epochs of ``--samples`` utterances (VoiceBank's schedule: 100 per
+epoch) with each YAML's own validation (SpeechBrain: every epoch, PESQ and STOI; sb_mal: every
+``valid_every`` epochs and at the last, five metrics) and metric jobs (``--n-jobs`` overrides both).
+The systems run one after the other, ``--rounds`` times, in an order that rotates every round.
+
+Each run goes through ``_stage_clock.py``, which writes the duration of every stage into the run's
+own ``log.txt``: training and validation stage per epoch, the discriminator phase (SpeechBrain:
+its three inner passes; sb_mal: its enhancement, scoring, updates and history replay) and each
+checkpoint. Epoch 1 differs by design (sb_mal trains only the discriminator; the noisy inputs are
+scored), so epochs 2.. are the timed ones.
+
+The history replay makes an epoch grow: both recipes replay ``history_portion`` (0.2) of *every*
+enhanced utterance of the earlier epochs, 20 more discriminator steps per epoch, so epoch 750 replays
+about 15 000. The projection for ``--schedule-epochs`` (750) therefore sums the epochs:
+``T(e) = base + r(e) * c_replay + V(e)``, with ``c_replay`` (seconds per replayed utterance, loading
+included) and ``base`` measured in the timed epochs, ``r(e)`` each recipe's replay count, ``V(e)``
+its validation scaled to VoiceBank's 770 validation utterances (measured seconds per utterance,
+the checkpoint as measured) at its own frequency, plus the noisy inputs' scores of the 10 802
+training utterances (about 10 790 are drawn at least once in 750 epochs; measured seconds per
+utterance of the scoring).
+
+The floor of sb_mal's epoch on this machine is computed from the measured parts: the work on the
+device (generator steps, the discriminator phase's enhancement, updates and replay loading, the
+validation's enhancement) cannot be shorter than itself, and the metric work (single-core seconds
+per utterance of the targets and the validation metrics, measured here) shares the cores with it:
+``floor = max(device, (device + metrics) / cores)`` on the CPU, ``max(device, metrics / cores)`` on a GPU.
+
+Goals (issue 26): on 2 CPU cores, sb_mal's MetricGAN+ epoch at most 0.5x SpeechBrain's or within 10 %
+of its floor; on one H100 (16 cores), MetricGAN+ 750 epochs in at most 1 h and OKD (N=2) in at most
+1.5 h, projected, each at least 5x faster than SpeechBrain's recipe. ``--device cuda:0`` writes
+section ``bench_okd_cost_cuda`` with the GPU named.
+
+Usage: python benchmarks/bench_okd_cost.py --speechbrain-git DIR [--epochs 3] [--rounds 2] [--smoke]
+       python benchmarks/bench_okd_cost.py --speechbrain-git DIR --prepare-only  (data + recipe for a GPU machine)
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
+import time
+from collections import defaultdict
 from pathlib import Path
 
 from _results import DEVSET, header, update_section
-from sb_mal.metrics import format_table
+from _sb_recipe import (
+    copy_recipe,
+    export_recipe,
+    find_recipe,
+    speechbrain_args,
+    speechbrain_command,
+    voicebank_layout,
+)
+from _stage_clock import read_events
+from protocol import run_once
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = (("MetricGAN+ (N=1, PESQ)", "metricgan_plus.yaml"), ("OKD N=2 (PESQ, CSIG)", "okd_pesq_csig.yaml"),
-           ("OKD N=4 (PESQ, CSIG, CBAK, COVL)", "okd_4metrics.yaml"))
+CLOCK = Path(__file__).resolve().parent / "_stage_clock.py"
+#: system -> (label, sb_mal YAML of hparams/voicebank or None for SpeechBrain's recipe)
+SYSTEMS = {"speechbrain": ("SpeechBrain recipe (MetricGAN+)", None),
+           "metricgan_plus": ("sb_mal MetricGAN+", "metricgan_plus.yaml"),
+           "okd_pesq_csig": ("sb_mal OKD N=2 (PESQ, CSIG)", "okd_pesq_csig.yaml")}
+PHASE = "sb_mal.brains.okd_discriminator:DiscriminatorPhase"
+#: what the stage clock times inside sb_mal's discriminator phase (enhance, score, update, replay)
+SBMAL_PROBES = [f"{PHASE}.{m}" for m in ("enhance", "score", "update", "replay")]
+CHECKPOINT_PROBE = "speechbrain.utils.checkpoints:Checkpointer.save_and_keep_only"
+#: VoiceBank-DEMAND (28 speakers): training utterances once p226/p287 are held out, and those held out
+VOICEBANK_TRAIN, VOICEBANK_VALID = 10802, 770
+#: single-core metric work per utterance measured here: targets of each system, validation of each recipe
+TARGETS = {"speechbrain": ["pesq"], "metricgan_plus": ["pesq"], "okd_pesq_csig": ["pesq", "csig"]}
+VALID_METRICS = {"speechbrain": ["pesq", "stoi"], "sb_mal": ["pesq", "csig", "cbak", "covl", "stoi"]}
 
 
-def epoch_times(log: Path) -> list[tuple[int, float, float]]:
-    """(epoch, epoch_seconds, metric_seconds) of every epoch line of a train_log.txt."""
-    out = []
-    for line in log.read_text().splitlines():
-        m = re.match(r"epoch: (\d+) - ", line)
-        if not m:
+# -- runs --------------------------------------------------------------------------------------------
+def yaml_value(yaml: str, key: str, cast=float):
+    """A top-level scalar of an sb_mal YAML of hparams/voicebank."""
+    m = re.search(rf"^{key}:\s*([^\s#]+)", (REPO / "hparams/voicebank" / yaml).read_text(), re.MULTILINE)
+    if not m:
+        raise SystemExit(f"hparams/voicebank/{yaml}: no {key}")
+    return cast(m.group(1))
+
+
+def run_system(system: str, folder: Path, data: Path, recipe: Path | None, args) -> Path:
+    """Train one system into ``folder``; returns its ``log.txt``."""
+    out = folder / "out"
+    clock = [sys.executable, str(CLOCK), "--probe", CHECKPOINT_PROBE]
+    if system == "speechbrain":
+        private = copy_recipe(recipe, folder / "recipe")
+        sb = speechbrain_command(private, *speechbrain_args(data, out, args.samples, args.seed, args.device,
+                                                            args.n_jobs, args.epochs, skip_prep=False))
+        cmd, cwd = clock + sb[1:], private  # the recipe imports its data preparation from its folder
+    else:
+        yaml = SYSTEMS[system][1]
+        cmd = clock + [a for p in SBMAL_PROBES for a in ("--probe", p)] + [
+            str(REPO / "recipes/metricgan_okd/train.py"), str(REPO / "hparams/voicebank" / yaml),
+            f"--data_folder={data}", "--download=False", f"--output_folder={out}", f"--seed={args.seed}",
+            f"--samples_per_epoch={args.samples}", f"--number_of_epochs={args.epochs}", f"--device={args.device}",
+            "--test_data=null", *([f"--n_jobs={args.n_jobs}"] if args.n_jobs is not None else [])]
+        cwd = REPO
+    run_once(cmd, folder, folder / "stdout.log", args.threads, outputs=("out/log.txt",), cwd=cwd)
+    return out / "log.txt"
+
+
+# -- reading a run ------------------------------------------------------------------------------------
+def epoch_parts(events: list[dict]) -> dict[int, dict]:
+    """Per epoch: ``train``, ``valid`` and ``d_phase`` seconds (the training stage's on_stage_start and
+    on_stage_end), ``inner`` [(sub-stage, seconds)] of nested training stages, ``probes`` {name: [(seconds,
+    items)]} and ``checkpoint`` seconds; only what ran inside ``fit`` (the test stage is left out)."""
+    out: dict[int, dict] = defaultdict(lambda: {"train": 0.0, "valid": 0.0, "d_phase": 0.0, "checkpoint": 0.0,
+                                                 "inner": [], "probes": defaultdict(list)})
+    for ev in events:
+        epoch, depth, what = ev.get("epoch"), ev.get("depth", 0), ev["what"]
+        if epoch is None or depth < 1:
             continue
-        e = re.search(r"train epoch_seconds: ([0-9.e+-]+)", line)
-        s = re.search(r"train metric_seconds: ([0-9.e+-]+)", line)
-        if e and s:
-            out.append((int(m.group(1)), float(e.group(1)), float(s.group(1))))
+        part, s = out[int(epoch)], float(ev.get("seconds", 0.0))
+        if what in ("_fit_train", "_fit_valid") and depth == 1:
+            part["train" if what == "_fit_train" else "valid"] += s
+        elif what == "_fit_train":
+            part["inner"].append((ev.get("sub"), s))
+        elif what in ("on_stage_start", "on_stage_end") and depth == 1 and ev.get("stage") == "TRAIN":
+            part["d_phase"] += s
+        elif what == "probe" and ev["name"] == CHECKPOINT_PROBE:
+            part["checkpoint"] += s
+        elif what == "probe":
+            part["probes"][ev["name"].rsplit(".", 1)[1]].append((s, ev.get("items") or 0))
+    return dict(out)
+
+
+def replay_count(system: str, epoch: int, samples: int, portion: float = 0.2) -> int:
+    """Utterances replayed from the history in ``epoch`` (no failed scores): SpeechBrain's history holds
+    the epoch's own utterances when it is sampled, sb_mal's only the earlier epochs'."""
+    held = samples * (epoch if system == "speechbrain" else epoch - 1)
+    return max(1, round(portion * held)) if held else 0
+
+
+def epoch_measures(system: str, epoch: int, part: dict, samples: int) -> dict:
+    """The parts of one timed epoch, in seconds: generator steps, scoring of the epoch's targets, the
+    replay (count and seconds per utterance), device work of the discriminator phase."""
+    m = {"epoch": epoch, "total": part["train"] + part["valid"], "train": part["train"], "valid": part["valid"],
+         "checkpoint": part["checkpoint"], "gen": part["train"] - part["d_phase"], "d_phase": part["d_phase"]}
+    if system == "speechbrain":
+        current = [s for sub, s in part["inner"] if sub == "CURRENT"]
+        history = sum(s for sub, s in part["inner"] if sub == "HISTORICAL")
+        m["replayed"] = replay_count(system, epoch, samples)
+        m["c_replay"] = history / m["replayed"]
+        # the two passes over the epoch's utterances differ only in the scoring (the second reads the scores)
+        m["score"] = current[0] - current[-1] if len(current) == 2 else math.nan
+        m["d_device"] = m["d_phase"] - m["score"]
+        return m
+    probes = part["probes"]
+    updates, replay = probes.get("update", []), probes.get("replay", [])
+    if not (updates and probes.get("score") and probes.get("enhance")):
+        raise SystemExit(f"no timings of {PHASE}.update/score/enhance in the log (probes missing: did the "
+                         "discriminator phase move? update SBMAL_PROBES)")
+    m["replayed"] = sum(n for _, n in replay)
+    m["c_update"] = sum(s for s, _ in updates) / max(1, sum(n for _, n in updates))
+    m["c_load"] = sum(s for s, _ in replay) / m["replayed"] if m["replayed"] else 0.0
+    m["c_replay"] = m["c_update"] + m["c_load"]
+    m["updates"] = sum(n for _, n in updates)
+    m["score"] = probes["score"][0][0]  # the epoch's enhanced utterances (noisy ones, if any, come after)
+    m["enhance"] = sum(s for s, _ in probes["enhance"])
+    m["d_device"] = m["d_phase"] - sum(s for s, _ in probes["score"])
+    return m
+
+
+# -- projection ---------------------------------------------------------------------------------------
+def noisy_drawn(train: int, samples: int, epochs: int) -> float:
+    """Expected training utterances drawn at least once in ``epochs`` draws of ``samples`` of ``train``
+    (each scored once as a noisy input by both recipes, which cache those scores)."""
+    return train * (1.0 - (1.0 - samples / train) ** epochs)
+
+
+def validating(system: str, epoch: int, last: int, valid_every: int) -> bool:
+    return system == "speechbrain" or epoch % valid_every == 0 or epoch == last
+
+
+def project(system: str, measures: list[dict], valid_measures: dict[str, list[tuple[float, float]]], args,
+            valid_every: int) -> dict:
+    """Seconds of the ``args.schedule_epochs``-epoch schedule (see the module docstring) and its parts.
+
+    ``measures``: the timed epochs of every run; ``valid_measures``: {"valid"/"skip": [(stage seconds,
+    checkpoint seconds)]} of every epoch (validating or not)."""
+    E, s = args.schedule_epochs, args.samples
+    c_rep = statistics.median(m["c_replay"] for m in measures)
+    base = statistics.median(m["train"] - m["replayed"] * c_rep for m in measures)
+    replayed = sum(replay_count(system, e, s) for e in range(1, E + 1))
+    scale = VOICEBANK_VALID / args.valid
+
+    def valid_cost(kind: str) -> float:
+        pairs = valid_measures.get(kind) or []
+        if not pairs:
+            return math.nan
+        ckpt = statistics.median(c for _, c in pairs)
+        return statistics.median(v - c for v, c in pairs) * scale + ckpt
+
+    n_valid = sum(validating(system, e, E, valid_every) for e in range(1, E + 1))
+    valid_total = n_valid * valid_cost("valid") + (E - n_valid) * (valid_cost("skip") if n_valid < E else 0.0)
+    score_per_utt = statistics.median(m["score"] for m in measures) / s
+    noisy = noisy_drawn(args.voicebank_train, s, E) * score_per_utt
+    total = E * base + c_rep * replayed + valid_total + noisy
+    first = base + c_rep * replay_count(system, 2, s) + (valid_cost("valid") if validating(system, 2, E, valid_every)
+                                                          else valid_cost("skip"))
+    last = base + c_rep * replay_count(system, E, s) + valid_cost("valid")
+    return {"mean epoch s": total / E, "projected h": total / 3600, "base s": base, "c_replay": c_rep,
+            "replayed": replayed, "valid total s": valid_total, "valid s": valid_cost("valid"),
+            "noisy total s": noisy, "epoch 2 s": first, f"epoch {E} s": last, "validations": n_valid,
+            "score per utt": score_per_utt}
+
+
+def floor(measures: list[dict], proj: dict, metric_cpu: dict, system: str, args, valid_every: int) -> dict:
+    """The lowest mean epoch sb_mal's schedule allows on this machine, from measured parts (docstring)."""
+    E, s = args.schedule_epochs, args.samples
+    med = lambda key: statistics.median(m[key] for m in measures)
+    gens = 2 if system == "okd_pesq_csig" else 1
+    mean_replay = proj["replayed"] / E
+    enhance_per_utt = med("enhance") / s
+    validations = proj["validations"] / E  # per epoch
+    device = {"generator steps": med("gen"), "enhancement": med("enhance"),
+              "D updates": med("c_update") * (med("updates") - med("replayed") + mean_replay),
+              "replay loading": med("c_load") * mean_replay,
+              "validation enhancement": validations * VOICEBANK_VALID * gens * enhance_per_utt}
+    metrics = {"targets": (s + noisy_drawn(args.voicebank_train, s, E) / E) * metric_cpu[system],
+               "validation metrics": validations * VOICEBANK_VALID * gens * metric_cpu["valid sb_mal"]}
+    dev, met = sum(device.values()), sum(metrics.values())
+    cores = os.cpu_count() or 1
+    value = max(dev, (dev + met) / cores) if args.device == "cpu" else max(dev, met / cores)
+    return {"device": device, "metrics": metrics, "floor s": value, "cores": cores}
+
+
+def metric_seconds(count: int) -> dict:
+    """Single-core seconds per utterance of each metric set (TARGETS, VALID_METRICS) on ``count``
+    devset training mixtures of 3 s (noisy against clean), median over utterances."""
+    import torch
+
+    from sb_mal.data.mixing import OnTheFlyMixer
+    from sb_mal.metrics import evaluate
+
+    torch.set_num_threads(1)
+    mixer = OnTheFlyMixer(DEVSET / "speech/train", DEVSET / "noise/train", segment_seconds=3.0, num_items=count,
+                          seed=7)
+    pairs = [(it["noisy_sig"].numpy(), it["clean_sig"].numpy()) for it in (mixer[i] for i in range(count))]
+    sets = {**TARGETS, **{f"valid {k}": v for k, v in VALID_METRICS.items()}}
+    out = {}
+    for key, names in sets.items():
+        evaluate([pairs[0][0]], [pairs[0][1]], 16000, metrics=names, n_jobs=0)  # warm-up (imports, caches)
+        times = []
+        for noisy, clean in pairs:
+            t0 = time.perf_counter()
+            evaluate([noisy], [clean], 16000, metrics=names, n_jobs=0)
+            times.append(time.perf_counter() - t0)
+        out[key] = statistics.median(times)
     return out
 
 
-def run_config(yaml: str, folder: Path, args, extra: list[str]) -> list[tuple[int, float, float]]:
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, str(REPO / "recipes/metricgan_okd/train.py"), str(REPO / "hparams/folders" / yaml),
-           f"--data_folder={DEVSET}", f"--output_folder={folder}", f"--number_of_epochs={args.epochs}",
-           f"--samples_per_epoch={args.samples}", f"--training_pool={max(args.samples, 100)}", "--valid_every=1000",
-           "--valid_limit=2", "--valid_metrics=[pesq]", "--test_data=null", f"--n_jobs={args.n_jobs}",
-           f"--seed={args.seed}", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=folder.parent)
-    if proc.returncode != 0:
-        raise SystemExit(f"{yaml} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    times = [t for t in epoch_times(folder / "train_log.txt") if t[0] >= 2]
-    if not times:
-        raise SystemExit(f"{yaml}: no timed epoch in {folder / 'train_log.txt'}")
-    return times
+# -- report -------------------------------------------------------------------------------------------
+def _range(values) -> str:
+    return f"{min(values):.1f}-{max(values):.1f}" if values else ""
 
 
-def main():
+def system_rows(results: dict, metric_cpu: dict, args) -> tuple[list[dict], list[dict], list[str]]:
+    """(epoch table rows, parts table rows, floor lines) from ``results[system] = [(measures, valid)]``."""
+    rows, parts, lines, proj = [], [], [], {}
+    for system, runs in results.items():
+        label = SYSTEMS[system][0]
+        measures = [m for ms, _ in runs for m in ms]
+        valid = defaultdict(list)
+        for _, v in runs:
+            for kind, pairs in v.items():
+                valid[kind] += pairs
+        every = 1 if system == "speechbrain" else yaml_value(SYSTEMS[system][1], "valid_every", int)
+        p = proj[system] = project(system, measures, valid, args, every)
+        totals = [m["total"] for m in measures]
+        rows.append({"system": label, "timed epochs": len(measures), "epoch s": statistics.median(totals),
+                     "epoch range s": _range(totals), "training s": statistics.median(m["train"] for m in measures),
+                     "generator steps s": statistics.median(m["gen"] for m in measures),
+                     "D phase s": statistics.median(m["d_phase"] for m in measures),
+                     f"validation s ({args.valid} utt.)": statistics.median(v for v, _ in valid["valid"]),
+                     f"VoiceBank epoch s (mean of {args.schedule_epochs})": p["mean epoch s"],
+                     "epoch 2 -> last s": f"{p['epoch 2 s']:.0f} -> {p[f'epoch {args.schedule_epochs} s']:.0f}",
+                     f"projected h ({args.schedule_epochs} epochs)": p["projected h"]})
+        parts.append({"system": label, "generator step s": statistics.median(m["gen"] for m in measures) / args.samples,
+                      "replay s/utt.": p["c_replay"], "scoring s/utt.": p["score per utt"],
+                      "D device s/epoch": statistics.median(m["d_device"] for m in measures),
+                      "validation s/utt.": (p["valid s"] - statistics.median(c for _, c in valid["valid"]))
+                      / VOICEBANK_VALID,
+                      "checkpoint s": statistics.median(m["checkpoint"] for m in measures),
+                      "validations": p["validations"], "valid total h": p["valid total s"] / 3600,
+                      "noisy scores h": p["noisy total s"] / 3600,
+                      "replay h": p["c_replay"] * p["replayed"] / 3600})
+    sb = proj.get("speechbrain")
+    for row, system in zip(rows, results):
+        if sb:
+            row["ratio to SpeechBrain (measured)"] = row["epoch s"] / rows[list(results).index("speechbrain")]["epoch s"]
+            row["ratio to SpeechBrain (VoiceBank)"] = proj[system]["mean epoch s"] / sb["mean epoch s"]
+        if system == "speechbrain":
+            continue
+        measures = [m for ms, _ in results[system] for m in ms]
+        every = yaml_value(SYSTEMS[system][1], "valid_every", int)
+        f = floor(measures, proj[system], metric_cpu, system, args, every)
+        dev = " + ".join(f"{k} {v:.1f}" for k, v in f["device"].items())
+        met = " + ".join(f"{k} {v:.1f}" for k, v in f["metrics"].items())
+        form = "max(device, (device + metrics) / cores)" if args.device == "cpu" else "max(device, metrics / cores)"
+        mean = proj[system]["mean epoch s"]
+        line = (f"- {SYSTEMS[system][0]}, floor of the VoiceBank epoch (mean of {args.schedule_epochs}): device "
+                f"{sum(f['device'].values()):.1f} s ({dev}); metrics {sum(f['metrics'].values()):.1f} s of one core "
+                f"({met}); {form} with {f['cores']} cores = {f['floor s']:.1f} s; projected epoch {mean:.1f} s = "
+                f"{mean / f['floor s']:.2f}x the floor")
+        if sb:
+            line += f"; 0.5x SpeechBrain's = {0.5 * sb['mean epoch s']:.1f} s"
+        lines.append(line)
+    return rows, parts, lines, proj
+
+
+def goal_lines(proj: dict, floors: list[str], args) -> list[str]:
+    sb, out = proj.get("speechbrain"), []
+    if args.device == "cpu" and sb and "metricgan_plus" in proj:
+        mine = proj["metricgan_plus"]["mean epoch s"]
+        out.append(f"- goal (CPU): MetricGAN+ epoch <= 0.5x SpeechBrain's ({mine / sb['mean epoch s']:.2f}x) or within "
+                   "10 % of its floor (see the floor line): "
+                   + ("met" if mine <= 0.5 * sb["mean epoch s"] else "judge by the floor"))
+    if args.device != "cpu":
+        for system, hours in (("metricgan_plus", 1.0), ("okd_pesq_csig", 1.5)):
+            if system in proj:
+                h = proj[system]["projected h"]
+                faster = f", {sb['projected h'] / h:.1f}x faster than SpeechBrain's (goal >= 5x)" if sb else ""
+                out.append(f"- goal (GPU): {SYSTEMS[system][0]} {args.schedule_epochs} epochs in <= {hours} h: "
+                           f"{'met' if h <= hours else 'NOT met'} ({h:.2f} h projected){faster}")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=24, help="utterances drawn per epoch")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
-    parser.add_argument("--n-jobs", type=int, default=2, help="metric pool workers")
-    parser.add_argument("--seed", type=int, default=1234)
-    args, extra = parser.parse_known_args()  # anything else: --key=value overrides for every run
-    bad = [a for a in extra if not (a.startswith("--") and "=" in a)]
-    if bad:
-        parser.error(f"unrecognized arguments {bad} (recipe overrides are written --key=value)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--speechbrain-recipe", default=None,
+                       help="SpeechBrain's recipes/Voicebank/enhance/MetricGAN (or a checkout holding it); copied "
+                            "into a temporary folder for each run")
+    where.add_argument("--speechbrain-git", default=None,
+                       help="a git directory of SpeechBrain's repository; the recipe is exported from it at run time")
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS), help="systems to run")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (epochs 2.. are timed)")
+    parser.add_argument("--samples", type=int, default=100,
+                        help="utterances per epoch (VoiceBank's schedule: 100); the training pool holds as many")
+    parser.add_argument("--valid", type=int, default=60,
+                        help="validation utterances (devset valid pairs, at most 3 s); scaled to VoiceBank's 770")
+    parser.add_argument("--test", type=int, default=2, help="test utterances (the end-of-run test is not timed)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per system, interleaved")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
+    parser.add_argument("--n-jobs", type=int, default=None,
+                        help="metric worker processes of every recipe (default: each YAML's own: SpeechBrain 1, sb_mal 2)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda:N (a GPU run writes bench_okd_cost_cuda)")
+    parser.add_argument("--seed", type=int, default=1234, help="seed of every run")
+    parser.add_argument("--schedule-epochs", type=int, default=750, help="epochs of the projected schedule")
+    parser.add_argument("--voicebank-train", type=int, default=VOICEBANK_TRAIN,
+                        help="training utterances of the projected corpus (their noisy inputs are scored once each)")
+    parser.add_argument("--metric-utterances", type=int, default=8,
+                        help="utterances on which the single-core metric seconds are measured")
+    parser.add_argument("--data", default=str(REPO / "results/bench_okd_cost/voicebank"),
+                        help="the VoiceBank-layout folder (written from the devset when absent or different)")
+    parser.add_argument("--keep-runs", default=None, help="keep the run folders here (default: a temporary folder)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="write the data folder and export the recipe to results/bench_okd_cost/speechbrain_recipe "
+                             "(what a GPU machine needs), then stop")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 epochs of 4 utterances, 2 validation and 1 test utterance, 1 round, no RESULTS.md")
+    parser.add_argument("--no-write", action="store_true", help="print only (RESULTS.md untouched)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.epochs, args.samples, args.valid, args.test, args.rounds = 2, 4, 2, 1, 1
+        args.metric_utterances, args.no_write = 2, True
+        args.data = str(Path(args.data).with_name("voicebank_smoke"))
     if args.epochs < 2:
-        raise SystemExit("--epochs must be >= 2 (epoch 1 has no generator step)")
-    work = Path(tempfile.mkdtemp(prefix="bench_okd_"))
-    samples: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in CONFIGS}
+        parser.error("--epochs must be >= 2 (epoch 1 is not timed)")
+    data = voicebank_layout(Path(args.data), DEVSET, args.samples, args.valid, args.test)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_okd_cost_"))
+    recipe = None
+    if "speechbrain" in args.systems:
+        if args.speechbrain_git:
+            recipe = export_recipe(args.speechbrain_git, tmp / "export")
+        elif args.speechbrain_recipe:
+            recipe = find_recipe(args.speechbrain_recipe, "--speechbrain-recipe")
+        else:
+            parser.error("the speechbrain system needs --speechbrain-recipe PATH or --speechbrain-git DIR "
+                         "(or leave it out with --systems)")
+    if args.prepare_only:
+        dest = REPO / "results/bench_okd_cost/speechbrain_recipe"
+        if recipe is not None:
+            shutil.rmtree(dest, ignore_errors=True)
+            copy_recipe(recipe, dest)
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"data: {data}\nrecipe: {dest if recipe else '-'}\nGPU: python benchmarks/bench_okd_cost.py "
+              f"--device cuda:0 --speechbrain-recipe {os.path.relpath(dest, REPO)} --data "
+              f"{os.path.relpath(data, REPO)} (carry results/bench_okd_cost)")
+        return
+    gpu = None
+    if args.device != "cpu":
+        import torch
+
+        gpu = torch.cuda.get_device_name(torch.device(args.device))
+        print(f"GPU: {gpu}")
+    metric_cpu = metric_seconds(args.metric_utterances)
+    print("single-core metric seconds per utterance: " + ", ".join(f"{k} {v:.3f}" for k, v in metric_cpu.items()))
+    runs_root = Path(args.keep_runs) if args.keep_runs else tmp / "runs"
+    loads = [os.getloadavg()[0]]
+    results: dict[str, list] = {s: [] for s in args.systems}
     try:
         for r in range(args.rounds):
-            for label, yaml in CONFIGS:
-                folder = work / f"{Path(yaml).stem}_{r}"
-                times = run_config(yaml, folder, args, extra)
-                samples[label] += [(e, m) for _, e, m in times]
-                print(f"round {r + 1}: {label}: " + ", ".join(f"{e:.1f} s (metrics {m:.1f} s)" for _, e, m in times),
-                      flush=True)
+            order = args.systems[r % len(args.systems):] + args.systems[:r % len(args.systems)]
+            for system in order:
+                folder = runs_root / f"{system}_{r}"
                 shutil.rmtree(folder, ignore_errors=True)
+                started = time.monotonic()
+                log = run_system(system, folder, data, recipe, args)
+                loads.append(os.getloadavg()[0])
+                parts = epoch_parts(read_events(log))
+                every = 1 if system == "speechbrain" else yaml_value(SYSTEMS[system][1], "valid_every", int)
+                measures = [epoch_measures(system, e, parts[e], args.samples) for e in sorted(parts) if e >= 2]
+                valid = defaultdict(list)
+                for e, part in parts.items():
+                    kind = "valid" if validating(system, e, args.epochs, every) else "skip"
+                    valid[kind].append((part["valid"], part["checkpoint"]))
+                results[system].append((measures, dict(valid)))
+                print(f"round {r + 1}, {SYSTEMS[system][0]}: " + ", ".join(
+                    f"epoch {m['epoch']} {m['total']:.1f} s (train {m['train']:.1f}, valid {m['valid']:.1f})"
+                    for m in measures) + f"; run {time.monotonic() - started:.0f} s", flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    base = statistics.median(e for e, _ in samples[CONFIGS[0][0]])
-    rows = []
-    for label, _ in CONFIGS:
-        epochs = [e for e, _ in samples[label]]
-        metrics = [m for _, m in samples[label]]
-        med = statistics.median(epochs)
-        rows.append({"configuration": label, "epochs timed": len(epochs), "median epoch s": med,
-                     "min epoch s": min(epochs), "median metric s": statistics.median(metrics),
-                     "metric share": statistics.median(m / e for e, m in samples[label]), "ratio to N=1": med / base})
-    table = format_table(rows, ["configuration", "epochs timed", "median epoch s", "min epoch s", "median metric s",
-                                "metric share", "ratio to N=1"])
-    n2 = rows[1]["ratio to N=1"]
-    body = (header("MetricGAN-OKD epoch cost (bench_okd_cost.py)")
-            + f"- one training epoch = {args.samples} devset mixtures (3 s, batch 1): generator steps, metric targets "
-            + f"of the enhanced and noisy utterances ({args.n_jobs} pool workers), discriminator step with history "
-            + f"replay; epochs 2..{args.epochs} of {args.rounds} interleaved runs per configuration; model sizes of the "
-            + f"YAMLs (BLSTM 200x2, discriminator 15x4) unless the command overrides them; {args.threads} torch thread(s)\n"
-            + f"- goal: N=2 at most 1.6x the N=1 epoch: {'met' if n2 <= 1.6 else 'NOT met'} ({n2:.2f}x)\n\n"
-            + table + "\n")
+        if not args.keep_runs:
+            shutil.rmtree(tmp, ignore_errors=True)
+    rows, parts, floors, proj = system_rows(results, metric_cpu, args)
+    from sb_mal.metrics import format_table
+
+    body = (header(f"MetricGAN+ / OKD epoch cost against SpeechBrain's recipe, {args.device.split(':')[0]} "
+                   "(bench_okd_cost.py)")
+            + (f"- accelerator: {args.device} ({gpu}); the metrics run on the CPU\n" if gpu else "")
+            + f"- data: one VoiceBank-layout folder from the devset ({args.samples} training mixtures of 3 s, "
+              f"{args.valid} valid pairs as p226/p287, {args.test} test pairs); {args.samples} utterances per epoch, "
+              f"batch 1; each recipe's own validation (SpeechBrain every epoch: PESQ, STOI; sb_mal every "
+              f"valid_every and at the last: 5 metrics) and metric jobs"
+              + (f" (--n-jobs {args.n_jobs})" if args.n_jobs is not None else "")
+            + f"; {args.threads} torch thread(s) per run\n"
+            + f"- {args.rounds} round(s) of {args.epochs}-epoch runs, systems interleaved; epochs 2..{args.epochs} "
+              "timed by the stage clock in each run's log.txt (training + validation stage)\n"
+            + f"- projection to {args.schedule_epochs} epochs of VoiceBank (history replay growing 20 utterances per "
+              f"epoch, validation scaled to {VOICEBANK_VALID} utterances at each YAML's frequency, noisy inputs of "
+              f"{args.voicebank_train} training utterances scored once): see the module docstring\n"
+            + f"- 1-min load average ({os.cpu_count()} cores): {min(loads):.2f}-{max(loads):.2f}\n"
+            + "- single-core metric seconds per utterance (3 s): " + ", ".join(f"{k} {v:.3f}"
+                                                                             for k, v in metric_cpu.items()) + "\n"
+            + "\n".join(goal_lines(proj, floors, args)) + "\n\n"
+            + format_table(rows, list(rows[0]))
+            + "\n\nParts (medians of the timed epochs; h: hours of the projected schedule):\n\n"
+            + format_table(parts, list(parts[0])) + "\n\n" + "\n".join(floors) + "\n")
     print(body)
-    update_section("bench_okd_cost", body)
+    if not args.no_write:
+        update_section("bench_okd_cost" if args.device == "cpu" else f"bench_okd_cost_{args.device.split(':')[0]}",
+                       body)
 
 
 if __name__ == "__main__":

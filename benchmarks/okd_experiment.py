@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
+from _sb_recipe import epoch_seconds, find_recipe, speechbrain_args, speechbrain_command
 from protocol import compare, evidence_table, run_once
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +60,6 @@ def single_metric_baseline(metric: str) -> str:
     """The MetricGAN+ system trained on ``metric`` (the like-for-like reference of an OKD generator)."""
     return "metricgan_plus" if metric == "pesq" else f"metricgan_plus_{metric}"
 METRICS = ["pesq", "csig", "cbak", "covl", "stoi", "estoi", "si_sdr", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak"]
-SB_RECIPE = Path("Voicebank/enhance/MetricGAN")
 
 
 def score_folder(enhanced: dict[str, Path], out_csv: Path, metrics=("intrusive", "dnsmos")) -> Path:
@@ -139,7 +139,7 @@ def main():
             if args.warm_start else []
         okd_run(out, seed, name, common + warm, args.threads, warm=args.warm_start)
 
-    sb_root = _speechbrain_recipe(args.speechbrain_recipes)
+    sb_root = find_recipe(args.speechbrain_recipes)
     if not args.report_only:
         if not args.speechbrain_only:
             jobs = [(s, name) for s in args.seeds
@@ -191,17 +191,6 @@ def pretrain(out: Path, seed: int, epochs: int, threads: int, extra: list[str]) 
 
 
 # -- part 2: SpeechBrain's recipe ------------------------------------------------------------------
-def _speechbrain_recipe(path: str | None) -> Path | None:
-    if path is None:
-        return None
-    root = Path(path).expanduser().resolve()
-    for candidate in (root / SB_RECIPE, root / "recipes" / SB_RECIPE):
-        if (candidate / "train.py").exists() and (candidate / "hparams" / "train.yaml").exists():
-            return candidate
-    raise SystemExit(f"--speechbrain-recipes {root}: no {SB_RECIPE}/train.py with hparams/train.yaml under it or "
-                     "under its recipes/ folder")
-
-
 def write_pool(folder: Path, pool: int, limits: dict[str, int | None], seed: int = 0) -> Path:
     """A VoiceBank-style data folder: ``pool`` fixed devset training mixtures + the first ``limits[split]``
     devset valid/test pairs, with SpeechBrain's ``train/valid/test.json`` (noisy_wav, clean_wav, length)."""
@@ -240,10 +229,8 @@ def speechbrain_comparison(args, out: Path, recipe: Path, extra: list[str]) -> N
     seed = args.seeds[0]
     sizes = [f"--number_of_epochs={args.sb_epochs}"]
     sb_folder = out / "speechbrain_metricgan" / str(seed)
-    cmd = [sys.executable, str(recipe / "train.py"), str(recipe / "hparams" / "train.yaml"), f"--data_folder={data}",
-           f"--output_folder={sb_folder}", "--skip_prep=True", "--use_tensorboard=False",
-           "--tensorboard_train_logger=null", f"--number_of_samples={args.samples}", f"--seed={seed}",
-           f"--device={args.device}", f"--n_jobs={args.n_jobs}", *sizes]
+    cmd = speechbrain_command(recipe, *speechbrain_args(data, sb_folder, args.samples, seed, args.device, args.n_jobs),
+                              *sizes)
     # SpeechBrain's recipe imports its own helpers from its folder: it runs there
     run_once(cmd, sb_folder, out / "logs" / "speechbrain_metricgan.log", args.threads, ("save",), cwd=recipe)
     ours = out / "sbmal_metricgan_plus_pool" / str(seed)
@@ -380,22 +367,6 @@ def speechbrain_report(out: Path, args) -> str:
             + ", ".join(f"{x:.1f}" for x in our_epochs) + f" (median {our_med:.1f}); ratio SpeechBrain / sb_mal "
             f"{sb_med / our_med:.2f}. Whole runs including the test: SpeechBrain "
             f"{float((sb_folder / 'seconds').read_text()):.0f} s, sb_mal {float((ours / 'seconds').read_text()):.0f} s\n")
-
-
-def epoch_seconds(log_txt: Path) -> list[float]:
-    """Seconds of each epoch (training + validation) of a SpeechBrain-style run: from the epoch loop's
-    'Going into epoch k' line to the next train-logger line, by the timestamps of ``log_txt``."""
-    from datetime import datetime
-
-    stamp = lambda line: datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")  # noqa: E731
-    out, start = [], None
-    for line in log_txt.read_text(encoding="utf-8", errors="replace").splitlines():
-        if "Going into epoch" in line:
-            start = stamp(line)
-        elif start is not None and "train_logger" in line:
-            out.append((stamp(line) - start).total_seconds())
-            start = None
-    return out
 
 
 if __name__ == "__main__":

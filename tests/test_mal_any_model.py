@@ -272,11 +272,11 @@ def test_live_encoder_equals_detached_views_and_restores_requires_grad(kind, mon
     torch.manual_seed(0)
     if kind == "metricgan_hooks":
         model = EnhancementGenerator(num_layers=2)
-        make = lambda: ModelAsLoss(model, taps=["blstm"], encoder="live", input_fn=Log1pMagnitude())  # noqa: E731
+        make = lambda: ModelAsLoss(model, taps=["blstm"], encoder="live", input_fn=Log1pMagnitude())
         frozen_part = model.linear1
     else:
         model = SpectralUNetSE(channels=(8, 16), bottleneck_dim=32)
-        make = lambda: ModelAsLoss(model, taps=["enc2", "bottleneck"], encoder="live")  # noqa: E731
+        make = lambda: ModelAsLoss(model, taps=["enc2", "bottleneck"], encoder="live")
         frozen_part = model.encoder_blocks[0]
     frozen_part.requires_grad_(False)  # as frozen_fe leaves part of a model
     flags = [p.requires_grad for p in model.parameters()]
@@ -305,3 +305,21 @@ def test_live_encoder_restores_requires_grad_when_the_model_fails():
     with pytest.raises(ModelAsLossError):
         loss(noisy.requires_grad_(True), clean)
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_snapshot_of_a_model_on_the_gpu_keeps_cudnn_flat_rnn_weights():
+    """A snapshot deep-copied from a model already on the GPU gets one flat weight buffer per RNN, so
+    cuDNN does not compact a copy of the weights at every call (it warns when it has to)."""
+    import warnings
+
+    torch.manual_seed(0)
+    gen = EnhancementGenerator(num_layers=2).cuda()
+    features = Log1pMagnitude().cuda()
+    clean, noisy = (x.cuda() for x in signals(samples=8000))
+    for encoder in ("snapshot", "live"):
+        loss = ModelAsLoss(gen, taps=["blstm"], encoder=encoder, input_fn=features)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="RNN module weights are not part of single contiguous")
+            loss(noisy.requires_grad_(True), clean).backward()

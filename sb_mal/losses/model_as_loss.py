@@ -66,6 +66,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from speechbrain.utils.callchains import lengths_arg_exists
 from torch import nn
+
 from sb_mal.losses.model_taps import (
     Log1pMagnitude,
     ModelAsLossError,
@@ -279,6 +280,9 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
         source = unwrap_model(model if model is not None else self._live[0].model)
         self.snapshot.model.load_state_dict(source.state_dict())
         self.snapshot.requires_grad_(False).eval()
+        for m in self.snapshot.modules():  # a deep copy on the GPU is not cuDNN's flat buffer: make it one, once
+            if isinstance(m, nn.RNNBase):
+                m.flatten_parameters()
         self.snapshot_taken.fill_(True)
         if not self.train_encoder:
             self.freeze_encoder(source)

@@ -12,10 +12,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
-
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from sb_mal.dsp import Log1pMagnitude
 from sb_mal.models.frozen import loss_mode, unwrap_model
