@@ -330,10 +330,12 @@ def _run(brain_class, script, hparams_file, run_opts, overrides, hparams, argv=(
         valid_loader_kwargs=hparams.get("valid_dataloader_opts", {}),
     )
     if "test" in datasets:
-        key = brain.hparams.ckpt_key  # the Brain's own declared default when the YAML gives none
+        # the Brain's own declared default when the YAML gives none; a Brain that declares no ckpt_key
+        # (MetricGAN-OKD: one checkpoint per generator) chooses in its evaluate()
+        key = brain.hparams.ckpt_key if "ckpt_key" in getattr(brain, "HPARAMS").index else None
         brain.evaluate(
             datasets["test"],
-            max_key=None if key == "loss" else key,
+            max_key=None if key in ("loss", None) else key,
             min_key="loss" if key == "loss" else None,
             test_loader_kwargs=hparams.get("test_dataloader_opts", {}),
         )
