@@ -51,8 +51,9 @@ def _overheads(test_limit: int, valid_limit: int, dnsmos: bool) -> tuple[float, 
 
 
 def plan_minutes(minutes: float, continue_minutes: float, test_limit: int, valid_limit: int, dnsmos: bool,
-                 build_corpus: bool) -> float:
-    """The demo's expected wall-clock minutes: its training budgets plus the work around them.
+                 build_corpus: bool, slowness: float = 1.0) -> float:
+    """The demo's expected wall-clock minutes: its training budgets plus the work around them (``slowness``
+    times the planning figures).
 
     Example
     -------
@@ -60,7 +61,26 @@ def plan_minutes(minutes: float, continue_minutes: float, test_limit: int, valid
     7.5
     """
     run, noisy = _overheads(test_limit, valid_limit, dnsmos)
-    return (_CORPUS_MINUTES if build_corpus else 0) + minutes + 2 * continue_minutes + 3 * run + noisy
+    work = (_CORPUS_MINUTES if build_corpus else 0) + 3 * run + noisy
+    return minutes + 2 * continue_minutes + slowness * work
+
+
+def _calibrate(test_manifest: Path, corpus: Path, metrics: list[str]) -> float:
+    """How much slower than the planning figures this machine scores audio now (at least 1, at most 10):
+    two test utterances scored in this process, the second one timed."""
+    from sb_mal.data.manifest import load_manifest
+    from sb_mal.metrics import evaluate
+
+    entries = list(load_manifest(test_manifest, corpus).values())[:2]
+    if not entries:
+        return 1.0
+    seconds = 0.0
+    for entry in entries:
+        started = time.monotonic()
+        evaluate([entry["noisy_wav"]], [entry["clean_wav"]], metrics=metrics, n_jobs=0)
+        seconds = time.monotonic() - started
+    planned = _TEST_SECONDS_DNSMOS if any(m.startswith("dnsmos") for m in metrics) else _TEST_SECONDS
+    return min(max(seconds / planned, 1.0), 10.0)
 
 
 def _demo_yaml() -> str:
@@ -143,7 +163,6 @@ def run_demo(
     dnsmos = any(m.startswith("dnsmos") for m in metrics)
     promised = plan_minutes(minutes, continue_minutes, test_limit, valid_limit, dnsmos, build)
     run_overhead, noisy_overhead = _overheads(test_limit, valid_limit, dnsmos)
-    slowness = 1.0  # how much slower than planned the work around training turns out (measured per run)
 
     def budget(wanted: float, runs_left: int) -> float:
         """Training minutes for the next run: as planned, or less when the work so far ran slow."""
@@ -160,6 +179,12 @@ def run_demo(
     if build:
         paths = build_mini_corpus(corpus, progress=True)
     # else: a corpus folder given by the user is used as it is (e.g. one built with other sizes)
+    # how much slower than planned the work around training runs (first measured, then after each run)
+    slowness = _calibrate(paths["test"], corpus, metrics)  # this machine, now, against the planning figures
+    if slowness > 1.2:
+        promised = (time.monotonic() - t0) / 60 + plan_minutes(minutes, continue_minutes, test_limit, valid_limit,
+                                                                 dnsmos, False, slowness)
+        print(f"(this machine scores audio {slowness:.1f}x slower than planned for: about {promised:.1f} min in all)")
 
     def remaining(step: str) -> None:
         used = (time.monotonic() - t0) / 60
