@@ -230,7 +230,7 @@ def pift_reachability(source: str, pairs: int = 6, gamma: float = 0.1, gamma_rel
     by 40 samples; means over the first ``pairs`` validation pairs (whole utterances)."""
     from sb_mal.brains.pift import speed_perturb
     from sb_mal.losses import SSLSoftDTWLoss
-    from sb_mal.models.frame_features import build_frame_extractor
+    from sb_mal.models.extractors import build_frame_extractor
 
     extractor = build_frame_extractor(source, None)
     data = _valid_pairs(0, pairs)
@@ -301,7 +301,7 @@ def okd_d_correlation(run: Path, targets: list[str], start: int = 20, count: int
     from sb_mal.checkpoints import load_pretrained
     from sb_mal.metrics import evaluate
     from sb_mal.metrics.targets import normalize_score
-    from sb_mal.models.metricgan import make_discriminator
+    from sb_mal.models.okd_factory import make_discriminator
 
     ckpt = _latest_checkpoint(run)
     disc = make_discriminator(version=2, num_outputs=len(targets), channels=list(d_channels))

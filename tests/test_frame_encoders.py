@@ -15,12 +15,8 @@ import soundfile as sf
 import torch
 
 from sb_mal.losses.ssl import SSLL1Loss, SSLMSEPadLoss, SSLSoftDTWLoss
-from sb_mal.models.frame_features import (
-    FCPEFeatureExtractor,
-    FrameFeatureExtractor,
-    ResemblyzerFeatureExtractor,
-    build_frame_extractor,
-)
+from sb_mal.models.extractors import build_frame_extractor
+from sb_mal.models.frame_features import FCPEFeatureExtractor, FrameFeatureExtractor, ResemblyzerFeatureExtractor
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_thread")]
 

@@ -99,7 +99,7 @@ def test_wheel_encoder_losses_on_cuda_equal_cpu(source, loss_name, exact_math):
     import importlib.util
 
     from sb_mal import losses as L
-    from sb_mal.models.frame_features import build_frame_extractor
+    from sb_mal.models.extractors import build_frame_extractor
 
     if importlib.util.find_spec(source) is None:
         pytest.skip(f"{source} is not installed (extra `encoders`)")

@@ -57,7 +57,8 @@ def _le_brain(tmp_path, targets=("siib",), **extra):
     from speechbrain.utils.epoch_loop import EpochCounter
 
     from sb_mal.brains import MetricGANOKDBrain
-    from sb_mal.models.metricgan import MetricDiscriminator, okd_modules
+    from sb_mal.models.metricgan import MetricDiscriminator
+    from sb_mal.models.okd_factory import okd_modules
 
     torch.manual_seed(0)
     counter = EpochCounter(limit=5)

@@ -14,7 +14,8 @@ import torch
 
 from sb_mal.brains.metric_history import MetricHistory
 from sb_mal.metrics.targets import normalize_score
-from sb_mal.models.metricgan import MetricDiscriminator, MetricGANGenerator, make_discriminator, okd_modules
+from sb_mal.models.metricgan import MetricDiscriminator, MetricGANGenerator
+from sb_mal.models.okd_factory import make_discriminator, okd_modules
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--hidden_size=16", "--lin_dim=16", "--num_layers=1", "--d_channels=[4,4,4,4]"]

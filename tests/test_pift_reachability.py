@@ -22,7 +22,7 @@ import torch
 from sb_mal.audio import read_audio
 from sb_mal.brains.pift import speed_perturb
 from sb_mal.losses import SSLSoftDTWLoss
-from sb_mal.models.frame_features import build_frame_extractor
+from sb_mal.models.extractors import build_frame_extractor
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 

@@ -1,6 +1,6 @@
 """MetricGANOKDBrain: N generators, one metric each, online knowledge distillation (Shin et al. 2023).
 
-Modules (see :func:`sb_mal.models.metricgan.okd_modules`): ``generator_0 .. generator_{N-1}`` and a
+Modules (see :func:`sb_mal.models.okd_factory.okd_modules`): ``generator_0 .. generator_{N-1}`` and a
 ``discriminator`` with N outputs (v2) or N single-output discriminators (v1). Generator ``i`` is
 paired with ``target_metrics[i]``.
 

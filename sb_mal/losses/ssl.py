@@ -46,7 +46,8 @@ from torch import nn
 from sb_mal.dsp import relative_to_samples
 from sb_mal.losses.reconstruction import LossTerms, check_waveforms, reduce
 from sb_mal.losses.soft_dtw import DISTANCES, pairwise_cost, soft_dtw_divergence
-from sb_mal.models.frame_features import FrameFeatureExtractor, build_frame_extractor
+from sb_mal.models.extractors import build_frame_extractor
+from sb_mal.models.frame_features import FrameFeatureExtractor
 from sb_mal.models.ssl import DEFAULT_SSL_SOURCE
 
 __all__ = ["RelativeGamma", "SSLFeatureLoss", "SSLL1Loss", "SSLMSELoss", "SSLMSEPadLoss", "SSLSoftDTWLoss",

@@ -46,8 +46,7 @@ from torch import nn
 from sb_mal.dsp import relative_to_samples
 from sb_mal.models.frozen import FrozenNetworks, loss_mode
 
-__all__ = ["FCPEFeatureExtractor", "FrameFeatureExtractor", "ResemblyzerFeatureExtractor", "WHEEL_ENCODERS",
-           "build_frame_extractor"]
+__all__ = ["FCPEFeatureExtractor", "FrameFeatureExtractor", "ResemblyzerFeatureExtractor", "WHEEL_ENCODERS"]
 
 WHEEL_ENCODERS = ("torchfcpe", "resemblyzer")
 
@@ -395,24 +394,3 @@ class ResemblyzerFeatureExtractor(FrameFeatureExtractor):
             x, _ = lstm(x)
             hidden.append(x)
         return self._select(hidden, x)
-
-
-def build_frame_extractor(source, layers=None, **kwargs) -> FrameFeatureExtractor:
-    """The frame-feature extractor for ``source``: ``"torchfcpe"``, ``"resemblyzer"``, or a speech SSL
-    model (hub id, ``save_pretrained`` folder or transformers module) for
-    :class:`~sb_mal.models.ssl.SSLFeatureExtractor`. ``kwargs`` go to the extractor.
-
-    Example
-    -------
-    >>> from sb_mal.models.ssl import build_tiny_wavlm
-    >>> type(build_frame_extractor(build_tiny_wavlm(num_layers=1))).__name__
-    'SSLFeatureExtractor'
-    """
-    layers = "last" if layers is None else layers
-    if isinstance(source, str) and source.lower() in WHEEL_ENCODERS:
-        cls = FCPEFeatureExtractor if source.lower() == "torchfcpe" else ResemblyzerFeatureExtractor
-        return cls(layers, **kwargs)
-    from sb_mal.models.ssl import SSLFeatureExtractor
-
-    return SSLFeatureExtractor(source, layers, **kwargs)
-
