@@ -261,7 +261,10 @@ def main():
             + "on a batch forward and backward to its input (frozen weights); MAL / floor: median over rounds of "
             + "the round's step / the round's parts\n"
             + f"- goal: MAL / floor <= {GOAL_RATIO_TO_FLOOR:.2f}: "
-            + f"{'met' if worst <= GOAL_RATIO_TO_FLOOR else 'NOT met'} (worst {worst:.2f})\n\n" + table + "\n")
+            + f"{'met' if worst <= GOAL_RATIO_TO_FLOOR else 'NOT met'} (worst {worst:.2f})\n\n" + table + "\n\n"
+            + "Beyond the floor: the backbone's encode() runs the whole encoder, GRU included, whatever the tap, so "
+            + "a MAL step on tap enc4 also runs the GRU on the clean and the enhanced batch (the floor stops at "
+            + "enc4); stopping there needs encode() to stop after a given tap (sb_mal/models/backbone.py).\n")
     print(body)
     if not args.no_write:
         update_section(f"bench_mal_cost{'' if device.type == 'cpu' else '_' + device.type}", body)

@@ -50,6 +50,7 @@ Usage: python benchmarks/bench_okd_cost.py --speechbrain-git DIR [--epochs 3] [-
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -226,8 +227,10 @@ def project(system: str, measures: list[dict], valid_measures: dict[str, list[tu
             "score per utt": score_per_utt}
 
 
-def floor(measures: list[dict], proj: dict, metric_cpu: dict, system: str, args, valid_every: int) -> dict:
-    """The lowest mean epoch sb_mal's schedule allows on this machine, from measured parts (docstring)."""
+def floor(measures: list[dict], proj: dict, metric_cpu: dict, system: str, args) -> dict:
+    """The lowest mean epoch sb_mal's schedule allows on this machine, from measured parts (docstring):
+    ``floor s`` with the trainer on ``args.threads`` thread(s) as measured, ``all cores s`` if its CPU
+    work spread perfectly over every core (CPU runs only)."""
     E, s = args.schedule_epochs, args.samples
     med = lambda key: statistics.median(m[key] for m in measures)
     gens = 2 if system == "okd_pesq_csig" else 1
@@ -242,22 +245,26 @@ def floor(measures: list[dict], proj: dict, metric_cpu: dict, system: str, args,
                "validation metrics": validations * VOICEBANK_VALID * gens * metric_cpu["valid sb_mal"]}
     dev, met = sum(device.values()), sum(metrics.values())
     cores = os.cpu_count() or 1
-    value = max(dev, (dev + met) / cores) if args.device == "cpu" else max(dev, met / cores)
-    return {"device": device, "metrics": metrics, "floor s": value, "cores": cores}
+    if args.device == "cpu":
+        cpu_work = dev * args.threads + met
+        return {"device": device, "metrics": metrics, "cores": cores, "floor s": max(dev, cpu_work / cores),
+                "all cores s": cpu_work / cores}
+    return {"device": device, "metrics": metrics, "cores": cores, "floor s": max(dev, met / cores)}
 
 
-def metric_seconds(count: int) -> dict:
-    """Single-core seconds per utterance of each metric set (TARGETS, VALID_METRICS) on ``count``
-    devset training mixtures of 3 s (noisy against clean), median over utterances."""
+def metric_seconds(data: Path, count: int) -> dict:
+    """Single-core seconds per utterance of each metric set (TARGETS, VALID_METRICS) on the first
+    ``count`` training pairs of the VoiceBank-layout folder ``data`` (noisy against clean), median
+    over utterances."""
     import torch
 
-    from sb_mal.data.mixing import OnTheFlyMixer
+    from sb_mal.audio import read_audio
     from sb_mal.metrics import evaluate
 
     torch.set_num_threads(1)
-    mixer = OnTheFlyMixer(DEVSET / "speech/train", DEVSET / "noise/train", segment_seconds=3.0, num_items=count,
-                          seed=7)
-    pairs = [(it["noisy_sig"].numpy(), it["clean_sig"].numpy()) for it in (mixer[i] for i in range(count))]
+    noisy_files = sorted((data / "noisy_trainset_28spk_wav_16k").glob("*.wav"))[:count]
+    pairs = [tuple(read_audio(data / f"{kind}_trainset_28spk_wav_16k" / f.name, 16000, as_numpy=True)[0]
+                   for kind in ("noisy", "clean")) for f in noisy_files]
     sets = {**TARGETS, **{f"valid {k}": v for k, v in VALID_METRICS.items()}}
     out = {}
     for key, names in sets.items():
@@ -288,6 +295,7 @@ def system_rows(results: dict, metric_cpu: dict, args) -> tuple[list[dict], list
                 valid[kind] += pairs
         every = 1 if system == "speechbrain" else yaml_value(SYSTEMS[system][1], "valid_every", int)
         p = proj[system] = project(system, measures, valid, args, every)
+        per_run = [project(system, ms, v, args, every)["projected h"] for ms, v in runs]
         totals = [m["total"] for m in measures]
         rows.append({"system": label, "timed epochs": len(measures), "epoch s": statistics.median(totals),
                      "epoch range s": _range(totals), "training s": statistics.median(m["train"] for m in measures),
@@ -296,7 +304,8 @@ def system_rows(results: dict, metric_cpu: dict, args) -> tuple[list[dict], list
                      f"validation s ({args.valid} utt.)": statistics.median(v for v, _ in valid["valid"]),
                      f"VoiceBank epoch s (mean of {args.schedule_epochs})": p["mean epoch s"],
                      "epoch 2 -> last s": f"{p['epoch 2 s']:.0f} -> {p[f'epoch {args.schedule_epochs} s']:.0f}",
-                     f"projected h ({args.schedule_epochs} epochs)": p["projected h"]})
+                     f"projected h ({args.schedule_epochs} epochs)": p["projected h"],
+                     "runs' projections h": _range(per_run)})
         parts.append({"system": label, "generator step s": statistics.median(m["gen"] for m in measures) / args.samples,
                       "replay s/utt.": p["c_replay"], "scoring s/utt.": p["score per utt"],
                       "D device s/epoch": statistics.median(m["d_device"] for m in measures),
@@ -305,7 +314,8 @@ def system_rows(results: dict, metric_cpu: dict, args) -> tuple[list[dict], list
                       "checkpoint s": statistics.median(m["checkpoint"] for m in measures),
                       "validations": p["validations"], "valid total h": p["valid total s"] / 3600,
                       "noisy scores h": p["noisy total s"] / 3600,
-                      "replay h": p["c_replay"] * p["replayed"] / 3600})
+                      "replay h": p["c_replay"] * p["replayed"] / 3600,
+                      "replay share": p["c_replay"] * p["replayed"] / 3600 / p["projected h"]})
     sb = proj.get("speechbrain")
     for row, system in zip(rows, results):
         if sb:
@@ -314,29 +324,40 @@ def system_rows(results: dict, metric_cpu: dict, args) -> tuple[list[dict], list
         if system == "speechbrain":
             continue
         measures = [m for ms, _ in results[system] for m in ms]
-        every = yaml_value(SYSTEMS[system][1], "valid_every", int)
-        f = floor(measures, proj[system], metric_cpu, system, args, every)
+        f = floor(measures, proj[system], metric_cpu, system, args)
         dev = " + ".join(f"{k} {v:.1f}" for k, v in f["device"].items())
         met = " + ".join(f"{k} {v:.1f}" for k, v in f["metrics"].items())
-        form = "max(device, (device + metrics) / cores)" if args.device == "cpu" else "max(device, metrics / cores)"
         mean = proj[system]["mean epoch s"]
         line = (f"- {SYSTEMS[system][0]}, floor of the VoiceBank epoch (mean of {args.schedule_epochs}): device "
                 f"{sum(f['device'].values()):.1f} s ({dev}); metrics {sum(f['metrics'].values()):.1f} s of one core "
-                f"({met}); {form} with {f['cores']} cores = {f['floor s']:.1f} s; projected epoch {mean:.1f} s = "
-                f"{mean / f['floor s']:.2f}x the floor")
+                f"({met}); ")
+        if args.device == "cpu":
+            line += (f"floor with the trainer on {args.threads} thread(s) = max(device, (device x {args.threads} + "
+                     f"metrics) / {f['cores']} cores) = {f['floor s']:.1f} s; projected epoch {mean:.1f} s = "
+                     f"{mean / f['floor s']:.2f}x that floor; with every core's time used (perfect parallel scaling)"
+                     f" the floor is {f['all cores s']:.1f} s ({mean / f['all cores s']:.2f}x)")
+        else:
+            line += (f"floor = max(device, metrics / {f['cores']} cores) = {f['floor s']:.1f} s; projected epoch "
+                     f"{mean:.1f} s = {mean / f['floor s']:.2f}x the floor")
         if sb:
-            line += f"; 0.5x SpeechBrain's = {0.5 * sb['mean epoch s']:.1f} s"
+            line += f"; 0.5x SpeechBrain's epoch = {0.5 * sb['mean epoch s']:.1f} s"
         lines.append(line)
+        proj[system]["floor"] = f
     return rows, parts, lines, proj
 
 
-def goal_lines(proj: dict, floors: list[str], args) -> list[str]:
+def goal_lines(proj: dict, args) -> list[str]:
+    """The issue's goals, met or not, from the projections (and the floors of ``system_rows``)."""
     sb, out = proj.get("speechbrain"), []
-    if args.device == "cpu" and sb and "metricgan_plus" in proj:
+    if args.device == "cpu" and "metricgan_plus" in proj:
         mine = proj["metricgan_plus"]["mean epoch s"]
-        out.append(f"- goal (CPU): MetricGAN+ epoch <= 0.5x SpeechBrain's ({mine / sb['mean epoch s']:.2f}x) or within "
-                   "10 % of its floor (see the floor line): "
-                   + ("met" if mine <= 0.5 * sb["mean epoch s"] else "judge by the floor"))
+        of_floor = mine / proj["metricgan_plus"]["floor"]["floor s"]
+        if sb:
+            out.append(f"- goal (CPU): MetricGAN+ epoch <= 0.5x SpeechBrain's: "
+                       f"{'met' if mine <= 0.5 * sb['mean epoch s'] else 'NOT met'} "
+                       f"({mine / sb['mean epoch s']:.2f}x)")
+        out.append(f"- goal (CPU), otherwise: within 10 % of the floor with the trainer on {args.threads} thread(s): "
+                   f"{'met' if of_floor <= 1.1 else 'NOT met'} ({of_floor:.2f}x; floor line below)")
     if args.device != "cpu":
         for system, hours in (("metricgan_plus", 1.0), ("okd_pesq_csig", 1.5)):
             if system in proj:
@@ -345,6 +366,26 @@ def goal_lines(proj: dict, floors: list[str], args) -> list[str]:
                 out.append(f"- goal (GPU): {SYSTEMS[system][0]} {args.schedule_epochs} epochs in <= {hours} h: "
                            f"{'met' if h <= hours else 'NOT met'} ({h:.2f} h projected){faster}")
     return out
+
+
+def prepare_elsewhere(data: Path, recipe: Path | None) -> None:
+    """What a machine without the devset or SpeechBrain's repository needs, under results/bench_okd_cost:
+    the recipe, the data folder (already there) and a small devset (a few speech and noise files: what
+    bench_mal_cost.py's batch draws from; point $SB_MAL_DEVSET at it)."""
+    root = REPO / "results/bench_okd_cost"
+    if recipe is not None:
+        shutil.rmtree(root / "speechbrain_recipe", ignore_errors=True)
+        copy_recipe(recipe, root / "speechbrain_recipe")
+    small = root / "devset"
+    for sub, count in (("speech/train", 60), ("noise/train", 4)):
+        for f in sorted((DEVSET / sub).rglob("*.flac"))[:count]:
+            target = small / f.relative_to(DEVSET)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, target)
+    rel = lambda p: os.path.relpath(p, REPO)
+    print(f"prepared under {rel(root)} (carry it):\n  SB_MAL_DEVSET={rel(small)} python benchmarks/bench_mal_cost.py "
+          f"--device cuda:0\n  python benchmarks/bench_okd_cost.py --device cuda:0 --speechbrain-recipe "
+          f"{rel(root / 'speechbrain_recipe')} --data {rel(data)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -377,12 +418,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the VoiceBank-layout folder (written from the devset when absent or different)")
     parser.add_argument("--keep-runs", default=None, help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("--prepare-only", action="store_true",
-                        help="write the data folder and export the recipe to results/bench_okd_cost/speechbrain_recipe "
-                             "(what a GPU machine needs), then stop")
+                        help="write the data folder, the recipe (results/bench_okd_cost/speechbrain_recipe) and a "
+                             "small devset (results/bench_okd_cost/devset): what a GPU machine needs; then stop")
     parser.add_argument("--smoke", action="store_true",
                         help="2 epochs of 4 utterances, 2 validation and 1 test utterance, 1 round, no RESULTS.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the runs kept in --keep-runs DIR (same options as the run)")
     parser.add_argument("--no-write", action="store_true", help="print only (RESULTS.md untouched)")
     return parser
+
+
+def read_run(system: str, log: Path, args) -> tuple[list[dict], dict]:
+    """``(timed epochs' measures, {"valid"/"skip": [(validation stage s, checkpoint s)]})`` of one run."""
+    parts = epoch_parts(read_events(log))
+    every = 1 if system == "speechbrain" else yaml_value(SYSTEMS[system][1], "valid_every", int)
+    measures = [epoch_measures(system, e, parts[e], args.samples) for e in sorted(parts) if e >= 2]
+    valid = defaultdict(list)
+    for e, part in parts.items():
+        valid["valid" if validating(system, e, args.epochs, every) else "skip"].append((part["valid"],
+                                                                                       part["checkpoint"]))
+    return measures, dict(valid)
 
 
 def main(argv=None):
@@ -394,6 +449,23 @@ def main(argv=None):
         args.data = str(Path(args.data).with_name("voicebank_smoke"))
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (epoch 1 is not timed)")
+    if args.report_only and not args.keep_runs:
+        parser.error("--report-only reads the runs of --keep-runs DIR")
+    runs_root = Path(args.keep_runs) if args.keep_runs else None
+    if args.report_only:
+        info = json.loads((runs_root / "run_info.json").read_text())
+        results = {s: [read_run(s, runs_root / f"{s}_{r}" / "out" / "log.txt", args) for r in range(args.rounds)]
+                   for s in args.systems}
+    else:
+        info, results = run_all(args, parser)
+        if info is None:  # --prepare-only
+            return
+    report(results, info, args)
+
+
+def run_all(args, parser) -> tuple[dict | None, dict]:
+    """Every run of every round (interleaved); ``(run info, results)``: the metric timings, load averages
+    and GPU name in ``run_info.json`` beside the runs (for ``--report-only``)."""
     data = voicebank_layout(Path(args.data), DEVSET, args.samples, args.valid, args.test)
     tmp = Path(tempfile.mkdtemp(prefix="bench_okd_cost_"))
     recipe = None
@@ -406,25 +478,20 @@ def main(argv=None):
             parser.error("the speechbrain system needs --speechbrain-recipe PATH or --speechbrain-git DIR "
                          "(or leave it out with --systems)")
     if args.prepare_only:
-        dest = REPO / "results/bench_okd_cost/speechbrain_recipe"
-        if recipe is not None:
-            shutil.rmtree(dest, ignore_errors=True)
-            copy_recipe(recipe, dest)
+        prepare_elsewhere(data, recipe)
         shutil.rmtree(tmp, ignore_errors=True)
-        print(f"data: {data}\nrecipe: {dest if recipe else '-'}\nGPU: python benchmarks/bench_okd_cost.py "
-              f"--device cuda:0 --speechbrain-recipe {os.path.relpath(dest, REPO)} --data "
-              f"{os.path.relpath(data, REPO)} (carry results/bench_okd_cost)")
-        return
-    gpu = None
+        return None, {}
+    info = {"gpu": None}
     if args.device != "cpu":
         import torch
 
-        gpu = torch.cuda.get_device_name(torch.device(args.device))
-        print(f"GPU: {gpu}")
-    metric_cpu = metric_seconds(args.metric_utterances)
-    print("single-core metric seconds per utterance: " + ", ".join(f"{k} {v:.3f}" for k, v in metric_cpu.items()))
+        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+        print(f"GPU: {info['gpu']}")
+    info["metric_cpu"] = metric_seconds(data, args.metric_utterances)
+    print("single-core metric seconds per utterance: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in info["metric_cpu"].items()))
     runs_root = Path(args.keep_runs) if args.keep_runs else tmp / "runs"
-    loads = [os.getloadavg()[0]]
+    info["loads"] = [os.getloadavg()[0]]
     results: dict[str, list] = {s: [] for s in args.systems}
     try:
         for r in range(args.rounds):
@@ -434,26 +501,28 @@ def main(argv=None):
                 shutil.rmtree(folder, ignore_errors=True)
                 started = time.monotonic()
                 log = run_system(system, folder, data, recipe, args)
-                loads.append(os.getloadavg()[0])
-                parts = epoch_parts(read_events(log))
-                every = 1 if system == "speechbrain" else yaml_value(SYSTEMS[system][1], "valid_every", int)
-                measures = [epoch_measures(system, e, parts[e], args.samples) for e in sorted(parts) if e >= 2]
-                valid = defaultdict(list)
-                for e, part in parts.items():
-                    kind = "valid" if validating(system, e, args.epochs, every) else "skip"
-                    valid[kind].append((part["valid"], part["checkpoint"]))
-                results[system].append((measures, dict(valid)))
+                info["loads"].append(os.getloadavg()[0])
+                measures, valid = read_run(system, log, args)
+                results[system].append((measures, valid))
                 print(f"round {r + 1}, {SYSTEMS[system][0]}: " + ", ".join(
                     f"epoch {m['epoch']} {m['total']:.1f} s (train {m['train']:.1f}, valid {m['valid']:.1f})"
                     for m in measures) + f"; run {time.monotonic() - started:.0f} s", flush=True)
+        runs_root.mkdir(parents=True, exist_ok=True)
+        (runs_root / "run_info.json").write_text(json.dumps(info, indent=1))
     finally:
         if not args.keep_runs:
             shutil.rmtree(tmp, ignore_errors=True)
-    rows, parts, floors, proj = system_rows(results, metric_cpu, args)
+    return info, results
+
+
+def report(results: dict, info: dict, args) -> None:
+    """Print the tables and write the RESULTS.md section of the device."""
     from sb_mal.metrics import format_table
 
+    metric_cpu, loads, gpu = info["metric_cpu"], info["loads"], info["gpu"]
+    rows, parts, floors, proj = system_rows(results, metric_cpu, args)
     body = (header(f"MetricGAN+ / OKD epoch cost against SpeechBrain's recipe, {args.device.split(':')[0]} "
-                   "(bench_okd_cost.py)")
+                   "(bench_okd_cost.py)", args.report_only)
             + (f"- accelerator: {args.device} ({gpu}); the metrics run on the CPU\n" if gpu else "")
             + f"- data: one VoiceBank-layout folder from the devset ({args.samples} training mixtures of 3 s, "
               f"{args.valid} valid pairs as p226/p287, {args.test} test pairs); {args.samples} utterances per epoch, "
@@ -465,11 +534,12 @@ def main(argv=None):
               "timed by the stage clock in each run's log.txt (training + validation stage)\n"
             + f"- projection to {args.schedule_epochs} epochs of VoiceBank (history replay growing 20 utterances per "
               f"epoch, validation scaled to {VOICEBANK_VALID} utterances at each YAML's frequency, noisy inputs of "
-              f"{args.voicebank_train} training utterances scored once): see the module docstring\n"
+              f"{args.voicebank_train} training utterances scored once): see the module docstring; the runs' "
+              "projections: each run's own parts projected alone\n"
             + f"- 1-min load average ({os.cpu_count()} cores): {min(loads):.2f}-{max(loads):.2f}\n"
             + "- single-core metric seconds per utterance (3 s): " + ", ".join(f"{k} {v:.3f}"
                                                                              for k, v in metric_cpu.items()) + "\n"
-            + "\n".join(goal_lines(proj, floors, args)) + "\n\n"
+            + "\n".join(goal_lines(proj, args)) + "\n\n"
             + format_table(rows, list(rows[0]))
             + "\n\nParts (medians of the timed epochs; h: hours of the projected schedule):\n\n"
             + format_table(parts, list(parts[0])) + "\n\n" + "\n".join(floors) + "\n")
