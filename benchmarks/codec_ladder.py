@@ -75,8 +75,8 @@ def balanced_weights(codec_run: Path, path: Path, base: str = "magnitude") -> di
     noisy, clean = devset_batch(8, 3.0)
     loss = CodecApproximationLoss.from_pretrained(codec_run, layers="F", base=base)
     with torch.no_grad():
-        loss(noisy, clean)
-    terms = {k: float(v) for k, v in loss.last_terms.items()}
+        _, parts = loss(noisy, clean, terms=True)
+    terms = {k: float(v) for k, v in parts.items()}
     ref = terms[BASE_TERM[base]]
     cached[base] = {"raw_terms": terms, "lb": ref / terms["codec_l1"], "lc": ref / terms["features"]}
     path.write_text(json.dumps(cached, indent=2))

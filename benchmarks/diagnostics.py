@@ -182,8 +182,7 @@ def codec_masking(codec_run: Path, utterances: int = 30, noise: str = "white", s
         row = {"id": uid, "wave_l1": target_l1}
         with torch.no_grad():
             for name, x in (("mp3", coded), ("noise", noisy)):
-                loss(x[None], clean[None])
-                t = loss.last_terms
+                t = {k: float(v) for k, v in loss(x[None], clean[None], terms=True)[1].items()}
                 row.update({f"{name}_features": t["features"], f"{name}_prediction": t["codec_l1"],
                             f"{name}_wave_l1": t["wave_l1"]})
         rows.append(row)

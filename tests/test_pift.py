@@ -131,7 +131,7 @@ def test_training_input_is_speed_perturbed_and_the_loss_takes_the_length_mismatc
         assert torch.isfinite(value) and torch.allclose(value, expected)
         drawn.append(factor)
     assert len(set(brain.speed_factor(1, s) for s in range(1, 40))) >= 5
-    assert brain._term_sums["ssl"] > 0
+    assert brain.stage_terms.means()["ssl"] > 0
     valid = brain.compute_forward(batch, sb.Stage.VALID)
     assert valid.shape == clean.shape and brain.last_speed_factor == 1.0
 

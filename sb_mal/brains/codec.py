@@ -127,8 +127,7 @@ class CodecNetBrain(EnhanceBrain):
         """Mean network L1 over the batch; per-item values are kept outside training."""
         net_l1, identity = predictions
         if stage == sb.Stage.TRAIN:
-            self._term_sums["identity_l1"] = self._term_sums.get("identity_l1", 0.0) + float(identity.mean())
-            self._term_count += 1
+            self.stage_terms.add({"identity_l1": identity.detach().mean()})  # summed on the device
         else:
             for uid, a, b in zip(batch.id, net_l1.detach().float().cpu(), identity.float().cpu()):
                 self._outputs.append((uid, float(a), float(b)))

@@ -38,12 +38,12 @@ from sb_mal.brains.hparams import REQUIRED, HParam, HParams
 from sb_mal.brains.recoverables import EpochLog, register
 from sb_mal.metrics import evaluate as evaluate_metrics
 from sb_mal.fileio import atomic_write_text
-from sb_mal.losses.reconstruction import terms_to_floats
+from sb_mal.losses.reconstruction import loss_and_terms, terms_to_floats
 from sb_mal.metrics.results import EvalResult
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENHANCE_HPARAMS", "EnhanceBrain", "loss_terms", "model_config"]
+__all__ = ["ENHANCE_HPARAMS", "EnhanceBrain", "StageTerms", "model_config"]
 
 #: What every enhancement Brain reads (the paradigms' Brains extend it).
 ENHANCE_HPARAMS = HParams("EnhanceBrain", [
@@ -75,12 +75,33 @@ def model_config(model: torch.nn.Module) -> dict:
     return {"class": f"{type(model).__module__}.{type(model).__qualname__}", "kwargs": cfg}
 
 
-def loss_terms(loss, prefix: str = "") -> dict:
-    """The named terms of ``loss``'s last call (detached tensors, no host sync), keys prefixed."""
-    terms = getattr(loss, "last_term_tensors", None)
-    if terms is None:
-        terms = getattr(loss, "last_terms", None) or {}
-    return {f"{prefix}{k}": v for k, v in terms.items()}
+class StageTerms:
+    """The named loss terms of one stage, summed on their device and turned into numbers once.
+
+    Example
+    -------
+    >>> terms = StageTerms()
+    >>> terms.add({"l1": torch.tensor(1.0)}); terms.add({"l1": torch.tensor(3.0)})
+    >>> terms.means()
+    {'l1': 2.0}
+    """
+
+    def __init__(self):
+        self.sums: dict = {}
+        self.count = 0
+
+    def add(self, terms: dict) -> None:
+        """One step's terms (detached tensors or numbers; no host-device synchronisation)."""
+        if not terms:
+            return
+        for name, value in terms.items():
+            value = value.detach() if isinstance(value, torch.Tensor) else value
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        """Each term's mean over the steps (one synchronisation for all of them)."""
+        return {k: v / self.count for k, v in terms_to_floats(self.sums).items()} if self.count else {}
 
 
 def _gather_rows(rows: list) -> list:
@@ -129,11 +150,7 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
         """Loss (and, outside training, collect outputs for metrics and files)."""
         clean, lens = batch.clean_sig
         loss, terms = self.compute_loss(predictions, clean, lens, stage)
-        if terms:
-            for name, value in terms.items():
-                value = value.detach() if isinstance(value, torch.Tensor) else value
-                self._term_sums[name] = self._term_sums.get(name, 0.0) + value
-            self._term_count += 1
+        self.stage_terms.add(terms)
         if stage != sb.Stage.TRAIN:
             self._collect(batch, predictions, clean, lens, stage)
         return loss
@@ -141,13 +158,12 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
     def compute_loss(self, predictions, clean, lens, stage):
         """``(loss, terms)``: the training objective and named parts of it for the logs.
 
-        ``terms`` are detached scalar tensors (or floats); they are summed on the device and turned
-        into numbers once per stage, so logging costs no host-device synchronisation per step.
-        Subclasses change the objective here (e.g. MALBrain's phase 2).
+        ``terms`` are detached scalar tensors (or floats), the parts the loss returns
+        (:func:`sb_mal.losses.reconstruction.loss_and_terms`); :class:`StageTerms` sums them on the
+        device and turns them into numbers once per stage, so logging costs no host-device
+        synchronisation per step. Subclasses change the objective here (e.g. MALBrain's phase 2).
         """
-        cost = self.hparams.compute_cost
-        loss = cost(predictions, clean, lens)
-        return loss, loss_terms(cost)
+        return loss_and_terms(self.hparams.compute_cost, predictions, clean, lens)
 
     def _collect(self, batch, predictions, clean, lens, stage):
         n = predictions.shape[1]
@@ -194,8 +210,7 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
     def on_stage_start(self, stage, epoch=None):
         """Reset accumulators; tell epoch-aware training sets which epoch it is."""
         self._outputs: list = []
-        self._term_sums: dict = {}
-        self._term_count = 0
+        self.stage_terms = StageTerms()
         if stage == sb.Stage.TRAIN and epoch is not None:
             dataset = getattr(self, "_train_dataset", None)
             if hasattr(dataset, "set_epoch"):
@@ -221,9 +236,7 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Log, checkpoint by the validation key, write test results."""
-        stats = {"loss": stage_loss}
-        if self._term_count:
-            stats.update({k: v / self._term_count for k, v in terms_to_floats(self._term_sums).items()})
+        stats = {"loss": stage_loss, **self.stage_terms.means()}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
             return

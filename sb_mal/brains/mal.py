@@ -53,9 +53,10 @@ import speechbrain as sb
 import torch
 
 from sb_mal.brains.ddp import unwrap
-from sb_mal.brains.enhance import ENHANCE_HPARAMS, EnhanceBrain, loss_terms
+from sb_mal.brains.enhance import ENHANCE_HPARAMS, EnhanceBrain
 from sb_mal.brains.hparams import REQUIRED, HParam, HParamsError
 from sb_mal.brains.recoverables import register
+from sb_mal.losses.reconstruction import loss_and_terms
 from sb_mal.losses.model_as_loss import ModelAsLoss
 
 logger = logging.getLogger(__name__)
@@ -209,16 +210,15 @@ class MALBrain(EnhanceBrain):
     # -- objective ---------------------------------------------------------------------------
     def compute_loss(self, predictions, clean, lens, stage):
         """Reconstruction in phase 1; ``lambda_rec * rec + lambda_mal * L_mal`` in phase 2."""
-        rec_cost = self.hparams.rec_cost
-        rec = rec_cost(predictions, clean, lens)
-        terms = loss_terms(rec_cost, "rec_")
+        rec, parts = loss_and_terms(self.hparams.rec_cost, predictions, clean, lens)
+        terms = {f"rec_{k}": v for k, v in parts.items()}
         terms["rec"] = rec.detach()
         if self.lambda_mal == 0 or not self.in_phase2() or not self._loss_ready():
             return rec, terms
-        mal = self.mal_loss(predictions, clean, lens)
+        mal, parts = loss_and_terms(self.mal_loss, predictions, clean, lens)
         if stage == sb.Stage.TRAIN and self.grad_share is None and torch.is_grad_enabled():
             self._measure_grad_share(rec, mal)
-        terms.update(loss_terms(self.mal_loss))
+        terms.update(parts)
         terms["mal"] = mal.detach()
         return self.lambda_rec * rec + self.lambda_mal * mal, terms
 

@@ -77,7 +77,8 @@ import torch
 
 from sb_mal.audio import resample
 from sb_mal.brains.ddp import unwrap
-from sb_mal.brains.enhance import ENHANCE_HPARAMS, EnhanceBrain, loss_terms
+from sb_mal.losses.reconstruction import loss_and_terms
+from sb_mal.brains.enhance import ENHANCE_HPARAMS, EnhanceBrain
 from sb_mal.brains.hparams import REQUIRED, HParam, HParamsError
 from sb_mal.brains.recoverables import register
 from sb_mal.dsp import time_stretch
@@ -252,9 +253,7 @@ class PositionInvariantBrain(EnhanceBrain):
     def compute_loss(self, predictions, clean, lens, stage):
         """``lambda_ssl * ssl_loss + lambda_rec * rec_cost`` and the logged terms."""
         kwargs = {"target_length": lens} if self.takes_target_length else {}
-        ssl = self.ssl_loss(predictions, clean, lens, **kwargs)
-        name = getattr(self.ssl_loss, "name", None)
-        terms = {k: v for k, v in loss_terms(self.ssl_loss).items() if k != name}
+        ssl, terms = loss_and_terms(self.ssl_loss, predictions, clean, lens, **kwargs)
         terms["ssl"] = ssl.detach()
         loss = self.lambda_ssl * ssl
         if self.lambda_rec > 0:
@@ -263,8 +262,8 @@ class PositionInvariantBrain(EnhanceBrain):
                 # through the unwrapped module: a second forward of a DDP wrapper in one step is not allowed;
                 # the gradients still reach the shared parameters (and DDP's reducer) in the same backward
                 rec_pred = unwrap(self.modules.model)(*self._unperturbed)
-            rec = self.rec_cost(rec_pred, clean, lens)
-            terms.update(loss_terms(self.rec_cost, "rec_"))
+            rec, parts = loss_and_terms(self.rec_cost, rec_pred, clean, lens)
+            terms.update({f"rec_{k}": v for k, v in parts.items()})
             terms["rec"] = rec.detach()
             loss = loss + self.lambda_rec * rec
         if stage != sb.Stage.TRAIN and self.dtw_metric is not None:

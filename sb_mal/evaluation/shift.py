@@ -162,7 +162,6 @@ class DTWFeatureDistance(nn.Module):
         if dim_reduction not in ("mean", "sum"):
             raise ValueError(f"dim_reduction must be 'mean' or 'sum', got {dim_reduction!r}")
         self.extractor, self.distance, self.dim_reduction = extractor, distance, dim_reduction
-        self.last_terms: dict[str, float] = {}
 
     def _cost(self, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
         if self.distance == "cosine":
@@ -196,7 +195,6 @@ class DTWFeatureDistance(nn.Module):
                 per_layer.append(total / cells)
             values.append(sum(per_layer) / len(per_layer))
         per_item = torch.tensor(values, dtype=torch.float32, device=device)
-        self.last_terms = {self.name: float(per_item.mean())}
         return reduce(per_item, reduction)
 
 

@@ -65,7 +65,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from sb_mal.losses.reconstruction import LossTerms, MagnitudeL1, WaveformL1, check_waveforms, reduce
+from sb_mal.losses.reconstruction import MagnitudeL1, ReturnsTerms, WaveformL1, check_waveforms, part, reduce
 from sb_mal.models.codec_net import masked_l1, valid_at_level
 from sb_mal.models.frozen import FrozenNetworks
 
@@ -104,7 +104,7 @@ def layer_set(name: str, levels: int = 5) -> list[str]:
 LAYER_SETS: dict[str, tuple[str, ...]] = {name: tuple(layer_set(name, 5)) for name in _SET_NAMES}
 
 
-class CodecApproximationLoss(LossTerms, FrozenNetworks):
+class CodecApproximationLoss(ReturnsTerms, FrozenNetworks):
     """Waveform L1 + codec-imitation L1 + codec-net feature L1 (see the module docstring).
 
     Arguments
@@ -121,7 +121,7 @@ class CodecApproximationLoss(LossTerms, FrozenNetworks):
     layer_weights : float, sequence or mapping, optional
         ``lm`` per selected layer (default 1.0 each).
 
-    ``last_terms`` / ``last_term_tensors`` hold the last call's term values (batch means) for logging.
+    With ``terms=True`` the call also returns each term's batch mean (:class:`~sb_mal.losses.reconstruction.ReturnsTerms`).
 
     Example
     -------
@@ -131,8 +131,9 @@ class CodecApproximationLoss(LossTerms, FrozenNetworks):
     >>> float(loss(clean, clean))
     0.0
     >>> enhanced = (clean + 0.1 * torch.randn(2, 8000)).requires_grad_(True)
-    >>> loss(enhanced, clean, torch.tensor([1.0, 0.6])).backward()
-    >>> sorted(loss.last_terms), bool(enhanced.grad.abs().sum() > 0)
+    >>> value, parts = loss(enhanced, clean, torch.tensor([1.0, 0.6]), terms=True)
+    >>> value.backward()
+    >>> sorted(parts), bool(enhanced.grad.abs().sum() > 0)
     (['codec_l1', 'feat_enc1', 'feat_enc2', 'feat_enc3', 'features', 'wave_l1'], True)
     """
 
@@ -223,18 +224,18 @@ class CodecApproximationLoss(LossTerms, FrozenNetworks):
         names = self.codec_net.layer_names
         return max(self.layers, key=names.index)
 
-    def forward(self, predictions, targets, length=None, reduction: str = "mean"):
+    def forward(self, predictions, targets, length=None, reduction: str = "mean", terms: bool = False):
         predictions, targets = check_waveforms(predictions, targets, "CodecApproximationLoss")
         predictions = self.follow(predictions)
         targets = targets.to(predictions)
         net = self.codec_net
         if net.training:  # someone switched it on directly
             net.eval()
-        terms: dict[str, torch.Tensor] = {}
+        parts: dict[str, torch.Tensor] = {}
         total = predictions.new_zeros(predictions.shape[0])
         if self.la > 0:
-            terms[self.base_name] = self.base_loss(predictions, targets, length, reduction="batch")
-            total = total + self.la * terms[self.base_name]
+            parts[self.base_name] = self.base_loss(predictions, targets, length, reduction="batch")
+            total = total + self.la * parts[self.base_name]
         if self.lb > 0 or (self.lc > 0 and self.layers):
             upto = self._upto()
             with torch.no_grad():
@@ -243,19 +244,17 @@ class CodecApproximationLoss(LossTerms, FrozenNetworks):
             est_in = net.prepare(predictions, length, scale=scale)[0]
             est_feats, est_out = net.forward_features(est_in, valid, upto)
             if self.lb > 0:
-                terms["codec_l1"] = masked_l1(est_out, ref_out, valid)
-                total = total + self.lb * terms["codec_l1"]
+                parts["codec_l1"] = masked_l1(est_out, ref_out, valid)
+                total = total + self.lb * parts["codec_l1"]
             if self.lc > 0 and self.layers:
                 names = net.layer_names
                 feat = 0
                 for name, w in zip(self.layers, self.layer_weights):
                     k = names.index(name)
                     term = masked_l1(est_feats[k], ref_feats[k], valid_at_level(valid, net.layer_level(name)))
-                    terms[f"feat_{name}"] = term
+                    parts[f"feat_{name}"] = term
                     feat = feat + w * term
-                terms["features"] = feat
+                parts["features"] = feat
                 total = total + self.lc * feat
-        self._start_terms()
-        for name, value in terms.items():
-            self._term(name, value)
-        return reduce(total, reduction)
+        value = reduce(total, reduction)
+        return (value, {name: part(v) for name, v in parts.items()}) if terms else value

@@ -78,7 +78,7 @@ from sb_mal.losses.model_taps import (
     tap_tensor,
     unwrap_model,
 )
-from sb_mal.losses.reconstruction import LossTerms, check_waveforms, reduce
+from sb_mal.losses.reconstruction import ReturnsTerms, check_waveforms, part, reduce
 from sb_mal.models.frozen import FrozenNetworks
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["Log1pMagnitude", "ModelAsLoss", "ModelAsLossError"]  # the first and last from model_taps
 
 
-class ModelAsLoss(LossTerms, FrozenNetworks):
+class ModelAsLoss(ReturnsTerms, FrozenNetworks):
     """L1 distance between a model's activations on clean and enhanced audio (module docstring).
 
     Arguments
@@ -351,7 +351,7 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
         feats = feats.movedim(axis, 1)
         return feats.reshape(feats.shape[0], feats.shape[1], -1), mask
 
-    def forward(self, predictions, targets, length=None, reduction: str = "mean"):
+    def forward(self, predictions, targets, length=None, reduction: str = "mean", terms: bool = False):
         if not self.ready and self.snapshot_on_first_call:
             self.take_snapshot()
         if not self.ready:
@@ -368,8 +368,7 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
         with torch.no_grad():
             ref, _ = self._features(targets, length)
         est, protocol_mask = self._features(predictions, length)
-        self._start_terms()
-        per_item = 0
+        parts, per_item = {}, 0
         batch = predictions.shape[0]
         for name, weight, a, b in zip(self.taps, self.tap_weights, est, ref):
             if a.shape != b.shape or a.dim() == 0 or a.shape[0] != batch:
@@ -384,5 +383,6 @@ class ModelAsLoss(LossTerms, FrozenNetworks):
             else:
                 m = mask[:, :, None].to(diff.dtype)
                 term = (diff * m).flatten(1).sum(1) / (mask.sum(1).clamp(min=1) * diff.shape[2])
-            per_item = per_item + weight * self._term(f"mal_{name}", term)
-        return reduce(per_item, reduction)
+            parts[f"mal_{name}"] = part(term)
+            per_item = per_item + weight * term
+        return (reduce(per_item, reduction), parts) if terms else reduce(per_item, reduction)

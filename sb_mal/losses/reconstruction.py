@@ -20,7 +20,9 @@ from torch import nn
 from sb_mal.dsp import StftConfig, frame_mask, length_mask, stft
 
 __all__ = [
-    "LossTerms",
+    "loss_and_terms",
+    "part",
+    "ReturnsTerms",
     "MagnitudeL1",
     "MultiResolutionSTFTLoss",
     "SISDRLoss",
@@ -51,33 +53,37 @@ def terms_to_floats(terms: Mapping[str, torch.Tensor | float]) -> dict[str, floa
     return dict(zip(names, stacked.tolist()))
 
 
-class LossTerms:
-    """Mixin for losses that expose their named terms for logging.
+class ReturnsTerms:
+    """Mark of the sb_mal losses that can return their named parts along with their value.
 
-    A loss records each term of a call with ``self._term(name, value)`` (a detached batch mean,
-    kept on the device: no host-device synchronisation per term). ``last_term_tensors`` gives
-    them as tensors (what the Brains accumulate); ``last_terms`` as floats, with one
-    synchronisation for all of them.
+    ``loss(predictions, targets, length, terms=True)`` gives ``(value, parts)``: ``parts`` maps each
+    named part (a WeightedSum's terms, a codec loss's L1 / codec / feature terms, Model as Loss's
+    taps, an SSL loss's layers) to its batch mean as a detached tensor on the loss's device, so a
+    Brain can log them without a host-device synchronisation per step; without ``terms`` the value
+    alone, SpeechBrain's signature. Nothing is kept on the module between calls.
     """
 
-    def _start_terms(self) -> None:
-        self._terms: dict[str, torch.Tensor] = {}
 
-    def _term(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        if not hasattr(self, "_terms"):
-            self._start_terms()
-        self._terms[name] = value.detach().float().mean()
-        return value
+def part(value: torch.Tensor) -> torch.Tensor:
+    """A part for logging: the batch mean of ``value``, detached, float32 (stays on its device)."""
+    return value.detach().float().mean()
 
-    @property
-    def last_term_tensors(self) -> dict[str, torch.Tensor]:
-        """The terms of the last call: detached scalar tensors on the loss's device."""
-        return dict(getattr(self, "_terms", {}))
 
-    @property
-    def last_terms(self) -> dict[str, float]:
-        """The terms of the last call as floats (one host-device synchronisation)."""
-        return terms_to_floats(self.last_term_tensors)
+def loss_and_terms(loss_fn, *args, **kwargs) -> tuple[torch.Tensor, dict]:
+    """``(value, parts)`` of any loss: its named parts where it offers them (:class:`ReturnsTerms`),
+    none otherwise (a plain SpeechBrain loss function).
+
+    Example
+    -------
+    >>> value, parts = loss_and_terms(WeightedSum({"l1": WaveformL1()}), torch.zeros(1, 2), torch.ones(1, 2))
+    >>> float(value), sorted(parts)
+    (1.0, ['l1'])
+    >>> loss_and_terms(WaveformL1(), torch.zeros(1, 2), torch.ones(1, 2))[1]
+    {}
+    """
+    if isinstance(loss_fn, ReturnsTerms):
+        return loss_fn(*args, terms=True, **kwargs)
+    return loss_fn(*args, **kwargs), {}
 
 
 def check_waveforms(predictions: torch.Tensor, targets: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,7 +307,7 @@ class MultiResolutionSTFTLoss(nn.Module):
         return reduce(per_item, reduction)
 
 
-class WeightedSum(LossTerms, nn.Module):
+class WeightedSum(ReturnsTerms, nn.Module):
     """A weighted sum of losses that is itself a SpeechBrain-style loss.
 
     Arguments
@@ -311,16 +317,14 @@ class WeightedSum(LossTerms, nn.Module):
     weights : mapping of name -> float, optional
         Default 1.0 for every term; a weight of 0 skips the term entirely.
 
-    The value of each term from the last call is kept for logging: ``last_terms`` (floats) and
-    ``last_term_tensors`` (detached device tensors, no host synchronisation).
+    With ``terms=True`` the value of each term comes back too (:class:`ReturnsTerms`).
 
     Example
     -------
     >>> loss = WeightedSum({"l1": WaveformL1(), "mse": WaveformMSE()}, {"l1": 1.0, "mse": 0.5})
-    >>> float(loss(torch.zeros(1, 2), torch.full((1, 2), 2.0)))
-    4.0
-    >>> loss.last_terms
-    {'l1': 2.0, 'mse': 4.0}
+    >>> value, parts = loss(torch.zeros(1, 2), torch.full((1, 2), 2.0), terms=True)
+    >>> float(value), {k: float(v) for k, v in parts.items()}
+    (4.0, {'l1': 2.0, 'mse': 4.0})
     """
 
     def __init__(self, terms: Mapping[str, nn.Module], weights: Mapping[str, float] | None = None):
@@ -334,15 +338,15 @@ class WeightedSum(LossTerms, nn.Module):
         self.terms = nn.ModuleDict(terms)
         self.weights = {name: float(weights.get(name, 1.0)) for name in terms}
 
-    def forward(self, predictions, targets, length=None, reduction: str = "mean"):
-        total = None
-        self._start_terms()
+    def forward(self, predictions, targets, length=None, reduction: str = "mean", terms: bool = False):
+        total, parts = None, {}
         for name, term in self.terms.items():
             w = self.weights[name]
             if w == 0:
                 continue
-            value = self._term(name, term(predictions, targets, length, reduction="batch"))
+            value = term(predictions, targets, length, reduction="batch")
+            parts[name] = part(value)
             total = w * value if total is None else total + w * value
         if total is None:
             raise ValueError("all loss weights are zero")
-        return reduce(total, reduction)
+        return (reduce(total, reduction), parts) if terms else reduce(total, reduction)

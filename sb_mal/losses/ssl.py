@@ -6,7 +6,7 @@ on ``[B, T]`` 16 kHz waveforms (``predictions`` = enhanced, ``targets`` = clean)
 (frozen; gradient reaches the enhanced waveform only; ``F(clean)`` is computed without gradient;
 float32 inside autocast). Only valid frames count (frame counts from the model's conv arithmetic);
 each item's value is a mean over its valid frames, so ``reduction="batch"`` gives ``[B]``. With a
-list of layers, the per-layer values are averaged; each is logged in ``last_terms``.
+list of layers, the per-layer values are averaged; ``terms=True`` returns each of them too.
 
 ``ssl_l1`` (:class:`SSLL1Loss`)
     mean ``|F(clean) - F(enhanced)|``, the deep-feature baseline of the Model-as-Loss paper.
@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from sb_mal.dsp import relative_to_samples
-from sb_mal.losses.reconstruction import LossTerms, check_waveforms, reduce
+from sb_mal.losses.reconstruction import ReturnsTerms, check_waveforms, part, reduce
 from sb_mal.losses.soft_dtw import DISTANCES, pairwise_cost, soft_dtw_divergence
 from sb_mal.models.extractors import build_frame_extractor
 from sb_mal.models.frame_features import FrameFeatureExtractor
@@ -78,7 +78,7 @@ def pad_frames(length_samples: int | torch.Tensor, p: float | torch.Tensor, hop:
     return int((float(p) * float(length_samples) / hop) + 0.5)
 
 
-class SSLFeatureLoss(LossTerms, nn.Module):
+class SSLFeatureLoss(ReturnsTerms, nn.Module):
     """Base of the SSL feature losses: features, masks, reduction, logging.
 
     Arguments
@@ -137,27 +137,26 @@ class SSLFeatureLoss(LossTerms, nn.Module):
         per_frame = est.shape[2] if self.dim_reduction == "mean" else 1
         return err.flatten(1).sum(1) / (est_frames.clamp(min=1) * per_frame)
 
-    def forward(self, predictions, targets, length=None, reduction: str = "mean"):
+    def forward(self, predictions, targets, length=None, reduction: str = "mean", terms: bool = False):
         predictions, targets = check_waveforms(predictions, targets, type(self).__name__)
         batch, total = targets.shape
         counts = relative_to_samples(length, total, batch, targets.device)
-        return self._compare(predictions, counts, targets, counts, reduction)
+        return self._compare(predictions, counts, targets, counts, reduction, terms)
 
-    def _compare(self, predictions, pred_counts, targets, target_counts, reduction: str):
+    def _compare(self, predictions, pred_counts, targets, target_counts, reduction: str, terms: bool = False):
         """Features of both sides (valid samples given as counts), per-layer ``_distance``, logging."""
         with torch.no_grad():
             ref, ref_frames = self._reference(targets, target_counts)
         est, est_frames = self._features(predictions, pred_counts, grad=True)
         layer_names = self._layer_names()
-        per_item = 0
-        self._start_terms()
+        per_item, parts = 0, {}
         for name, e, r in zip(layer_names, est, ref):
             term = self._distance(e, est_frames, r, ref_frames)
             if len(layer_names) > 1:
-                self._term(f"{self.name}_{name}", term)
+                parts[f"{self.name}_{name}"] = part(term)
             per_item = per_item + term
-        per_item = self._term(self.name, per_item / len(layer_names))
-        return reduce(per_item, reduction)
+        value = reduce(per_item / len(layer_names), reduction)
+        return (value, parts) if terms else value
 
     def _layer_names(self) -> list[str]:
         layers = self.extractor.layers
@@ -194,8 +193,8 @@ class SSLMSELoss(SSLFeatureLoss):
     >>> clean = torch.randn(2, 8000)
     >>> loss(clean + 0.5 * torch.randn(2, 8000), clean, reduction="batch").shape
     torch.Size([2])
-    >>> sorted(loss.last_terms)
-    ['ssl_mse', 'ssl_mse_layer1', 'ssl_mse_layer2']
+    >>> sorted(loss(clean, clean, terms=True)[1])  # the value of each layer
+    ['ssl_mse_layer1', 'ssl_mse_layer2']
     """
 
     name = "ssl_mse"
@@ -430,7 +429,8 @@ class SSLSoftDTWLoss(SSLFeatureLoss):
         """The gamma in use: the absolute one, or the relative one measured so far."""
         return self.gamma if self.gamma_state is None else self.gamma_state.gamma
 
-    def forward(self, predictions, targets, length=None, reduction: str = "mean", target_length=None):
+    def forward(self, predictions, targets, length=None, reduction: str = "mean", target_length=None,
+                terms: bool = False):
         name = type(self).__name__
         predictions = predictions.squeeze(-1) if predictions.dim() == 3 and predictions.shape[-1] == 1 else predictions
         targets = targets.squeeze(-1) if targets.dim() == 3 and targets.shape[-1] == 1 else targets
@@ -444,7 +444,7 @@ class SSLSoftDTWLoss(SSLFeatureLoss):
         target_counts = relative_to_samples(length if target_length is None else target_length,
                                             targets.shape[1], batch, device)
         self._first_layer = True
-        return self._compare(predictions, pred_counts, targets, target_counts, reduction)
+        return self._compare(predictions, pred_counts, targets, target_counts, reduction, terms)
 
     def _gamma(self, est, ref, n, m) -> float:
         """The gamma of this layer; a relative gamma still being measured observes the first layer's costs."""
