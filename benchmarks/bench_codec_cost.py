@@ -7,7 +7,7 @@ term (``lb``; without it only the layers up to the deepest chosen one are run). 
 the paper's size (base 32 filters, 5 levels) with random weights (the cost does not depend on
 them). Interleaved rounds, medians, torch threads as given.
 
-Usage: python benchmarks/bench_codec_cost.py [--repeats 7] [--threads 1]
+Usage: python benchmarks/bench_codec_cost.py [--repeats 7] [--threads 1] [--capacities P1 P5] [--write-results]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import statistics
 
 import torch
 
-from _results import devset_batch, header, interleaved_times, update_section
+from _results import add_results_option, devset_batch, header, interleaved_times, update_section
 from sb_mal.losses import CodecApproximationLoss, WaveformL1
 from sb_mal.metrics import format_table
 from sb_mal.models import SeparationUNet, SpectralCodecNet, ladder_table
@@ -40,10 +40,14 @@ def make_step(capacity: str, loss, batch):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--capacities", nargs="+", default=["P1", "P5"])
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="timed rounds after one warm-up, each step once per round; the median is reported "
+                             "(default 7)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--capacities", nargs="+", default=["P1", "P5"],
+                        help="separators of the ladder to time, P1 (smallest) to P5 (largest) (default: P1 P5)")
+    parser.add_argument("--no-write", action="store_true", help="print the table only; write no results file")
+    add_results_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batch = devset_batch()

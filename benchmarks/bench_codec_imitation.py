@@ -5,12 +5,13 @@ checkpoint with the lowest validation loss is used). For held-out devset music (
 speech (speech/test), each file MP3-coded whole: the L1 of the network's imitation to the coded
 signal in the network's training domain, against the identity map (network = input), their ratio
 (< 1: the network has learnt something about the codec), and log-spectral distances (dB). Writes
-``<run>/imitation_report.json`` (per file), the figure ``benchmarks/figures/codec_imitation.png``
-(input / MP3 / network, one music and one speech excerpt) and the ``codec_imitation`` section of
-RESULTS.md.
+``<run>/imitation_report.json`` (per file), the figure ``figures/codec_imitation.png`` (input / MP3 /
+network, one music and one speech excerpt) and the ``codec_imitation`` section of the results file
+(``results/benchmarks/RESULTS.md``; the committed ``benchmarks/RESULTS.md`` with ``--write-results``).
 
 Usage: python benchmarks/bench_codec_imitation.py --run results/mp3codec/spectral/1234
        [--max-seconds 10] [--speech-limit N] [--threads 1] [--note "short smoke run"] [--no-write]
+       [--write-results]
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from pathlib import Path
 
 import torch
 
-from _results import DEVSET, FIGURES, header, update_section
+from _results import DEVSET, add_results_option, figures_dir, header, update_section
 from sb_mal.audio import list_audio_files, read_audio
 from sb_mal.checkpoints import load_pretrained
 from sb_mal.evaluation.codec_imitation import imitation_report, save_imitation_figure
 from sb_mal.fileio import atomic_write_text
 from sb_mal.metrics import format_table
 
-FIGURE = FIGURES / "codec_imitation.png"
+FIGURE = "codec_imitation.png"  # in the figures folder of the results file
 COLUMNS = ["set", "files", "seconds", "net L1", "identity L1", "ratio", "net LSD dB", "identity LSD dB"]
 
 
@@ -42,11 +43,12 @@ def excerpt(path: str, rate: int, start_s: float, seconds: float):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="codec-net training run folder (model_config.json + save/)")
-    parser.add_argument("--max-seconds", type=float, default=None, help="first seconds of each file only")
-    parser.add_argument("--speech-limit", type=int, default=None, help="first N speech test files only")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-seconds", type=float, default=None, help="score only the first SECONDS of each file (default: whole files)")
+    parser.add_argument("--speech-limit", type=int, default=None, help="score only the first N speech test files (default: all)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--note", default="", help="a line added to the section (e.g. 'short smoke run')")
-    parser.add_argument("--no-write", action="store_true", help="print only; write neither RESULTS.md nor figure")
+    parser.add_argument("--no-write", action="store_true", help="print only; write neither the results file nor the figure")
+    add_results_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -77,13 +79,13 @@ def main():
             + "domain; ratio = net L1 / identity L1 (< 1: better than the identity map); "
             + "LSD on |STFT| 1024/512 in dB, floor -80 dB\n\n" + table + "\n")
     if not args.no_write:
-        FIGURE.parent.mkdir(exist_ok=True)
+        figure = figures_dir() / FIGURE
         waves = [excerpt(music[0], rate, 5.0, 4.0), excerpt(speech[0], rate, 0.0, 4.0)]
-        save_imitation_figure(FIGURE, waves, net, sample_rate=rate,
+        save_imitation_figure(figure, waves, net, sample_rate=rate,
                               row_labels=[f"music {Path(music[0]).stem[:14]}", f"speech {Path(speech[0]).stem[:14]}"],
                               title=f"{type(net).__name__} imitating MP3 16 kbps (held-out devset)")
-        body += (f"\nFigure (input / MP3 / network, {FIGURE.stat().st_size // 1024} kB): "
-                 f"![codec imitation](figures/{FIGURE.name})\n")
+        body += (f"\nFigure (input / MP3 / network, {figure.stat().st_size // 1024} kB): "
+                 f"![codec imitation](figures/{FIGURE})\n")
         atomic_write_text(run / "imitation_report.json", json.dumps(reports, indent=1) + "\n")
     print(body)
     if not args.no_write:

@@ -31,7 +31,7 @@ A trained model can be plugged in two ways:
   and run through its ``enhance_batch(wavs)``.
 
 Usage: python benchmarks/bench_inference.py [--limit 120] [--repeats 3] [--run DIR | --model DIR]
-       [--n-jobs 2] [--wait-load 1.0] [--no-speed] [--no-quality] [--no-write]
+       [--n-jobs 2] [--wait-load 1.0] [--no-speed] [--no-quality] [--no-write] [--write-results]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from _results import DEVSET, header, update_section  # noqa: E402
+from _results import DEVSET, add_results_option, header, update_section  # noqa: E402
 from sb_mal.audio import read_audio, resample  # noqa: E402
 from sb_mal.metrics import evaluate, format_table  # noqa: E402
 from sb_mal.models import SpectralUNetSE  # noqa: E402
@@ -208,16 +208,20 @@ def quality(outputs: dict, clean, ids, n_jobs: int):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=120, help="number of devset test pairs (default all 120)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed passes over all files per system, interleaved; the median is reported (default 3)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--run", type=Path, help="training output folder (best-PESQ checkpoint is used)")
     which.add_argument("--model", type=Path, help="exported model folder (Enhancer.from_hparams source)")
-    parser.add_argument("--n-jobs", type=int, default=2, help="metric workers for the quality table")
+    parser.add_argument("--n-jobs", type=int, default=2, help="metric worker processes for the quality table (default 2)")
     parser.add_argument("--wait-load", type=float, default=None, metavar="LOAD",
                         help="before timing, wait (at most 15 min) for the 1-min load average to drop below LOAD")
-    parser.add_argument("--no-speed", action="store_true")
-    parser.add_argument("--no-quality", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print only; do not update RESULTS.md")
+    parser.add_argument("--no-speed", action="store_true",
+                        help="skip the speed table (section bench_inference is left as it was)")
+    parser.add_argument("--no-quality", action="store_true",
+                        help="skip the quality table (section bench_inference_quality is left as it was)")
+    parser.add_argument("--no-write", action="store_true", help="print only; write no results file")
+    add_results_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)

@@ -8,6 +8,7 @@ stand-ins of the test suite (a random 2-layer WavLM, a 3-level codec net), so th
 the losses' own overheads, not real-size models.
 
 Usage: python benchmarks/bench_loss_step.py [--device cuda:0] [--repeats 10] [--precisions fp32 bf16 fp16]
+       [--write-results]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from _results import devset_batch, header, interleaved_times, update_section
+from _results import add_results_option, devset_batch, header, interleaved_times, update_section
 from sb_mal.metrics import format_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -31,11 +32,17 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of the batch: cpu (default) or cuda[:index]; the results go to the "
+                             "section bench_loss_step_<device type>")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="timed calls per loss and precision after two warm-ups; the median is reported "
+                             "(default 10)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES),
+                        help="fp32, or autocast to bf16 / fp16 (default: fp32 bf16)")
+    parser.add_argument("--no-write", action="store_true", help="print the table only; write no results file")
+    add_results_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -11,7 +11,7 @@ Systems (all on the same in-memory arrays, medians of ``--repeats`` runs):
 Worker start-up is excluded (the pools are warmed first; it is reported separately), because the
 pool is persistent and paid once per training run.
 
-Usage: python benchmarks/bench_metrics.py [--repeats 3] [--limit 120]
+Usage: python benchmarks/bench_metrics.py [--repeats 3] [--limit 120] [--no-write] [--write-results]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from _results import DEVSET, header, timed, update_section
+from _results import DEVSET, add_results_option, header, timed, update_section
 from sb_mal.audio import read_audio
 from sb_mal.metrics import MetricPool, format_table
 
@@ -59,9 +59,12 @@ def speechbrain_eval(noisy, clean, n_jobs: int, batch: int = 8):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--limit", type=int, default=120)
-    parser.add_argument("--no-write", action="store_true", help="print only; do not update RESULTS.md")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs of each system over all pairs; the median is reported (default 3)")
+    parser.add_argument("--limit", type=int, default=120,
+                        help="number of devset test pairs scored (default: all 120)")
+    parser.add_argument("--no-write", action="store_true", help="print only; write no results file")
+    add_results_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     ids, noisy, clean = load_pairs(args.limit)

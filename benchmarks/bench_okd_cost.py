@@ -62,7 +62,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from _results import DEVSET, header, update_section
+from _results import DEVSET, add_results_option, header, update_section
 from _sb_recipe import (
     copy_recipe,
     export_recipe,
@@ -421,11 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the data folder, the recipe (results/bench_okd_cost/speechbrain_recipe) and a "
                              "small devset (results/bench_okd_cost/devset): what a GPU machine needs; then stop")
     parser.add_argument("--smoke", action="store_true",
-                        help="2 epochs of 4 utterances, 2 validation and 1 test utterance, 1 round, no RESULTS.md")
+                        help="2 epochs of 4 utterances, 2 validation and 1 test utterance, 1 round, no results file written")
     parser.add_argument("--report-only", action="store_true",
                         help="write the report from the runs kept in --keep-runs DIR (same options as the run)")
-    parser.add_argument("--no-write", action="store_true", help="print only (RESULTS.md untouched)")
-    return parser
+    parser.add_argument("--no-write", action="store_true", help="print only (no results file written)")
+    return add_results_option(parser)
 
 
 def read_run(system: str, log: Path, args) -> tuple[list[dict], dict]:

@@ -37,7 +37,8 @@ on the device are compared with the naive float64 reference, once with float64 i
 float32 inputs (the reference then runs on the float32 inputs, converted exactly to float64): the
 largest absolute differences are reported with the table.
 
-The results go to RESULTS.md section ``bench_soft_dtw`` (CPU) or ``bench_soft_dtw_cuda`` (CUDA).
+The results go to the section ``bench_soft_dtw`` (CPU) or ``bench_soft_dtw_cuda`` (CUDA) of the results
+file: ``results/benchmarks/RESULTS.md``, or the committed ``benchmarks/RESULTS.md`` with ``--write-results``.
 
 Usage: python benchmarks/bench_soft_dtw.py [--device cuda:0] [--repeats 5] [--sizes 100 250 500] [--dims 64 768]
        python benchmarks/bench_soft_dtw.py --smoke   # a few seconds: tiny sizes, nothing written
@@ -58,7 +59,7 @@ from pathlib import Path
 
 import torch
 
-from _results import header, update_section
+from _results import add_results_option, header, update_section
 from sb_mal.losses.soft_dtw import _skew_index, pairwise_cost, resolve_backend, soft_dtw, soft_dtw_divergence
 from sb_mal.metrics import format_table
 
@@ -256,9 +257,12 @@ def main():
                         help="feature sizes at which the cell loop and the naive reference run (CPU)")
     parser.add_argument("--smoke", action="store_true",
                         help="a quick check that every system runs: B=2, N=M=40, D=16, 2 repeats, nothing written")
-    parser.add_argument("--no-write", action="store_true", help="print only; do not update RESULTS.md")
+    parser.add_argument("--no-write", action="store_true", help="print only; write no results file")
+    add_results_option(parser)
     parser.add_argument("--case", nargs=6, metavar=("SYSTEM", "B", "N", "D", "REPEATS", "THREADS"),
-                        help=argparse.SUPPRESS)
+                        help="internal (the script runs each case so, in a subprocess of its own): time one system "
+                             "at batch B, lengths N = M, feature size D, at most REPEATS runs within --budget, with "
+                             "THREADS threads, and print the result as one JSON line")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     if args.case:

@@ -35,7 +35,11 @@ more than training a small network costs).
 
 Usage: python benchmarks/codec_ladder.py [--codec-run results/codec_ladder/codec_net] [--capacities P4 P5]
        [--arms l1_mag codec_nopred] [--multipliers 1] [--seeds 1 2 3] [--epochs 12] [--test-size 60]
-       [--dnsmos] [--report-only]
+       [--dnsmos] [--report-only] [--write-results]
+
+Runs go to ``--out`` (results/codec_ladder, ignored by git); the tables and the figure to
+``results/benchmarks/``, or to the committed ``benchmarks/RESULTS.md`` and ``benchmarks/figures/`` with
+``--write-results``.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _results import DEVSET, FIGURES, devset_batch, experiment_parser, header, parse_with_overrides, update_section
+from _results import DEVSET, devset_batch, experiment_parser, figures_dir, header, parse_with_overrides, update_section
 from mal_experiment import best_valid
 from protocol import compare, compare_without, evidence_table, run_once
 
@@ -105,20 +109,25 @@ def build_parser():
                         help="a trained codec-net run folder (trained here first when it holds no run, or when it "
                              "is inside --out and its training has not finished)")
     parser.add_argument("--codec-epochs", type=int, default=20, help="epochs of the codec net when it is trained here")
-    parser.add_argument("--tasks", nargs="+", default=["speech"], choices=list(TASKS))
-    parser.add_argument("--capacities", nargs="+", default=["P1", "P2", "P3", "P4", "P5"])
+    parser.add_argument("--tasks", nargs="+", default=["speech"], choices=list(TASKS),
+                        help="speech: denoising of devset speech in devset noise; music: speech separated from "
+                             "devset music (default: speech)")
+    parser.add_argument("--capacities", nargs="+", default=["P1", "P2", "P3", "P4", "P5"],
+                        help="separators of the ladder, P1 (smallest) to P5 (largest) (default: all five)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
                         help=f"the arms to run ({BASELINE}, the baseline, always runs)")
     parser.add_argument("--codec-base", default="magnitude", choices=list(BASE_TERM),
                         help="the base term of the codec arms: magnitude L1 (the paper's baseline loss) or waveform L1")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5],
                         help="seeds (5 by default; at least 3); the first is the tuning seed")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=12,
+                        help="training epochs of every run, each of --examples mixtures (default 12)")
     parser.add_argument("--examples", type=int, default=160, help="training mixtures per epoch (batch 8)")
     parser.add_argument("--multipliers", type=float, nargs="+", default=[0.1, 0.3, 1.0, 3.0],
                         help="grid of the codec terms' multiplier (1: each term as large as the base term for a "
                              "do-nothing separator); one value is used as given, without tuning")
-    parser.add_argument("--valid-size", type=int, default=20)
+    parser.add_argument("--valid-size", type=int, default=20,
+                        help="validation utterances (checkpoint choice and the multiplier's tuning) (default 20)")
     parser.add_argument("--test-size", type=int, default=None, help="test utterances (default: all)")
     parser.add_argument("--dnsmos", action="store_true", help="also score DNSMOS in every test (slow on a CPU)")
     parser.add_argument("--report-only", action="store_true", help="write the tables from the finished runs")
@@ -246,7 +255,7 @@ def report(out: Path, args, tuned: dict) -> None:
         print("no finished run yet")
         return
     if gains:
-        gain_plot(FIGURES / "codec_ladder.png", gains)
+        gain_plot(figures_dir() / "codec_ladder.png", gains)
     w = json.loads((out / "weights.json").read_text()).get(base, {}) if (out / "weights.json").exists() else {}
     body = (header("Codec-approximation loss vs L1 across the separation ladder (codec_ladder.py)", args.report_only)
             + f"- protocol: benchmarks/protocol.py; seeds {args.seeds}; every run {args.epochs} epochs x {args.examples} "
@@ -296,7 +305,6 @@ def gain_plot(path: Path, gains: list[dict]) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    FIGURES.mkdir(parents=True, exist_ok=True)
     _save(fig, path)
 
 

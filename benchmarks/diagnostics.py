@@ -1,6 +1,7 @@
 """Diagnostics that separate "too small a budget" from "something is wrong", one per paradigm.
 
-Each is a function with a small command that writes its own RESULTS.md section:
+Each is a function with a small command that writes its own section of the results file
+(``results/benchmarks/RESULTS.md``; the committed ``benchmarks/RESULTS.md`` with ``--write-results``):
 
 ``mal``  (:func:`mal_ranking`)
     Does the phase-1 encoder's L_mal measure quality? On the devset validation pairs, L_mal (the
@@ -45,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _results import DEVSET, header, update_section
+from _results import DEVSET, add_results_option, header, update_section
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -378,25 +379,40 @@ def okd_main(args) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="which", required=True)
+    sub = parser.add_subparsers(dest="which", required=True,
+                                help="the diagnostic to run (each has its own --help)")
     p = sub.add_parser("pift", help="soft-DTW loss of a perfect output of the perturbed input vs the noisy input")
-    p.add_argument("--pairs", type=int, default=6, help="validation pairs")
-    p.add_argument("--encoders", nargs="+", default=["torchfcpe", "resemblyzer", "wavlm_random"])
+    p.add_argument("--pairs", type=int, default=6, help="devset validation pairs (default 6)")
+    p.add_argument("--encoders", nargs="+", default=["torchfcpe", "resemblyzer", "wavlm_random"],
+                   help="frozen feature models the loss is computed through: torchfcpe, resemblyzer, wavlm_random "
+                        "(a random 4-layer WavLM, as in pift_experiment.py) or any SSL source (hub id or folder) "
+                        "(default: the first three)")
     p.add_argument("--wavlm-folder", default=None, help="where the random WavLM is built (default /tmp)")
     p = sub.add_parser("mal", help="L_mal of the phase-1 encoder against quality")
-    p.add_argument("--runs", default="results/mal_experiment", help="the --out folder of mal_experiment.py")
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--pairs", type=int, default=30, help="validation pairs")
+    p.add_argument("--runs", default="results/mal_experiment",
+                   help="the --out folder of mal_experiment.py (default results/mal_experiment)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
+                   help="seeds whose finished phase-1 runs are read (default: 1 2 3)")
+    p.add_argument("--pairs", type=int, default=30, help="devset validation pairs (default 30)")
     p = sub.add_parser("codec", help="codec terms of MP3-coded speech against noise at equal waveform L1")
-    p.add_argument("--codec-run", default="results/codec_ladder/codec_net")
-    p.add_argument("--utterances", type=int, default=30)
+    p.add_argument("--codec-run", default="results/codec_ladder/codec_net",
+                   help="a trained codec-net run folder (default: the one codec_ladder.py trains, "
+                        "results/codec_ladder/codec_net)")
+    p.add_argument("--utterances", type=int, default=30,
+                   help="devset validation utterances, first 4 s of each (default 30)")
     p = sub.add_parser("okd", help="discriminator predictions against the true metric during training")
-    p.add_argument("--out", default="results/okd_diagnostic")
-    p.add_argument("--systems", nargs="+", default=["metricgan_plus"])
-    p.add_argument("--epochs", type=int, nargs="+", default=[2, 5, 10, 20], help="stages (cumulative epochs)")
-    p.add_argument("--samples", type=int, default=48, help="utterances per epoch")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="results/okd_diagnostic",
+                   help="folder of the staged runs, resumable (default results/okd_diagnostic)")
+    p.add_argument("--systems", nargs="+", default=["metricgan_plus"],
+                   help="systems of okd_experiment.py to train, e.g. metricgan_plus okd_pesq_csig "
+                        "(default: metricgan_plus)")
+    p.add_argument("--epochs", type=int, nargs="+", default=[2, 5, 10, 20],
+                   help="stages: cumulative epochs after which D is measured (default: 2 5 10 20)")
+    p.add_argument("--samples", type=int, default=48, help="utterances per epoch (generator steps) (default 48)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the runs (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each run (default 1)")
+    for p in sub.choices.values():
+        add_results_option(p)
     args = parser.parse_args()
     torch.set_num_threads(1)
     {"pift": pift_main, "mal": mal_main, "codec": codec_main, "okd": okd_main}[args.which](args)

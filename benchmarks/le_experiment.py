@@ -17,7 +17,11 @@ fixed rule (a learned modifier that does not beat a fixed high-pass has not lear
 utterance at 0 dB (clean, unprocessed in noise, modified, modified in noise).
 
 Usage: python benchmarks/le_experiment.py [--seeds 1 2 3] [--epochs 30] [--samples 48] [--haspi | --haspi-limit 24]
-       [--report-only]
+       [--report-only] [--write-results]
+
+Runs go to ``--out`` (results/le_experiment, ignored by git); the tables and the figure to
+``results/benchmarks/``, or to the committed ``benchmarks/RESULTS.md`` and ``benchmarks/figures/`` with
+``--write-results``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _results import DEVSET, FIGURES, experiment_parser, header, parse_with_overrides, update_section
+from _results import DEVSET, experiment_parser, figures_dir, header, parse_with_overrides, update_section
 from okd_experiment import okd_run
 from protocol import compare, evidence_table, read_scores, verdict_line
 
@@ -107,18 +111,21 @@ def example_figure(out: Path, seed: int) -> None:
             m = generator_modifier(run)(s)
         rows.append([m[0].numpy(), (m + n)[0].numpy()])
         labels.append(f"{label.split(' (')[0]} G0")
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    save_spectrogram_grid(FIGURES / "le_example.png", rows, labels, ["speech (modified at equal power)", "heard in noise (0 dB)"],
+    save_spectrogram_grid(figures_dir() / "le_example.png", rows, labels, ["speech (modified at equal power)", "heard in noise (0 dB)"],
                           title=f"Listening enhancement, test utterance {uid} at 0 dB (seed {seed})", dpi=72)
 
 
 def main():
     parser = experiment_parser(__doc__, "results/le_experiment")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
+                        help="seeds, each training both recipes (default: 1 2 3; at least 3)")
+    parser.add_argument("--epochs", type=int, default=30,
+                        help="training epochs of every generator, each of --samples steps (default 30)")
     parser.add_argument("--samples", type=int, default=48, help="utterances drawn per epoch (generator steps)")
-    parser.add_argument("--valid-every", type=int, default=5)
-    parser.add_argument("--valid-limit", type=int, default=20)
+    parser.add_argument("--valid-every", type=int, default=5,
+                        help="validate (and keep the best checkpoint) every this many epochs (default 5)")
+    parser.add_argument("--valid-limit", type=int, default=20,
+                        help="devset validation pairs of the checkpoint choice (default 20)")
     parser.add_argument("--haspi", action="store_true", help="also score HASPI in the recipes' tests (slow)")
     parser.add_argument("--haspi-limit", type=int, default=0,
                         help="score HASPI afterwards on this many test utterances (a third per SNR) for every arm")
@@ -207,7 +214,7 @@ def report(out: Path, args, metrics: list[str]) -> None:
     if args.haspi_limit:
         sections.append(haspi_section(haspi_scores(out, args.seeds, args.haspi_limit, args.haspi_jobs),
                                       args.haspi_limit))
-    figure = "\n\n![listening enhancement example](figures/le_example.png)" if (FIGURES / "le_example.png").exists() else ""
+    figure = "\n\n![listening enhancement example](figures/le_example.png)" if (figures_dir() / "le_example.png").exists() else ""
     body = (header("Listening enhancement: MetricGAN+ vs MetricGAN-OKD (le_experiment.py)", args.report_only)
             + f"- protocol: benchmarks/protocol.py; seeds {args.seeds}; every generator trained from scratch for "
             f"{args.epochs} epochs x {args.samples} utterances (3 s devset training mixtures, noise rescaled to "

@@ -35,7 +35,10 @@ tuning grid affordable on 2 CPU cores; the sizes are in the table header. Every 
 (``--report-only`` writes the tables from the runs finished so far).
 
 Usage: python benchmarks/mal_experiment.py [--seeds 1 2 3] [--epochs1 8] [--epochs2 6] [--arms frozen]
-       [--skip-tuning --arm-config JSON] [--target-share 0.5] [--report-only]
+       [--skip-tuning --arm-config JSON] [--target-share 0.5] [--report-only] [--write-results]
+
+Runs go to ``--out`` (results/mal_experiment, ignored by git); the tables to
+``results/benchmarks/RESULTS.md``, or to the committed ``benchmarks/RESULTS.md`` with ``--write-results``.
 """
 
 from __future__ import annotations
@@ -101,8 +104,10 @@ def build_parser():
     parser = experiment_parser(__doc__, "results/mal_experiment")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5],
                         help="seeds (5 by default; at least 3); the first is the tuning seed")
-    parser.add_argument("--epochs1", type=int, default=8)
-    parser.add_argument("--epochs2", type=int, default=6)
+    parser.add_argument("--epochs1", type=int, default=8,
+                        help="phase-1 epochs: the backbone trained with the reconstruction loss (default 8)")
+    parser.add_argument("--epochs2", type=int, default=6,
+                        help="phase-2 epochs of every arm, from the phase-1 model (default 6)")
     parser.add_argument("--examples", type=int, default=200, help="training mixtures per epoch (batch 8)")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0, 10.0],
                         help="the lambda_mal grid of the tuning (0 = reconstruction only)")

@@ -3,9 +3,12 @@
 Exports the best checkpoint of each phase-2 run (baseline, MAL frozen / frozen_fe / dynamic),
 enhances ``--limit`` devset test pairs ``--passes`` times (each output fed back as the next
 input) and records PESQ, STOI and DNSMOS OVRL/SIG per pass, a spectrogram grid (rows: passes,
-columns: models) and metric-vs-pass curves (PNG under benchmarks/figures/).
+columns: models) and metric-vs-pass curves, in ``<experiment>/iterative/``; a small copy of both figures
+goes to ``figures/`` beside the results file (``results/benchmarks/``; the committed
+``benchmarks/figures/`` and ``benchmarks/RESULTS.md`` with ``--write-results``).
 
 Usage: python benchmarks/mal_iterative.py [--experiment results/mal_experiment] [--limit 20] [--passes 5]
+       [--write-results]
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from _results import DEVSET, FIGURES, header, update_section
+from _results import DEVSET, add_results_option, figures_dir, header, update_section
 from sb_mal.audio import read_audio
 from sb_mal.evaluation.iterative import DEFAULT_ITERATE_METRICS, iterate_models, load_enhancers
 from sb_mal.inference import export_run
@@ -38,10 +41,14 @@ def small_png(src: Path, dst: Path, colors: int = 32, max_side: int = 1100) -> N
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--experiment", default="results/mal_experiment")
-    parser.add_argument("--limit", type=int, default=20)
-    parser.add_argument("--passes", type=int, default=5)
-    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--experiment", default="results/mal_experiment",
+                        help="the --out folder of mal_experiment.py, relative to the repository (its phase-2 runs "
+                             "are exported there, under exported/) (default results/mal_experiment)")
+    parser.add_argument("--limit", type=int, default=20, help="first devset test pairs enhanced (default 20)")
+    parser.add_argument("--passes", type=int, default=5,
+                        help="times each model is applied, its output fed back as the next input (default 5)")
+    parser.add_argument("--n-jobs", type=int, default=2, help="metric worker processes (default 2)")
+    add_results_option(parser)
     args = parser.parse_args()
     exp = (REPO / args.experiment).resolve()
     models = {}
@@ -59,8 +66,8 @@ def main():
     study = exp / "iterative"
     rows = iterate_models(load_enhancers(models), noisy, clean, passes=args.passes, metrics=DEFAULT_ITERATE_METRICS,
                           ids=ids, out_dir=study, n_jobs=args.n_jobs)
-    small_png(study / "iterate_spectrograms.png", FIGURES / "mal_iterate_spectrograms.png")
-    small_png(study / "iterate_curves.png", FIGURES / "mal_iterate_curves.png")
+    small_png(study / "iterate_spectrograms.png", figures_dir() / "mal_iterate_spectrograms.png")
+    small_png(study / "iterate_curves.png", figures_dir() / "mal_iterate_curves.png")
     table = format_table(rows, ["model", "pass", *DEFAULT_ITERATE_METRICS])
     body = (header("Model-as-Loss self-consistency study (mal_iterative.py)")
             + f"- models: the best checkpoints (validation PESQ) of the four phase-2 runs of mal_experiment.py\n"

@@ -33,6 +33,10 @@ alone.
 
 Usage: python benchmarks/okd_experiment.py [--seeds 1 2 3] [--epochs 40] [--samples 48] [--warm-start]
        [--speechbrain-recipes ~/speechbrain [--speechbrain-only] [--sb-epochs 10]] [--report-only]
+       [--write-results]
+
+Runs go to ``--out`` (results/okd_experiment, ignored by git); the tables to
+``results/benchmarks/RESULTS.md``, or to the committed ``benchmarks/RESULTS.md`` with ``--write-results``.
 """
 
 from __future__ import annotations
@@ -100,15 +104,20 @@ def build_parser():
                              "from the papers, stated in the report)")
     parser.add_argument("--warm-start-epochs", type=int, default=10,
                         help="epochs (x 200 mixtures, batch 8) of the MSE pretraining")
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=40,
+                        help="training epochs of every system, each drawing --samples utterances: "
+                             "(epochs - 1) x samples generator steps (default 40)")
     parser.add_argument("--samples", type=int, default=48, help="utterances drawn per epoch (generator steps)")
-    parser.add_argument("--valid-every", type=int, default=5)
-    parser.add_argument("--valid-limit", type=int, default=20)
+    parser.add_argument("--valid-every", type=int, default=5,
+                        help="validate (and keep each generator's best checkpoint) every this many epochs (default 5)")
+    parser.add_argument("--valid-limit", type=int, default=20,
+                        help="devset validation pairs, in part 1 and in part 2's VoiceBank-style folder (default 20)")
     parser.add_argument("--test-limit", type=int, default=None, help="devset test pairs (default: all 120)")
     parser.add_argument("--speechbrain-recipes", default=None,
                         help="a SpeechBrain checkout (or its recipes folder): also run its MetricGAN+ recipe")
     parser.add_argument("--sb-pool", type=int, default=200, help="fixed training mixtures written for part 2")
-    parser.add_argument("--sb-epochs", type=int, default=10)
+    parser.add_argument("--sb-epochs", type=int, default=10,
+                        help="epochs of both recipes in part 2 (SpeechBrain's and sb_mal's MetricGAN+) (default 10)")
     parser.add_argument("--speechbrain-only", action="store_true",
                         help="run part 2 only (needs --speechbrain-recipes); part 1's finished runs are still reported")
     parser.add_argument("--n-jobs", type=int, default=1,

@@ -25,7 +25,11 @@ utterances): every loss for the enhanced signal delayed or zero-padded by 0-100 
 reference, relative to the loss of the noisy input.
 
 Usage: python benchmarks/pift_experiment.py [--seeds 1 2 3 4 5] [--encoders torchfcpe resemblyzer wavlm_random]
-       [--epochs 4] [--examples 64] [--report-only]
+       [--epochs 4] [--examples 64] [--report-only] [--write-results]
+
+Runs go to ``--out`` (results/pift_experiment, ignored by git); the tables and the shift figures to
+``results/benchmarks/``, or to the committed ``benchmarks/RESULTS.md`` and ``benchmarks/figures/`` with
+``--write-results``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _results import DEVSET, FIGURES, experiment_parser, header, parse_with_overrides, update_section
+from _results import DEVSET, experiment_parser, figures_dir, header, parse_with_overrides, update_section
 from mal_experiment import METRICS, SMALL
 from protocol import compare, evidence_table, run_once, verdict_line
 
@@ -87,11 +91,14 @@ def main():
                         help="the mal_experiment.py output folder (its seed<k>/baseline runs are the starting models)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5],
                         help="seeds (5 by default; at least 3): each needs that seed's mal_experiment.py baseline")
-    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS),
+                        help="frozen feature models the SSL losses run through (default: all three)")
     parser.add_argument("--wavlm", default=None, help="a local pretrained WavLM folder instead of the random one")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=4,
+                        help="fine-tuning epochs of every arm, each of --examples mixtures (default 4)")
     parser.add_argument("--examples", type=int, default=64, help="training mixtures per epoch (batch 8)")
-    parser.add_argument("--valid-limit", type=int, default=20)
+    parser.add_argument("--valid-limit", type=int, default=20,
+                        help="devset validation pairs of the checkpoint choice (default 20)")
     parser.add_argument("--shift-limit", type=int, default=20, help="test utterances of the shift study")
     parser.add_argument("--report-only", action="store_true", help="write the tables from the finished runs")
     args, extra = parse_with_overrides(parser)
@@ -199,8 +206,7 @@ def shift_table(rows: list[dict], encoder: str, limit: int) -> str:
     from sb_mal.evaluation.shift import save_shift_plot
     from sb_mal.metrics import format_table
 
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    save_shift_plot(FIGURES / f"pift_shift_{encoder}.png", rows,
+    save_shift_plot(figures_dir() / f"pift_shift_{encoder}.png", rows,
                     title=f"Feature losses through {encoder} vs a time shift (relative to the noisy input's loss)")
     picks = (0, 20, 50, 100)
     table_rows = []

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import header, update_section
+from _results import add_results_option, header, update_section
 from sb_mal.metrics.stats import paired_bootstrap
 
 SEED_SDS = (0.0, 0.03, 0.06)
@@ -126,6 +126,7 @@ def main():
                         help="take the utterance and residual SDs from the test differences ARM - BASELINE of an "
                              "experiment folder (seed<k>/<run>/test_scores.csv)")
     parser.add_argument("--metric", default="pesq", help="the metric of --calibrate")
+    add_results_option(parser)
     args = parser.parse_args()
     calibration = ""
     if args.calibrate:
