@@ -51,7 +51,7 @@ from pathlib import Path
 
 from _results import DEVSET, devset_batch, experiment_parser, figures_dir, header, parse_with_overrides, update_section
 from mal_experiment import best_valid
-from protocol import compare, compare_without, evidence_table, run_once
+from protocol import compare, compare_without, evidence_table, merge_overrides, run_once
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {"speech": ("speech denoising", "hparams/folders/separation_speech.yaml"),
@@ -157,12 +157,13 @@ def main():
         sizes = ([f"--valid_limit={args.valid_size}"] + ([f"--test_limit={args.test_size}"] if args.test_size else [])
                  if task == "speech" else
                  [f"--valid_items={args.valid_size}"] + ([f"--test_items={args.test_size}"] if args.test_size else []))
-        cmd = [sys.executable, "recipes/codec/train_separation.py", TASKS[task][1], f"--data_folder={DEVSET}",
-               f"--output_folder={folder}", f"--capacity={capacity}", f"--codec_run={codec_run}",
-               *arm_overrides(arm, base, m, weights),
-               f"--number_of_epochs={args.epochs}", f"--examples_per_epoch={args.examples}", f"--seed={seed}",
-               "--n_jobs=1", f"--test_metrics=[{','.join(METRICS + (['dnsmos'] if args.dnsmos else []))}]",
-               *sizes, *extra]
+        cmd = merge_overrides([sys.executable, "recipes/codec/train_separation.py", TASKS[task][1],
+                               f"--data_folder={DEVSET}", f"--output_folder={folder}", f"--capacity={capacity}",
+                               f"--codec_run={codec_run}", *arm_overrides(arm, base, m, weights),
+                               f"--number_of_epochs={args.epochs}", f"--examples_per_epoch={args.examples}",
+                               f"--seed={seed}", "--n_jobs=1",
+                               f"--test_metrics=[{','.join(METRICS + (['dnsmos'] if args.dnsmos else []))}]", *sizes],
+                              extra)
         if not test:
             cmd.append("--test_data=null")
         run_once(cmd, folder, out / "logs" / f"{task}_{name}_{seed}.log", args.threads,
@@ -183,7 +184,8 @@ def main():
         if codec_arms and (not (codec_run / "model_config.json").exists()
                            or (own and not (codec_run / "seconds").exists())):
             cmd = [sys.executable, "recipes/codec/train_codec_net.py", "hparams/mp3codec/spectral.yaml",
-                   f"--data_folder={DEVSET}", f"--output_folder={codec_run}", f"--number_of_epochs={args.codec_epochs}"]
+                   f"--data_folder={DEVSET}", f"--output_folder={codec_run}", f"--number_of_epochs={args.codec_epochs}",
+                   *[e for e in extra if e.startswith("--device=")]]  # on the runs' device
             run_once(cmd, codec_run, out / "logs" / "codec_net.log", args.threads, outputs=("model_config.json",))
         if codec_arms:
             weights.update(balanced_weights(codec_run, out / "weights.json", base))

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import yaml
 from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
-from protocol import compare, compare_without, evidence_table, run_once, verdict_line
+from protocol import compare, compare_without, evidence_table, merge_overrides, run_once, verdict_line
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("frozen", "frozen_fe", "dynamic")
@@ -141,8 +141,8 @@ def main():
         parser.error(f"--arm-config names unknown arms {sorted(unknown)}")
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    common = [f"--data_folder={DEVSET}", f"--examples_per_epoch={args.examples}", f"--valid_limit={args.valid_limit}",
-              "--n_jobs=1", *SMALL, *extra]
+    common = merge_overrides([f"--data_folder={DEVSET}", f"--examples_per_epoch={args.examples}",
+                              f"--valid_limit={args.valid_limit}", "--n_jobs=1", *SMALL], extra)
     seconds: dict[str, float] = {}
     deep = args.deep_feature.lower() != "none" and DEEP in args.arms
     variants = [v for v in VARIANTS if v in args.arms]

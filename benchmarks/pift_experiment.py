@@ -41,7 +41,7 @@ from pathlib import Path
 
 from _results import DEVSET, experiment_parser, figures_dir, header, parse_with_overrides, update_section
 from mal_experiment import METRICS, SMALL
-from protocol import compare, evidence_table, run_once, verdict_line
+from protocol import compare, evidence_table, merge_overrides, run_once, verdict_line
 
 REPO = Path(__file__).resolve().parents[1]
 LOSSES = {"mse": "ssl_mse", "pad": "ssl_mse_pad", "softdtw": "ssl_softdtw"}
@@ -106,8 +106,9 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     start = (REPO / args.start).resolve()
     sources = {name: encoder_source(name, out, args.wavlm) for name in args.encoders}
-    common = [f"--data_folder={DEVSET}", f"--examples_per_epoch={args.examples}", f"--number_of_epochs={args.epochs}",
-              f"--valid_limit={args.valid_limit}", "--n_jobs=1", *SMALL, *extra]
+    common = merge_overrides([f"--data_folder={DEVSET}", f"--examples_per_epoch={args.examples}",
+                              f"--number_of_epochs={args.epochs}", f"--valid_limit={args.valid_limit}", "--n_jobs=1",
+                              *SMALL], extra)
 
     def run(job: tuple[int, str, str]) -> None:
         seed, encoder, loss = job

@@ -38,20 +38,43 @@ import numpy as np
 
 from sb_mal.metrics.stats import LOWER_IS_BETTER, paired_bootstrap, verdict
 
-__all__ = ["LOWER_IS_BETTER", "compare", "compare_without", "evidence_table", "paired_bootstrap", "read_scores",
-           "run_once", "verdict", "verdict_line"]
+__all__ = ["LOWER_IS_BETTER", "NotStarted", "compare", "compare_without", "evidence_table", "merge_overrides",
+           "paired_bootstrap", "read_scores", "run_once", "verdict", "verdict_line"]
 
 REPO = Path(__file__).resolve().parents[1]
+#: A time (seconds since the epoch) after which :func:`run_once` starts no new run; set by a caller that
+#: must stop by a deadline (benchmarks/sprint.py), so that no run is started that could not finish.
+NO_START_AFTER = "SB_MAL_NO_START_AFTER"
+
+
+class NotStarted(SystemExit):
+    """A run that :func:`run_once` did not start: the time in ``$SB_MAL_NO_START_AFTER`` had passed."""
+
+
+def merge_overrides(defaults: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """``defaults`` less the ``--key=value`` entries whose key ``overrides`` sets, then ``overrides``: a
+    recipe override given to a driver replaces the driver's own value of that key (SpeechBrain refuses a
+    key given twice).
+
+    >>> merge_overrides(["train.py", "--n_jobs=1", "--seed=1"], ["--n_jobs=4"])
+    ['train.py', '--seed=1', '--n_jobs=4']
+    """
+    keys = {o.split("=", 1)[0] for o in map(str, overrides) if o.startswith("--") and "=" in o}
+    return [d for d in defaults if not (str(d).startswith("--") and str(d).split("=", 1)[0] in keys)] + list(overrides)
 
 
 def run_once(cmd: Sequence[str], folder: Path, log: Path, threads: int = 1,
              outputs: Sequence[str] = ("test_summary.json",), cwd: Path = REPO) -> float:
     """Wall seconds of the command ``cmd`` (run in ``cwd``) writing into ``folder``; not run again
     once its ``outputs`` and the recorded ``seconds`` are there (a killed driver resumes). A failure
-    names the log."""
+    names the log. A run not yet done is not started after the time in ``$SB_MAL_NO_START_AFTER``
+    (:class:`NotStarted`, a SystemExit)."""
     done = Path(folder) / "seconds"
     if done.exists() and all((Path(folder) / name).exists() for name in outputs):
         return float(done.read_text())
+    stop = os.environ.get(NO_START_AFTER)
+    if stop and time.time() > float(stop):
+        raise NotStarted(f"not started (past ${NO_START_AFTER}): {' '.join(map(str, cmd))}")
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
