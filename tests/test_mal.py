@@ -188,7 +188,7 @@ def test_resume_in_phase2_keeps_the_snapshot(devset, tmp_path):
 
 
 @pytest.mark.recipe
-def test_recipe_debug_run_all_variants_loss_goes_down(devset, tmp_path):
+def test_dynamic_variant_debug_run_loss_goes_down_and_reaches_phase_2(devset, tmp_path):
     out = tmp_path / "dbg"
     cmd = [sys.executable, str(REPO / "recipes/mal/train.py"), str(REPO / "hparams/folders/mal_dynamic.yaml"),
            f"--data_folder={devset}", f"--output_folder={out}", "--debug", "--debug_batches=10", "--debug_epochs=3",

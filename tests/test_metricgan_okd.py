@@ -42,18 +42,6 @@ def test_targets():
         normalize_score("wer", 0.1)
 
 
-def test_okd_gradient_reaches_g_i_not_the_detached_peers():
-    torch.manual_seed(0)
-    g0, g1 = MetricGANGenerator(hidden_size=8, num_layers=1, lin_dim=8), MetricGANGenerator(hidden_size=8, num_layers=1, lin_dim=8)
-    x = torch.randn(2, 8000)
-    peer = g1(x, output="features")[0].detach()
-    mine = g0(x, output="features")[0]
-    kd = ((mine - peer) ** 2).mean()
-    kd.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in g0.parameters() if p.requires_grad)
-    assert all(p.grad is None for p in g1.parameters())
-
-
 def test_discriminator_learns_to_predict_a_metric(devset_test_arrays):
     """Trained on devset (clean, noisy) pairs with their normalised PESQ, D's error falls."""
     from sb_mal.metrics import evaluate
@@ -116,7 +104,7 @@ def run_recipe(devset, out, *extra, yaml="okd_pesq_csig.yaml", env=None, launche
 
 
 @pytest.mark.recipe
-def test_recipe_end_to_end_and_a_failing_utterance(devset, tmp_path, monkeypatch):
+def test_recipe_end_to_end_logs_the_metric_share_and_tests_every_generator(devset, tmp_path):
     out = tmp_path / "okd"
     proc = run_recipe(devset, out, "--number_of_epochs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -283,6 +271,52 @@ def test_distillation_pulls_the_generators_together_through_the_brain(tmp_path):
         gaps[alpha] = _gap(brain, batch) / before
     assert gaps[20.0] < 0.5 * gaps[0.0], gaps
     assert brain.optimizer_step == 15
+
+
+def test_the_brains_objective_gives_each_generator_its_own_distillation_gradient(tmp_path):
+    """The Brain's compute_objectives: on generator i's output, the gradient of sum_i L_Gi is that of
+    MSE(D_i, 1) plus alpha x the gradient of MSE(G_i, G_j) with the peer G_j held fixed. Without the
+    peer's detach the term of L_Gj would pull G_i back and cancel the distillation gradient."""
+    import speechbrain as sb
+
+    batch = _batch()
+    grads = {}
+    for alpha in (0.0, 5.0):
+        brain = _okd_brain(tmp_path / str(alpha), alpha)
+        enhanced, valid = brain.compute_forward(batch, sb.Stage.TRAIN)
+        total = brain.compute_objectives((enhanced, valid), batch, sb.Stage.TRAIN)
+        grads[alpha] = torch.autograd.grad(total, enhanced)
+    e0, e1 = (e.detach() for e in enhanced)
+    m = valid[:, :, None].to(e0.dtype)
+    count = m.sum() * e0.shape[2]
+    for mine, peer, i in ((e0, e1, 0), (e1, e0, 1)):
+        expected = 5.0 * 2 * (mine - peer) * m / count
+        assert expected.abs().max() > 0
+        torch.testing.assert_close(grads[5.0][i] - grads[0.0][i], expected, rtol=1e-4, atol=1e-7)
+
+
+def test_the_discriminator_step_goes_through_speechbrains_optimizers_step(tmp_path, monkeypatch):
+    """A discriminator update moves the discriminator only, counts as an optimiser step, and runs
+    SpeechBrain's clipping on the discriminator's parameters."""
+    brain = _okd_brain(tmp_path, 5.0)
+    brain.fit_batch(_batch())  # a generator step leaves gradients in the discriminator
+    assert any(p.grad is not None for p in brain.modules.discriminator.parameters())
+    clipped = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, norm: clipped.append(list(params)) or
+                        real_clip(clipped[-1], norm))
+    gens = {n: [p.detach().clone() for p in brain.modules[n].parameters()] for n in brain.gen_names}
+    disc = [p.detach().clone() for p in brain.modules.discriminator.parameters()]
+    steps = brain.optimizer_step
+    wav = 0.3 * torch.randn(8000).numpy()
+    loss = brain.discriminator_loss(wav, wav + 0.1, [0.5, 0.5])
+    brain.discriminator_step(loss)
+    assert brain.optimizer_step == steps + 1
+    assert any(not torch.equal(a, b) for a, b in zip(disc, brain.modules.discriminator.parameters()))
+    for n in brain.gen_names:
+        assert all(torch.equal(a, b) for a, b in zip(gens[n], brain.modules[n].parameters()))
+    assert [len(c) for c in clipped] == [len(disc)]
+    assert all(p.grad is None for p in brain.modules.discriminator.parameters())  # zeroed after the step
 
 
 def test_generator_step_accumulates_gradients_as_speechbrain_does(tmp_path):

@@ -101,7 +101,6 @@ class CodecNetBrain(EnhanceBrain):
     HPARAMS = ENHANCE_HPARAMS.extend("CodecNetBrain", [
         HParam("ckpt_key", "str", "loss", "checkpoints are kept by the lowest validation L1", choices=("loss",)),
     ], drop=["compute_cost", "valid_metrics", "test_metrics", "n_jobs", "metric_timeout", "enhanced_folder"])
-    LOSS_KEYS = ()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -117,8 +117,6 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
     """Brain for waveform-to-waveform speech enhancement (see the module docstring)."""
 
     HPARAMS = ENHANCE_HPARAMS
-    #: hparams holding losses, moved to the device at the start of fit (they also follow their inputs)
-    LOSS_KEYS: tuple[str, ...] = ("compute_cost",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -188,24 +186,27 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
         return loss
 
     def on_fit_start(self):
-        """Record the model configuration next to the checkpoints, then the usual start."""
+        """The usual start (DDP, optimisers, recovery), then the epoch log, the budget's clock and
+        ``model_config.json`` (what ``sb-mal export`` builds the model from) next to the checkpoints."""
         super().on_fit_start()
         self.epoch_log.restore()
         self.budget.start()
-        for key in self.LOSS_KEYS:
-            cost = getattr(self.hparams, key)
-            if isinstance(cost, torch.nn.Module):
-                cost.to(self.device)
         folder = self.hparams.output_folder
         if folder and sb.utils.distributed.if_main_process():
-            model = unwrap(self.modules.model)
-            try:
-                cfg = model_config(model)
-            except TypeError as err:
-                logger.warning("model_config.json not written: %s", err)
-            else:
-                cfg["sample_rate"] = self._rate
+            cfg = self.run_config()
+            if cfg is not None:
                 atomic_write_text(os.path.join(folder, "model_config.json"), json.dumps(cfg, indent=2) + "\n")
+
+    def run_config(self) -> dict | None:
+        """The content of ``model_config.json``: the trained model's class, arguments and rate (None:
+        the model records no arguments, nothing is written)."""
+        try:
+            cfg = model_config(unwrap(self.modules.model))
+        except TypeError as err:
+            logger.warning("model_config.json not written: %s", err)
+            return None
+        cfg["sample_rate"] = self._rate
+        return cfg
 
     def on_stage_start(self, stage, epoch=None):
         """Reset accumulators; tell epoch-aware training sets which epoch it is."""
@@ -248,24 +249,38 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
             meta = dict(stats)
             if key not in meta or meta[key] is None or math.isnan(meta[key]):
                 meta[key] = -math.inf if key != "loss" else math.inf  # never preferred
-            keep = self.hparams.keep_checkpoints
-            self.epoch_log.stage({"epoch": epoch}, train_stats=getattr(self, "train_stats", None), valid_stats=stats)
-            if key == "loss":
-                self.checkpointer.save_and_keep_only(meta=meta, min_keys=["loss"], num_to_keep=keep)
-            else:
-                self.checkpointer.save_and_keep_only(meta=meta, max_keys=[key], num_to_keep=keep)
-            self.epoch_log.commit()  # after the checkpoint: an epoch redone after a kill appears once in the log
-            self.budget.check(self.hparams.max_train_minutes, epoch, self.hparams.epoch_counter)
+            keys = {"min_keys": ["loss"]} if key == "loss" else {"max_keys": [key]}
+            self.end_epoch(epoch, meta, **keys, num_to_keep=self.hparams.keep_checkpoints,
+                           train_stats=getattr(self, "train_stats", None), valid_stats=stats)
         elif stage == sb.Stage.TEST:
             counter = self.hparams.epoch_counter
             self._log({"epoch loaded": counter.current if counter is not None else None}, test_stats=stats)
-            folder = self.hparams.output_folder
-            if result is not None and folder and sb.utils.distributed.if_main_process():
-                result.to_csv(os.path.join(folder, "test_scores.csv"))
-                tested = getattr(self.checkpointer, "recovered", None)  # the checkpoint these scores belong to
-                extra = {"checkpoint": os.path.basename(str(tested.path))} if tested is not None else {}
-                result.to_json(os.path.join(folder, "test_summary.json"), extra)
+            if result is not None:
+                self.write_test_result(result)
             self.test_stats = stats
+
+    def end_epoch(self, epoch, meta: dict, *, max_keys=None, min_keys=None, num_to_keep: int = 1, **stats) -> None:
+        """The end of an epoch: its log line staged, the checkpoint (kept by ``max_keys``/``min_keys``),
+        the line committed, then the wall-clock budget checked.
+
+        The line travels in the checkpoint and is written after it, so an epoch redone after a kill
+        appears once in the log. ``stats`` are the logger's (``train_stats=``, ``valid_stats=``).
+        """
+        self.epoch_log.stage({"epoch": epoch}, **stats)
+        self.checkpointer.save_and_keep_only(meta=meta, max_keys=list(max_keys or []), min_keys=list(min_keys or []),
+                                             num_to_keep=num_to_keep)
+        self.epoch_log.commit()
+        self.budget.check(self.hparams.max_train_minutes, epoch, self.hparams.epoch_counter)
+
+    def write_test_result(self, result: EvalResult, suffix: str = "") -> None:
+        """``test_scores<suffix>.csv`` and ``test_summary<suffix>.json`` in the run folder (main process),
+        the summary naming the checkpoint the scores belong to."""
+        folder = self.hparams.output_folder
+        if folder and sb.utils.distributed.if_main_process():
+            result.to_csv(os.path.join(folder, f"test_scores{suffix}.csv"))
+            tested = getattr(self.checkpointer, "recovered", None)
+            extra = {"checkpoint": os.path.basename(str(tested.path))} if tested is not None else {}
+            result.to_json(os.path.join(folder, f"test_summary{suffix}.json"), extra)
 
     def _log(self, meta, **stats):
         for logger_name in ("train_logger", "tensorboard_logger"):

@@ -142,7 +142,6 @@ class MALBrain(EnhanceBrain):
         HParam("trust_code", "bool", False, "let init_from's folder name a model class outside sb_mal's allow-list"),
         HParam("feature_loss", "callable", None, "the frozen deep-feature loss of variant ssl_l1"),
     ], drop=["compute_cost"])
-    LOSS_KEYS = ("rec_cost", "feature_loss")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -158,12 +157,12 @@ class MALBrain(EnhanceBrain):
         self.lambda_mal, self.lambda_rec = h.lambda_mal, h.lambda_rec
         if feature_loss is not None:  # deep-feature baseline: an external frozen network
             self.loss_encoder = "external"
-            self.mal_loss = feature_loss.to(self.device)
+            self.mal_loss = feature_loss  # its frozen network follows the inputs
         else:
             self.mal_loss = ModelAsLoss(self.modules.model, taps=h.mal_taps, encoder=self.loss_encoder,
                                         input_fn=h.mal_input_fn, train_encoder=self.train_encoder,
                                         encoder_prefixes=h.encoder_prefixes, snapshot_now=False,
-                                        tap_weights=h.mal_tap_weights).to(self.device)
+                                        tap_weights=h.mal_tap_weights)  # the snapshot follows the inputs
             register(self.checkpointer, {"mal_loss": self.mal_loss}, "MALBrain")  # the snapshot, once taken
         self._phase2_ready = False
         self.grad_share: dict | None = None

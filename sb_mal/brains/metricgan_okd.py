@@ -38,34 +38,38 @@ added. Every score, target and discriminator input then compares ``s`` with ``m 
 unprocessed reference: ``s + n``); the targets must be intelligibility metrics (siib, estoi,
 stoi, haspi).
 
-Mixed precision (``--precision``), gradient accumulation, the non-finite checks, ``no_sync`` and
-clipping (``max_grad_norm``) are SpeechBrain's own, for the generators; the discriminator updates
-use the same ``training_ctx``, ``scaler`` and checks. No private method of SpeechBrain's Brain is
-overridden. Under DDP each generator is its own DDP module (gradients synchronised),
+The Brain is an :class:`~sb_mal.brains.EnhanceBrain`: the declarations it shares (rate, metrics,
+pool, budget, loggers, run folder), ``model_config.json``, the test files, the wall-clock budget
+and the epoch log are that Brain's. Mixed precision (``--precision``), gradient accumulation, the
+non-finite checks, ``no_sync`` and clipping (``max_grad_norm``) are SpeechBrain's own, for the
+generators; every discriminator update goes through :meth:`MetricGANOKDBrain.discriminator_step`,
+which runs SpeechBrain's ``optimizers_step`` with the discriminator's optimiser alone (gradient
+check, scaler, clipping, step counter: ``optimizer_step`` counts generator and discriminator
+updates). No private method of SpeechBrain's Brain is overridden. Under DDP each generator is its own DDP module (gradients synchronised),
 the metric work of the discriminator step is split across ranks and gathered, and every rank then
 runs the same discriminator updates on the same data, so the history stays identical everywhere.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 import os
 import time
 
+import numpy as np
 import speechbrain as sb
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.sampler import ReproducibleWeightedRandomSampler
 
-from sb_mal.brains.budget import TrainingBudget
-from sb_mal.brains.ddp import GlooFriendlyDDP, unwrap
-from sb_mal.brains.hparams import REQUIRED, HParam, HParams, HParamsError
+from sb_mal.brains.ddp import unwrap
+from sb_mal.brains.enhance import ENHANCE_HPARAMS, EnhanceBrain
+from sb_mal.brains.hparams import REQUIRED, HParam, HParamsError
 from sb_mal.brains.metric_history import MetricHistory
-from sb_mal.brains.okd_discriminator import DiscriminatorPhase
-from sb_mal.brains.recoverables import EpochLog, RunningTotals, register
-from sb_mal.fileio import atomic_write_text
+from sb_mal.brains.okd_discriminator import DiscriminatorPhase, PhaseSettings
+from sb_mal.brains.recoverables import RunningTotals, register
 from sb_mal.listening import INTELLIGIBILITY_TARGETS, equal_power, noise_at_snr, utterance_snr
 from sb_mal.metrics import evaluate as evaluate_metrics
 from sb_mal.metrics.targets import TARGET_METRICS
@@ -75,13 +79,15 @@ logger = logging.getLogger(__name__)
 __all__ = ["MetricGANOKDBrain"]
 
 
-class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
+class MetricGANOKDBrain(EnhanceBrain):
     """MetricGAN+ / MetricGAN-OKD training (see the module docstring).
 
-    Its hyperparameters are declared in ``MetricGANOKDBrain.HPARAMS`` (docs/hparams.md).
+    Its hyperparameters are declared in ``MetricGANOKDBrain.HPARAMS`` (docs/hparams.md): EnhanceBrain's,
+    without the single model's loss and checkpoint choice, plus the generators', the discriminator's
+    and the schedule's.
     """
 
-    HPARAMS = HParams("MetricGANOKDBrain", [
+    HPARAMS = ENHANCE_HPARAMS.extend("MetricGANOKDBrain", [
         HParam("target_metrics", "list", REQUIRED, "one target metric per generator"),
         HParam("g_opt_class", "callable", REQUIRED, "optimiser of each generator (!name:)"),
         HParam("d_opt_class", "callable", REQUIRED, "optimiser of the discriminator (!name:)"),
@@ -95,24 +101,18 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         HParam("history_folder", "str", None, "where the history's audio lives (default: <output_folder>/history)"),
         HParam("valid_every", "int", 1, "validate every this many epochs (and at the last)", low=1),
         HParam("valid_metrics", "metrics", None, "validation metrics (default: the targets and stoi)"),
-        HParam("test_metrics", "metrics", ["intrusive"], "test metrics"),
-        HParam("n_jobs", "int", 2, "metric worker processes (0: in the training process)", low=0),
-        HParam("metric_timeout", "float", 120.0, "seconds per utterance before a metric worker is replaced", low=1),
-        HParam("sample_rate", "int", 16000, "rate of the audio", low=1),
         HParam("seed", "int", 0, "seed of the utterance draws and the generator choice"),
-        HParam("train_logger", "any", None, "a SpeechBrain train logger"),
-        HParam("max_train_minutes", "float", None, "stop after the first epoch that ends past this budget", low=0),
         HParam("task", "str", "enhancement", "enhancement (noisy -> clean) or listening (clean speech modified "
                "before noise is added)", choices=("enhancement", "listening")),
         HParam("le_snr_range", "numbers", [-10.0, 5.0], "listening: training SNRs (dB), uniform in [low, high]"),
         HParam("le_eval_snrs", "numbers", [-5.0, 0.0, 5.0], "listening: validation/test SNRs (dB), one per utterance"),
         HParam("init_generators_from", "str", None, "warm start: a pretrained generator (run folder, CKPT+* folder "
                "or model.ckpt) whose weights start every generator (a fresh run only)"),
-    ])
+    ], drop=["compute_cost", "ckpt_key", "keep_checkpoints", "enhanced_folder"])
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        h = self.HPARAMS.apply(self.hparams)
+        h = self.hparams
         self.targets = list(h.target_metrics)
         bad = [m for m in self.targets if m not in TARGET_METRICS]
         if bad:
@@ -139,12 +139,14 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         self.rate = int(h.sample_rate)
         self.history = MetricHistory(h.history_folder or os.path.join(h.output_folder, "history"), self.rate)
         self.totals = RunningTotals(metric_seconds=0.0)
-        self.discriminator_phase = DiscriminatorPhase(self)
-        self.epoch_log = EpochLog(lambda: [self.hparams.train_logger])  # the epoch's line, in its checkpoint
-        self.budget = TrainingBudget()
-        # generators and discriminator, whatever N is; the history, the running totals, the log line
-        register(self.checkpointer, {**self.modules, "history": self.history, "totals": self.totals,
-                                     "epoch_log": self.epoch_log}, type(self).__name__, optional=["totals", "epoch_log"])
+        self._discriminator_stepping = False
+        self.discriminator_phase = DiscriminatorPhase(self, PhaseSettings(
+            targets=tuple(self.targets), rate=self.rate, pesq_mapping=self.pesq_mapping, seed=int(h.seed),
+            history_portion=float(h.history_portion), n_jobs=int(h.n_jobs), metric_timeout=float(h.metric_timeout),
+            listening=self.listening))
+        # generators and discriminator, whatever N is; the history, the running totals
+        register(self.checkpointer, {**self.modules, "history": self.history, "totals": self.totals},
+                 type(self).__name__, optional=["totals"])
 
     @property
     def metric_seconds(self) -> float:
@@ -208,9 +210,9 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
     # -- generator step ----------------------------------------------------------------------
     def on_stage_start(self, stage, epoch=None):
         """Reset per-epoch state; the sampler draws a new set of utterances every epoch."""
+        super().on_stage_start(stage, epoch)
         self._current = []  # (id, noisy, clean) of this epoch's training utterances
         self._valid_outputs = {i: [] for i in range(self.n)}
-        self._g_losses = {name: [] for name in self.gen_names}
         if stage == sb.Stage.VALID:  # every `valid_every` epochs and at the last one
             self._validating = (epoch is None or epoch % self.hparams.valid_every == 0
                                 or epoch == self.hparams.epoch_counter.limit)
@@ -256,7 +258,7 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
         ref = self.log1p(clean, lens)
         m = valid[:, :, None].to(enhanced[0].dtype)
         count = (m.sum() * enhanced[0].shape[2]).clamp(min=1)
-        total = 0
+        total, losses = 0, {}
         for i, enh in enumerate(enhanced):
             score = self.modules.discriminator(ref, enh)[:, i]
             loss = torch.mean((score.float() - 1.0) ** 2)
@@ -264,13 +266,62 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
                 kd = sum((((enh - peer.detach()) ** 2) * m).sum() / count
                          for j, peer in enumerate(enhanced) if j != i)
                 loss = loss + self.alpha * kd
-            self._g_losses[self.gen_names[i]].append(loss.detach())
+            losses[f"{self.gen_names[i]}_loss"] = loss.detach()
             total = total + loss
+        self.stage_terms.add(losses)
         return total
 
     def freeze_optimizers(self, optimizers):
-        """The generator steps move the generators only (the discriminator has its own phase)."""
+        """The generator steps move the generators only; a discriminator step moves the discriminator only."""
+        if self._discriminator_stepping:
+            return {"discriminator": optimizers["discriminator"]}
         return {name: optimizers[name] for name in self.gen_names}
+
+    # -- the discriminator phase's interface (okd_discriminator.DiscriminatorHost) ----------------
+    def enhance_for_discriminator(self, generator: int, utterances: list) -> list[np.ndarray]:
+        """Generator ``generator``'s output for each ``(id, noisy, clean)`` utterance, one at a time, in
+        eval mode without gradient (listening: the clean speech modified by it, plus the noise)."""
+        gen = unwrap(self.modules[self.gen_names[generator]])
+        gen.eval()
+        try:
+            with torch.no_grad():
+                return [self._enhance(generator, x[None].to(self.device), c[None].to(self.device))[0]
+                        .float().cpu().numpy() for _, x, c in utterances]
+        finally:
+            gen.train()
+
+    def discriminator_loss(self, reference: np.ndarray, degraded: np.ndarray, target) -> torch.Tensor | None:
+        """The discriminator's squared error on one pair (``training_ctx``: mixed precision as the
+        generators); None for a pair too short for the discriminator."""
+        disc = self.modules.discriminator
+        n = min(len(reference), len(degraded))
+        ref = torch.as_tensor(np.asarray(reference[:n]), dtype=torch.float32, device=self.device)[None]
+        deg = torch.as_tensor(np.asarray(degraded[:n]), dtype=torch.float32, device=self.device)[None]
+        with self.training_ctx:
+            r, d = self.log1p(ref), self.log1p(deg)
+            if r.shape[1] < getattr(unwrap(disc), "min_frames", 1):
+                return None
+            pred = disc(r, d)
+            return torch.mean((pred.float() - torch.tensor([target], device=self.device)) ** 2)
+
+    def discriminator_step(self, loss: torch.Tensor) -> None:
+        """One discriminator update from ``loss``: its gradient alone (the generator steps leave some in
+        the discriminator), then SpeechBrain's ``optimizers_step`` with the discriminator's optimiser
+        only (unscale, clipping to ``max_grad_norm``, gradient check, step, scaler update, counter)."""
+        self.optimizers_dict["discriminator"].zero_grad(set_to_none=True)
+        scaled = self.scaler.scale(loss)
+        self.check_loss_isfinite(scaled)
+        scaled.backward()
+        with self._discriminator_only():
+            self.optimizers_step()
+
+    @contextlib.contextmanager
+    def _discriminator_only(self):
+        self._discriminator_stepping = True
+        try:
+            yield
+        finally:
+            self._discriminator_stepping = False
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Keep each learnable sigmoid's slope at most 3.5, as MetricGAN+ does."""
@@ -280,19 +331,18 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
                     unwrap(self.modules[name]).sigmoid.slope.clamp_(max=3.5)
 
     def on_fit_start(self):
-        """Usual start (DDP, optimisers, recovery) plus the generator config for ``sb-mal export``."""
+        """EnhanceBrain's start (recovery, epoch log, budget, ``model_config.json``), then the warm start
+        of a fresh run."""
         super().on_fit_start()
-        self.epoch_log.restore()
-        self.budget.start()
         if self.hparams.init_generators_from and self.hparams.epoch_counter.current == 0:
             self.warm_start(self.hparams.init_generators_from)
-        folder = self.hparams.output_folder
-        if folder and sb.utils.distributed.if_main_process():
-            gen = unwrap(self.modules[self.gen_names[0]])
-            cfg = {"class": f"{type(gen).__module__}.{type(gen).__qualname__}", "kwargs": gen.config,
-                   "sample_rate": self.rate, "task": self.hparams.task,
-                   "recoverables": {m: name for m, name in zip(self.targets, self.gen_names)}}
-            atomic_write_text(os.path.join(folder, "model_config.json"), json.dumps(cfg, indent=2) + "\n")
+
+    def run_config(self) -> dict:
+        """``model_config.json``: the generators' class and arguments, and which generator has which target."""
+        gen = unwrap(self.modules[self.gen_names[0]])
+        return {"class": f"{type(gen).__module__}.{type(gen).__qualname__}", "kwargs": gen.config,
+                "sample_rate": self.rate, "task": self.hparams.task,
+                "recoverables": {m: name for m, name in zip(self.targets, self.gen_names)}}
 
     def warm_start(self, source) -> None:
         """Load the pretrained generator ``source`` into every generator (strictly: same architecture)."""
@@ -336,8 +386,7 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """D step after training; per-generator validation and checkpointing; test summaries."""
         if stage == sb.Stage.TRAIN:
-            self.train_stats = {f"{n}_loss": float(torch.stack(v).float().mean()) for n, v in self._g_losses.items()
-                                if v}
+            self.train_stats = self.stage_terms.means()
             self.train_stats.update(self.discriminator_phase.run(epoch, self._current))
             started, metric_before = self._epoch_clock
             # wall time of the training stage (generator steps + metric targets + D step) and its metric share
@@ -345,13 +394,10 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
             self.train_stats["metric_seconds"] = self.metric_seconds - metric_before
             self.train_stats["metric_seconds_total"] = self.metric_seconds
             return
+        keys = [f"g{i}_{m}" for i, m in enumerate(self.targets)]
         if stage == sb.Stage.VALID and not self._validating:
             # no validation this epoch: still a (recent) checkpoint, so a kill loses at most one epoch
-            self.epoch_log.stage({"epoch": epoch}, train_stats=self.train_stats)
-            self.checkpointer.save_and_keep_only(meta={"end_of_epoch": True},
-                                                 max_keys=[f"g{i}_{m}" for i, m in enumerate(self.targets)])
-            self.epoch_log.commit()
-            self.budget.check(self.hparams.max_train_minutes, epoch, self.hparams.epoch_counter)
+            self.end_epoch(epoch, {"end_of_epoch": True}, max_keys=keys, train_stats=self.train_stats)
         elif stage == sb.Stage.VALID:
             names = list(self.hparams.valid_metrics or dict.fromkeys([*self.targets, "stoi"]))
             stats = {}
@@ -359,23 +405,13 @@ class MetricGANOKDBrain(GlooFriendlyDDP, sb.Brain):
                 means = self._eval_metrics(i, names).means
                 stats.update({f"g{i}_{m}": v for m, v in means.items()})
             meta = {k: (-math.inf if v is None or math.isnan(v) else v) for k, v in stats.items()}
-            keys = [f"g{i}_{m}" for i, m in enumerate(self.targets)]
-            self.epoch_log.stage({"epoch": epoch}, train_stats=self.train_stats, valid_stats=stats)
-            self.checkpointer.save_and_keep_only(meta=meta, max_keys=keys)
-            self.epoch_log.commit()  # after the checkpoint: a redone epoch is logged once
-            self.budget.check(self.hparams.max_train_minutes, epoch, self.hparams.epoch_counter)
+            self.end_epoch(epoch, meta, max_keys=keys, train_stats=self.train_stats, valid_stats=stats)
         elif stage == sb.Stage.TEST:
             i = self._eval_generators[0]
-            names = list(self.hparams.test_metrics)
-            result = self._eval_metrics(i, names)
-            folder = self.hparams.output_folder
-            if folder and sb.utils.distributed.if_main_process():
-                result.to_csv(os.path.join(folder, f"test_scores_g{i}.csv"))
-                result.to_json(os.path.join(folder, f"test_summary_g{i}.json"))
-            if self.hparams.train_logger is not None:
-                self.hparams.train_logger.log_stats({"generator": i, "target": self.targets[i],
-                                                     "epoch loaded": self.hparams.epoch_counter.current},
-                                                    test_stats=result.means)
+            result = self._eval_metrics(i, list(self.hparams.test_metrics))
+            self.write_test_result(result, suffix=f"_g{i}")
+            self._log({"generator": i, "target": self.targets[i], "epoch loaded": self.hparams.epoch_counter.current},
+                      test_stats=result.means)
             self.test_stats = getattr(self, "test_stats", {})
             self.test_stats[i] = result.means
 

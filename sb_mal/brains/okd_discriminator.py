@@ -13,8 +13,11 @@ each training stage with the epoch's utterances:
    set; :meth:`~DiscriminatorPhase.update_history` adds the current set; one more update on it.
 
 An utterance whose targets contain NaN is skipped by every update and never enters the history
-(never a crash, never a hang). Every update goes through the Brain's ``training_ctx`` and
-``scaler`` (mixed precision) and its non-finite check, and clips to ``max_grad_norm``.
+(never a crash, never a hang).
+
+The phase talks to its Brain through :class:`DiscriminatorHost` only: the history and running
+totals, the generators' outputs, the discriminator's loss on one pair and one update step (the
+Brain's, through SpeechBrain's ``optimizers_step``); its settings come as a :class:`PhaseSettings`.
 """
 
 from __future__ import annotations
@@ -22,15 +25,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from sb_mal.brains.ddp import unwrap
+from sb_mal.brains.metric_history import MetricHistory
+from sb_mal.brains.recoverables import RunningTotals
 from sb_mal.metrics import evaluate as evaluate_metrics
 from sb_mal.metrics.targets import normalize_scores
 
-__all__ = ["DiscriminatorPhase", "Scored", "distributed"]
+__all__ = ["DiscriminatorHost", "DiscriminatorPhase", "PhaseSettings", "Scored", "distributed"]
 
 
 def distributed() -> tuple[int, int]:
@@ -65,76 +70,86 @@ class Scored:
         return any(math.isnan(t) for t in self.enhanced_targets)
 
 
+@dataclass(frozen=True)
+class PhaseSettings:
+    """What the phase is configured with (the Brain's hparams, read once)."""
+
+    targets: tuple  #: one target metric per generator
+    rate: int
+    pesq_mapping: str
+    seed: int  #: with the epoch, seeds the generator choice and the history replay
+    history_portion: float
+    n_jobs: int
+    metric_timeout: float
+    listening: bool = False  #: per-epoch noisy targets (the noise level changes every epoch)
+
+
+class DiscriminatorHost(Protocol):
+    """What :class:`DiscriminatorPhase` needs from its Brain (:class:`~sb_mal.brains.MetricGANOKDBrain`)."""
+
+    history: MetricHistory
+    totals: RunningTotals
+
+    def enhance_for_discriminator(self, generator: int, utterances: list) -> list[np.ndarray]:
+        """One generator's output for each ``(id, noisy, clean)`` utterance (eval mode, no gradient)."""
+
+    def discriminator_loss(self, reference: np.ndarray, degraded: np.ndarray, target) -> torch.Tensor | None:
+        """The discriminator's loss on one pair with its targets (None: too short to score)."""
+
+    def discriminator_step(self, loss: torch.Tensor) -> None:
+        """One update of the discriminator from ``loss``."""
+
+
 class DiscriminatorPhase:
     """The discriminator phase of a :class:`~sb_mal.brains.MetricGANOKDBrain` (module docstring)."""
 
-    def __init__(self, brain):
-        self.brain = brain
+    def __init__(self, host: DiscriminatorHost, settings: PhaseSettings):
+        self.host, self.settings = host, settings
+
+    @property
+    def n(self) -> int:
+        return len(self.settings.targets)
 
     # -- sub-steps ---------------------------------------------------------------------------------
     def enhance(self, generator: int, utterances: list) -> list[np.ndarray]:
         """Enhance ``(id, noisy, clean)`` utterances with one generator (eval mode, no gradient); in
         listening enhancement, the clean speech modified by it plus the noise."""
-        b = self.brain
-        gen = unwrap(b.modules[b.gen_names[generator]])
-        gen.eval()
-        try:
-            with torch.no_grad():
-                return [b._enhance(generator, x[None].to(b.device), c[None].to(b.device))[0].float().cpu().numpy()
-                        for _, x, c in utterances]
-        finally:
-            gen.train()
+        return self.host.enhance_for_discriminator(generator, utterances)
 
     def score(self, signals: list, cleans: list, ids: list) -> list[list[float]]:
         """Normalised targets ``[utt][metric]`` (NaN where a metric failed); the time is counted."""
-        b = self.brain
+        cfg = self.settings
         t0 = time.monotonic()
-        result = evaluate_metrics(signals, cleans, b.rate, metrics=b.targets, n_jobs=b.hparams.n_jobs, ids=ids,
-                                  timeout=b.hparams.metric_timeout)
-        b.totals.add("metric_seconds", time.monotonic() - t0)
-        return [normalize_scores(b.targets, row, b.pesq_mapping) for row in result.rows]
+        result = evaluate_metrics(signals, cleans, cfg.rate, metrics=list(cfg.targets), n_jobs=cfg.n_jobs, ids=ids,
+                                  timeout=cfg.metric_timeout)
+        self.host.totals.add("metric_seconds", time.monotonic() - t0)
+        return [normalize_scores(list(cfg.targets), row, cfg.pesq_mapping) for row in result.rows]
 
     def update(self, pairs: list[tuple[np.ndarray, np.ndarray, list]]) -> list[float]:
         """One discriminator step per (reference, degraded, targets); NaN targets and too-short pairs skipped."""
-        b = self.brain
-        disc, opt = b.modules.discriminator, b.optimizers_dict["discriminator"]
-        min_frames = getattr(unwrap(disc), "min_frames", 1)
         losses = []
         for ref_wav, deg_wav, target in pairs:
             if any(math.isnan(t) for t in target):
                 continue
-            n = min(len(ref_wav), len(deg_wav))
-            ref = torch.as_tensor(np.asarray(ref_wav[:n]), dtype=torch.float32, device=b.device)[None]
-            deg = torch.as_tensor(np.asarray(deg_wav[:n]), dtype=torch.float32, device=b.device)[None]
-            with b.training_ctx:
-                r, d = b.log1p(ref), b.log1p(deg)
-                if r.shape[1] < min_frames:
-                    continue
-                pred = disc(r, d)
-                loss = torch.mean((pred.float() - torch.tensor([target], device=b.device)) ** 2)
-            opt.zero_grad(set_to_none=True)
-            scaled = b.scaler.scale(loss)
-            b.check_loss_isfinite(scaled)
-            scaled.backward()
-            b.scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(disc.parameters(), b.max_grad_norm)
-            b.scaler.step(opt)
-            b.scaler.update()
+            loss = self.host.discriminator_loss(ref_wav, deg_wav, target)
+            if loss is None:
+                continue
+            self.host.discriminator_step(loss)
             losses.append(float(loss.detach()))
         return losses
 
     def replay(self, rng: np.random.Generator) -> list[tuple]:
         """``history_portion`` of the history's (clean, enhanced, targets), drawn with ``rng``."""
-        history = self.brain.history
+        history = self.host.history
         return [(*history.load_audio(entry), entry["targets"])
-                for entry in history.sample(self.brain.hparams.history_portion, rng)]
+                for entry in history.sample(self.settings.history_portion, rng)]
 
     def update_history(self, current: list[Scored], epoch: int) -> None:
         """Add the epoch's enhanced utterances (not those whose targets failed) to the history."""
         rank, world = distributed()
         for item in current:
             if not item.failed:
-                self.brain.history.add(item.uid, epoch, item.enhanced, item.clean, item.enhanced_targets,
+                self.host.history.add(item.uid, epoch, item.enhanced, item.clean, item.enhanced_targets,
                                        write=rank == 0)
         if world > 1:
             torch.distributed.barrier()  # history files are on disk before anyone reads them
@@ -142,7 +157,7 @@ class DiscriminatorPhase:
     # -- the phase ---------------------------------------------------------------------------------
     def collect(self, utterances: list, generator: int) -> list[Scored]:
         """Steps 1 and 2: enhance and score this rank's share, then gather the whole set on every rank."""
-        history = self.brain.history
+        history = self.host.history
         enhanced = self.enhance(generator, utterances)
         ids = [u for u, _, _ in utterances]
         cleans = [c.numpy() for _, _, c in utterances]
@@ -158,18 +173,17 @@ class DiscriminatorPhase:
         current = [item for part in _all_gather(mine) for item in part]  # identical updates on every rank
         for item in current:
             history.noisy_targets[item.uid] = item.noisy_targets
-        if getattr(self.brain, "listening", False):  # per-epoch keys (uid@epochN) are never looked up again
+        if self.settings.listening:  # per-epoch keys (uid@epochN) are never looked up again
             keep = {item.uid for item in current}
             history.noisy_targets = {k: v for k, v in history.noisy_targets.items() if k in keep or "@epoch" not in k}
         return current
 
     def run(self, epoch: int, utterances: list) -> dict:
         """The whole phase for the epoch's ``(id, noisy, clean)`` utterances; returns its log stats."""
-        b = self.brain
-        rng = np.random.default_rng([b.hparams.seed, int(epoch)])
-        generator = int(rng.integers(b.n))
+        rng = np.random.default_rng([self.settings.seed, int(epoch)])
+        generator = int(rng.integers(self.n))
         current = self.collect(utterances, generator)
-        ones = [1.0] * b.n
+        ones = [1.0] * self.n
         triple = [pair for item in current for pair in ((item.clean, item.enhanced, item.enhanced_targets),
                                                         (item.clean, item.noisy, item.noisy_targets),
                                                         (item.clean, item.clean, ones))]
@@ -180,7 +194,7 @@ class DiscriminatorPhase:
         stats = {"d_loss_current": float(np.mean(d_current)) if d_current else math.nan,
                  "d_loss_history": float(np.mean(d_history)) if d_history else math.nan,
                  "d_generator": generator, "d_skipped": sum(item.failed for item in current)}
-        for k, metric in enumerate(b.targets):
+        for k, metric in enumerate(self.settings.targets):
             values = [item.enhanced_targets[k] for item in current]
             stats[f"d_target_{metric}"] = float(np.nanmean(values)) if not all(map(math.isnan, values)) else math.nan
         return stats

@@ -167,7 +167,6 @@ class PositionInvariantBrain(EnhanceBrain):
         HParam("speed_seed", "int", None, "seed of the factor draws (default: seed)"),
         HParam("dtw_gamma", "float", 0.1, "gamma of the logged ssl_dtw distance", low=0),
     ], drop=["compute_cost"])
-    LOSS_KEYS = ("ssl_loss", "rec_cost")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

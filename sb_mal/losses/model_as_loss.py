@@ -165,7 +165,10 @@ class ModelAsLoss(ReturnsTerms, FrozenNetworks):
         self.taps, self.protocol = self._resolve_taps(model, taps)
         self.tap_weights = self._resolve_tap_weights(tap_weights)
         self.time_axis = time_axis
-        self.input_fn = input_fn  # an nn.Module input_fn is registered (moves with .to())
+        if isinstance(input_fn, nn.Module) and not any(p.requires_grad for p in input_fn.parameters()):
+            self.freeze("input_fn", input_fn)  # a fixed feature computation: follows the inputs' device
+        else:  # a plain function, or part of a trained model (placed with that model)
+            self.input_fn = input_fn
         self.pass_lengths = True if self.protocol else (lengths_arg_exists(model.forward) if pass_lengths is None
                                                         else bool(pass_lengths))
         self.train_encoder = bool(train_encoder)
@@ -174,6 +177,8 @@ class ModelAsLoss(ReturnsTerms, FrozenNetworks):
         if encoder == "snapshot":
             self.freeze("snapshot", TapEncoder(copy.deepcopy(model)))  # in state_dict: checkpointed
             self.register_buffer("snapshot_taken", torch.tensor(False))
+            self._snapshot_ready = False  # the buffer's value on the host: no device read per step
+            self.register_load_state_dict_post_hook(_refresh_snapshot_flag)
             if snapshot_now is True:
                 self.take_snapshot()
         self.snapshot_on_first_call = encoder == "snapshot" and snapshot_now == "first_call"
@@ -271,7 +276,7 @@ class ModelAsLoss(ReturnsTerms, FrozenNetworks):
     @property
     def ready(self) -> bool:
         """Whether the loss encoder is defined (always for live; after a snapshot otherwise)."""
-        return self.encoder == "live" or bool(self.snapshot_taken)
+        return self.encoder == "live" or self._snapshot_ready
 
     def take_snapshot(self, model: nn.Module | None = None) -> None:
         """Freeze a copy of ``model``'s current weights (default: the model given at construction)."""
@@ -284,6 +289,7 @@ class ModelAsLoss(ReturnsTerms, FrozenNetworks):
             if isinstance(m, nn.RNNBase):
                 m.flatten_parameters()
         self.snapshot_taken.fill_(True)
+        self._snapshot_ready = True
         if not self.train_encoder:
             self.freeze_encoder(source)
         logger.info("ModelAsLoss: encoder snapshot taken (%s)", self.model_name)
@@ -358,9 +364,9 @@ class ModelAsLoss(ReturnsTerms, FrozenNetworks):
             raise RuntimeError("ModelAsLoss: no encoder snapshot yet; call take_snapshot() (MALBrain does at phase 2) "
                                "or construct with snapshot_now='first_call'")
         predictions, targets = check_waveforms(predictions, targets, "ModelAsLoss")
-        if self.encoder == "snapshot":
+        if self.frozen_networks():  # the snapshot and/or a module input_fn
             predictions = self.follow(predictions)
-        else:
+        if self.encoder == "live":
             first = next(self._live[0].model.parameters(), None)
             if first is not None:
                 predictions = predictions.to(first.dtype if first.is_floating_point() else predictions.dtype)
@@ -386,3 +392,8 @@ class ModelAsLoss(ReturnsTerms, FrozenNetworks):
             parts[f"mal_{name}"] = part(term)
             per_item = per_item + weight * term
         return (reduce(per_item, reduction), parts) if terms else reduce(per_item, reduction)
+
+
+def _refresh_snapshot_flag(module: ModelAsLoss, incompatible_keys) -> None:
+    """After a state dict is loaded: read the snapshot flag once, on the host."""
+    module._snapshot_ready = bool(module.snapshot_taken)
