@@ -120,8 +120,10 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
                         help="seeds, each training both recipes (default: 1 2 3; at least 3)")
     parser.add_argument("--epochs", type=int, default=30,
-                        help="training epochs of every generator, each of --samples steps (default 30)")
-    parser.add_argument("--samples", type=int, default=48, help="utterances drawn per epoch (generator steps)")
+                        help="training epochs (default 30); epoch 1 trains only the discriminator, so the generators "
+                             "make (epochs - 1) x --samples steps")
+    parser.add_argument("--samples", type=int, default=48,
+                        help="utterances drawn per epoch, one generator step each from epoch 2 (default 48)")
     parser.add_argument("--valid-every", type=int, default=5,
                         help="validate (and keep the best checkpoint) every this many epochs (default 5)")
     parser.add_argument("--valid-limit", type=int, default=20,
@@ -162,7 +164,7 @@ def report(out: Path, args, metrics: list[str]) -> None:
               for snr in EVAL_SNRS}
     runs = [out / f"seed{s}" / name / "seconds" for s in args.seeds for name in SYSTEMS]
     minutes = {name: [float(f.read_text()) / 60 for f in runs if f.exists() and f.parent.name == name] for name in SYSTEMS}
-    budget = f"{args.epochs} x {args.samples} steps"
+    budget = f"{args.epochs} x {args.samples} utterances, {(args.epochs - 1) * args.samples} generator steps"
     budget_of = {name: budget + (f", {sum(m) / len(m):.0f} min/run" if m else "") for name, m in minutes.items()}
     finished = {(name, g): {s: out / f"seed{s}" / name / f"test_scores_g{g}.csv" for s in args.seeds
                             if (out / f"seed{s}" / name / "seconds").exists()}
@@ -218,7 +220,7 @@ def report(out: Path, args, metrics: list[str]) -> None:
     body = (header("Listening enhancement: MetricGAN+ vs MetricGAN-OKD (le_experiment.py)", args.report_only)
             + f"- protocol: benchmarks/protocol.py; seeds {args.seeds}; every generator trained from scratch for "
             f"{args.epochs} epochs x {args.samples} utterances (3 s devset training mixtures, noise rescaled to "
-            "-10..5 dB), equal power, YAML model sizes, OKD alpha 5\n"
+            "-10..5 dB; epoch 1 trains only the discriminator), equal power, YAML model sizes, OKD alpha 5\n"
             f"- checkpoint: each generator's best validation target (every {args.valid_every} epochs, "
             f"{args.valid_limit} devset valid pairs at -5/0/5 dB); test: 120 devset test pairs (held-out speech and "
             f"noise) at -5/0/5 dB ({'/'.join(str(len(by_snr[v])) for v in EVAL_SNRS)} utterances, fixed by the id); "

@@ -107,7 +107,7 @@ def build_parser():
     parser.add_argument("--epochs", type=int, default=40,
                         help="training epochs of every system, each drawing --samples utterances: "
                              "(epochs - 1) x samples generator steps (default 40)")
-    parser.add_argument("--samples", type=int, default=48, help="utterances drawn per epoch (generator steps)")
+    parser.add_argument("--samples", type=int, default=48, help="utterances drawn per epoch, one generator step each from epoch 2 (default 48)")
     parser.add_argument("--valid-every", type=int, default=5,
                         help="validate (and keep each generator's best checkpoint) every this many epochs (default 5)")
     parser.add_argument("--valid-limit", type=int, default=20,

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# the cross-run cache of metric scores (sb_mal.metrics.cache): a fresh one for each test session
+os.environ["SB_MAL_CACHE"] = tempfile.mkdtemp(prefix="sb_mal_test_cache_")
 
 #: Every test has one kind: unit (one object, fast), integration (several parts: a Brain, a loader, a
 #: CLI command), recipe (a training recipe end to end) or gpu (needs CUDA). A test or module marks its

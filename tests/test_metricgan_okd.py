@@ -222,7 +222,7 @@ def test_running_totals_survive_a_resume_and_recoverable_names_do_not_clash(tmp_
 
 
 # -- the Brain's own generator step and discriminator phase ------------------------------------------------
-def _okd_brain(tmp_path, alpha, grad_accumulation=1, seed=0):
+def _okd_brain(tmp_path, alpha, grad_accumulation=1, seed=0, **extra):
     import speechbrain as sb
     from speechbrain.utils.epoch_loop import EpochCounter
 
@@ -234,7 +234,7 @@ def _okd_brain(tmp_path, alpha, grad_accumulation=1, seed=0):
     mods = okd_modules(2, MetricDiscriminator(2, channels=(4, 4, 4, 4)), hidden_size=8, num_layers=1, lin_dim=8)
     hparams = {"target_metrics": ["pesq", "csig"], "alpha": alpha, "epoch_counter": counter,
                "g_opt_class": lambda p: torch.optim.Adam(p, lr=1e-2), "d_opt_class": lambda p: torch.optim.Adam(p, lr=1e-2),
-               "output_folder": str(tmp_path), "n_jobs": 0}
+               "output_folder": str(tmp_path), "n_jobs": 0, **extra}
     brain = MetricGANOKDBrain(modules=mods, hparams=hparams, run_opts={"device": "cpu", "noprogressbar": True,
                                                                       "grad_accumulation_factor": grad_accumulation})
     brain.init_optimizers()
@@ -335,19 +335,20 @@ def test_generator_step_accumulates_gradients_as_speechbrain_does(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(d_before, brain.modules.discriminator.parameters()))
 
 
-def test_discriminator_phase_skips_an_utterance_whose_metric_failed(tmp_path, monkeypatch):
-    from sb_mal.brains import okd_discriminator
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_discriminator_phase_skips_an_utterance_whose_metric_failed(tmp_path, monkeypatch, pipelined):
+    from sb_mal.metrics import pool, stream
 
-    class Result:
-        def __init__(self, rows):
-            self.rows = rows
-
-    def fake_evaluate(enhanced, clean, rate, metrics, n_jobs, ids, timeout):
-        return Result([{m: (math.nan if uid == "u1" and m == "csig" else 2.5) for m in metrics} for uid in ids])
-
-    monkeypatch.setattr(okd_discriminator, "evaluate_metrics", fake_evaluate)
-    brain = _okd_brain(tmp_path, 5.0)
     batch = _batch(n=3, samples=16000)
+    failing = batch.clean_sig[0][1].numpy()  # u1's reference: its CSIG fails, whatever is compared with it
+
+    def fake_score(enhanced, clean, rate, metrics):
+        fails = np.array_equal(np.asarray(clean), failing)
+        return {m: (math.nan if fails and m == "csig" else 2.5) for m in metrics}, (["csig failed"] if fails else [])
+
+    monkeypatch.setattr(pool, "score_utterance", fake_score)
+    monkeypatch.setattr(stream, "score_utterance", fake_score)
+    brain = _okd_brain(tmp_path, 5.0, d_pipeline=pipelined, score_cache="off")
     brain.fit_batch(batch)
     d_before = [p.detach().clone() for p in brain.modules.discriminator.parameters()]
     stats = brain.discriminator_phase.run(2, brain._current)
@@ -401,3 +402,36 @@ def test_warm_start_loads_one_pretrained_generator_into_every_generator(tmp_path
     wrong.modules.generator_0 = MetricGANGenerator(hidden_size=16, num_layers=1, lin_dim=8)
     with pytest.raises(ValueError, match="does not fit generator_0"):
         wrong.warm_start(str(run))
+
+
+@pytest.mark.parametrize("n_jobs", [0, 2])
+def test_the_pipelined_discriminator_phase_equals_the_sequential_one(devset_test_arrays, tmp_path, n_jobs):
+    """Same seed, same real utterances: streaming the targets through the pool while the discriminator
+    learns gives the same targets, the same history and bitwise the same discriminator weights as
+    enhancing, scoring and updating one after the other. A second epoch takes the noisy targets from
+    the cross-run cache (no noisy input scored again)."""
+    from speechbrain.dataio.batch import PaddedBatch
+
+    ids, noisy, clean = devset_test_arrays
+    n = min(len(x) for x in noisy + clean)
+    batch = PaddedBatch([{"id": u, "noisy_sig": torch.as_tensor(x[:n]).float(), "clean_sig": torch.as_tensor(c[:n]).float()}
+                         for u, x, c in zip(ids, noisy, clean)])
+    runs = {}
+    for pipelined in (False, True):
+        brain = _okd_brain(tmp_path / f"p{pipelined}", 5.0, n_jobs=n_jobs, d_pipeline=pipelined,
+                           score_cache=str(tmp_path / f"cache{pipelined}.sqlite"))
+        brain.fit_batch(batch)
+        stats = brain.discriminator_phase.run(2, brain._current)
+        scored = []  # noisy inputs scored in the second run
+        brain.discriminator_phase._remember_noisy = lambda utterance, row: scored.append(utterance[0])
+        brain.history.noisy_targets.clear()  # as in a new run on the same data: the cache has them
+        again = brain.discriminator_phase.run(3, brain._current)
+        runs[pipelined] = (stats, again, [p.detach().clone() for p in brain.modules.discriminator.parameters()],
+                           [e["targets"] for e in brain.history.entries], dict(brain.history.noisy_targets), scored)
+    (s0, a0, w0, t0, n0, scored0), (s1, a1, w1, t1, n1, scored1) = runs[False], runs[True]
+    assert s0["d_skipped"] == 0 and math.isfinite(s0["d_loss_current"])
+    assert s0 == s1 and a0 == a1
+    assert t0 == t1 and n0 == n1 and len(n0) == len(ids) and len(t0) == 2 * len(ids)
+    assert all(torch.equal(a, b) for a, b in zip(w0, w1))
+    assert scored0 == scored1 == []
+

@@ -72,6 +72,7 @@ from sb_mal.brains.okd_discriminator import DiscriminatorPhase, PhaseSettings
 from sb_mal.brains.recoverables import RunningTotals, register
 from sb_mal.listening import INTELLIGIBILITY_TARGETS, equal_power, noise_at_snr, utterance_snr
 from sb_mal.metrics import evaluate as evaluate_metrics
+from sb_mal.metrics.cache import default_cache_path
 from sb_mal.metrics.targets import TARGET_METRICS
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,12 @@ class MetricGANOKDBrain(EnhanceBrain):
         HParam("valid_every", "int", 1, "validate every this many epochs (and at the last)", low=1),
         HParam("valid_metrics", "metrics", None, "validation metrics (default: the targets and stoi)"),
         HParam("seed", "int", 0, "seed of the utterance draws and the generator choice"),
+        HParam("n_jobs", "int", None, "metric worker processes (default: the cores less one; 0: in the training "
+               "process)", low=0),
+        HParam("d_pipeline", "bool", True, "score the discriminator's targets while the generator enhances and the "
+               "discriminator learns (same results as one after the other; off: one after the other)"),
+        HParam("score_cache", "str", None, "SQLite file of the noisy inputs' scores, kept across runs (default: "
+               "$SB_MAL_CACHE or ~/.cache/sb_mal/metric_scores.sqlite; `off`: none)"),
         HParam("task", "str", "enhancement", "enhancement (noisy -> clean) or listening (clean speech modified "
                "before noise is added)", choices=("enhancement", "listening")),
         HParam("le_snr_range", "numbers", [-10.0, 5.0], "listening: training SNRs (dB), uniform in [low, high]"),
@@ -113,6 +120,8 @@ class MetricGANOKDBrain(EnhanceBrain):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         h = self.hparams
+        if h.n_jobs is None:
+            h.n_jobs = max(1, (os.cpu_count() or 2) - 1)
         self.targets = list(h.target_metrics)
         bad = [m for m in self.targets if m not in TARGET_METRICS]
         if bad:
@@ -143,7 +152,8 @@ class MetricGANOKDBrain(EnhanceBrain):
         self.discriminator_phase = DiscriminatorPhase(self, PhaseSettings(
             targets=tuple(self.targets), rate=self.rate, pesq_mapping=self.pesq_mapping, seed=int(h.seed),
             history_portion=float(h.history_portion), n_jobs=int(h.n_jobs), metric_timeout=float(h.metric_timeout),
-            listening=self.listening))
+            listening=self.listening, pipelined=bool(h.d_pipeline),
+            score_cache=None if h.score_cache == "off" else (h.score_cache or str(default_cache_path()))))
         # generators and discriminator, whatever N is; the history, the running totals
         register(self.checkpointer, {**self.modules, "history": self.history, "totals": self.totals},
                  type(self).__name__, optional=["totals"])

@@ -36,6 +36,7 @@ from multiprocessing.connection import wait as mp_wait
 from sb_mal.metrics.registry import check_dependencies
 from sb_mal.metrics.results import EvalResult
 from sb_mal.metrics.scoring import score_utterance
+from sb_mal.metrics.stream import ScoreStream
 
 logger = logging.getLogger(__name__)
 
@@ -276,59 +277,8 @@ class MetricPool:
         return EvalResult.from_rows(ids, results, names, failures)
 
     def _run_parallel(self, enhanced, clean, rate, names, done):
-        self._ensure_workers()
-        pending = list(range(len(enhanced)))[::-1]  # pop() from the end = in order
-        resent: set[int] = set()  # utterances whose worker died before taking them (sent once more, no more)
-        idle = list(self._workers)
-        busy: dict = {}  # conn -> worker
-
-        def left_out(i: int, why: str) -> None:
-            done(i, {m: math.nan for m in names}, [why])
-
-        while pending or busy:
-            while pending and idle:
-                worker = idle.pop()
-                i = pending.pop()
-                ref = clean[i] if clean is not None else None
-                try:
-                    worker.conn.send((i, enhanced[i], ref, rate, names))
-                except (OSError, BrokenPipeError):
-                    worker.kill()
-                    idle.append(self._replace(worker))
-                    if i in resent:
-                        left_out(i, "two metric workers died before taking this utterance; left out")
-                    else:
-                        resent.add(i)
-                        pending.append(i)
-                    continue
-                worker.task = (i, time.monotonic())
-                busy[worker.conn] = worker
-            if not busy:
-                continue
-            now = time.monotonic()
-            deadline = min(w.task[1] for w in busy.values()) + self.timeout
-            ready = mp_wait(list(busy.keys()), timeout=max(0.0, deadline - now))
-            for conn in ready:
-                worker = busy.pop(conn)
-                i = worker.task[0]
-                try:
-                    key, scores, msgs = conn.recv()
-                except (EOFError, OSError):
-                    worker.kill()
-                    idle.append(self._replace(worker))
-                    left_out(i, "metric worker crashed; utterance left out")
-                else:
-                    worker.task = None
-                    idle.append(worker)
-                    done(key, scores, msgs)
-            now = time.monotonic()
-            for conn, worker in list(busy.items()):
-                i, started = worker.task
-                if now - started >= self.timeout:
-                    busy.pop(conn)
-                    worker.kill()
-                    idle.append(self._replace(worker))
-                    left_out(i, f"timed out after {self.timeout:.0f} s; worker replaced")
+        feed = ((i, enhanced[i], clean[i] if clean is not None else None) for i in range(len(enhanced)))
+        ScoreStream(self, feed, rate, names, names=names).drain(done)
 
     def _replace(self, worker: _Worker) -> _Worker:
         """A started, ready worker in place of ``worker`` (MetricWorkerError if it cannot start)."""
