@@ -25,7 +25,7 @@ from _results import add_results_option, devset_batch, header, interleaved_times
 from sb_mal.metrics import format_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_gpu import LOSS_NAMES, _loss_factories  # noqa: E402  (the GPU tests' loss set)
+from loss_zoo import LOSS_NAMES, loss_factories  # noqa: E402  (the device tests' loss set)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -50,7 +50,7 @@ def main():
 
     wavlm = Path(tempfile.mkdtemp()) / "wavlm"
     build_tiny_wavlm(wavlm)
-    factories = _loss_factories(wavlm)
+    factories = loss_factories(wavlm)
     noisy, clean = (x.to(device) for x in devset_batch())
     lengths = torch.ones(noisy.shape[0], device=device)
     losses = {name: factories[name]() for name in LOSS_NAMES}
