@@ -12,11 +12,15 @@ A block's directives are an HTML comment right above its fence (invisible on the
 
 Only ``network`` and ``gpu`` are reasons to skip. Blocks run elsewhere are recognised by their own
 markers: ``<!-- ci:install -->`` / ``<!-- ci:test -->`` (run by ``.ci/run``) and
-``<!-- stock-recipe: ... -->`` (YAML entries run in a SpeechBrain recipe by tests/test_stock_recipes.py). The sandbox mirrors a checkout: its files and
-folders link to the repository, ``.venv`` to the running interpreter's
-environment, ``../shared/data/devset`` to the devset, ``$HOME`` is inside it, and the benchmarks
-write their results there (``$SB_MAL_BENCH_RESULTS``): nothing is written outside ``tmp_path``.
-Blocks run in README order and later ones use what earlier ones made (a run, then its export).
+``<!-- stock-recipe: ... -->`` (YAML entries run in a SpeechBrain recipe by tests/test_stock_recipes.py).
+
+The sandbox is a git checkout: every file of the working tree that git does not ignore, copied and
+committed once, with ``.venv`` linked to the running interpreter's environment, ``../shared/data/devset``
+to the devset and ``$HOME`` beside it (not inside). The fixtures a ``setup:`` creates are the user's own
+files and are listed in the checkout's ``.git/info/exclude``; python blocks run from a folder beside
+the checkout. Blocks run in README order and later ones use what earlier ones made (a run, then its
+export); after the last, ``git status`` must show nothing: what the README's commands write is ignored
+by ``.gitignore`` (or goes outside), and no tracked file changed. Nothing is written outside ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -46,6 +51,7 @@ class Block:
     text: str
     markers: list[str] = field(default_factory=list)  # other HTML comments right above (ci:..., stock-recipe:...)
     directives: dict[str, list[str]] = field(default_factory=dict)
+    end: int = 0  # line of the closing fence
 
     @property
     def id(self) -> str:
@@ -62,7 +68,7 @@ def parse_readme(text: str) -> list[Block]:
             i += 1
             continue
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
-        block = Block(i + 1, fence.group(1), "\n".join(lines[i + 1:end]))
+        block = Block(i + 1, fence.group(1), "\n".join(lines[i + 1:end]), end=end + 1)
         j = i - 1
         while j >= 0 and lines[j].strip().endswith("-->"):  # the comments stacked right above the fence
             start = j
@@ -81,7 +87,8 @@ def parse_readme(text: str) -> list[Block]:
     return blocks
 
 
-BLOCKS = [b for b in parse_readme(README.read_text(encoding="utf-8")) if b.lang in ("bash", "python", "yaml")]
+README_TEXT = README.read_text(encoding="utf-8")  # read once: block line numbers refer to this text
+BLOCKS = [b for b in parse_readme(README_TEXT) if b.lang in ("bash", "python", "yaml")]
 
 
 def commands(text: str) -> list[str]:
@@ -162,25 +169,65 @@ def _setup(name: str, sandbox: Path, devset: Path) -> None:
         raise ValueError(f"README block asks for an unknown setup {name!r}")
 
 
+def _git(checkout: Path, *args: str) -> str:
+    """Run git in ``checkout`` with no global or system configuration (a user's excludesFile must not
+    hide what a command left), and return its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="readme", GIT_AUTHOR_EMAIL="-",
+               GIT_COMMITTER_NAME="readme", GIT_COMMITTER_EMAIL="-")
+    proc = subprocess.run(["git", *args], cwd=checkout, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"git {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+def make_checkout(dest: Path) -> Path:
+    """``dest`` as a fresh git checkout of the repository's working tree: every file git does not ignore
+    (tracked or not, as it is now) copied, and committed once."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("the repository is not a git checkout, or git is not installed")
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True, timeout=120).stdout
+    for name in dict.fromkeys(listed.split("\0")):
+        source = REPO / name
+        if name and os.path.lexists(source) and not source.is_dir():  # a deleted tracked file is left out
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name, follow_symlinks=False)
+    _git(dest, "init", "-q")
+    _git(dest, "add", "-A")
+    _git(dest, "commit", "-q", "--no-verify", "--no-gpg-sign", "-m", "the working tree")
+    return dest
+
+
+def dirt(checkout: Path) -> list[str]:
+    """What ``git status`` reports in ``checkout``: changed tracked files and untracked files that
+    ``.gitignore`` does not cover, one line each (none in a clean checkout)."""
+    return _git(checkout, "status", "--porcelain", "--untracked-files=all").splitlines()
+
+
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory, devset):
-    """A folder that looks like a checkout next to ../shared (recipes, hparams, benchmarks, .venv linked)."""
+    """A git checkout of the working tree next to ../shared, with .venv linked (see the module docstring)."""
     root = tmp_path_factory.mktemp("readme")
-    work = root / "sb_mal"
-    for name in ("recipes", "hparams", "benchmarks", "tests", "sb_mal", "pyproject.toml", "setup.cfg", "README.md"):
-        _link(work / name, REPO / name)
+    work = make_checkout(root / "sb_mal")
     _link(work / ".venv", Path(sys.prefix))  # the environment running the tests (README: .venv/bin/...)
     _link(root / "shared" / "data" / "devset", devset)
-    (work / "home").mkdir()
-    (work / "bench").mkdir()
+    (root / "home").mkdir()
+    (root / "blocks").mkdir()
+    RAN.clear()
     return work
+
+
+#: ids of the blocks whose commands ran in this session's sandbox
+RAN: list[str] = []
 
 
 def _env(work: Path) -> dict:
     bin_dir = str(Path(sys.executable).parent)
-    return dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""), HOME=str(work / "home"),
-                SB_MAL_BENCH_RESULTS=str(work / "bench" / "RESULTS.md"), OMP_NUM_THREADS="1", MPLBACKEND="Agg",
-                SB_MAL_DEVSET=str(devset_root()))
+    env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""), HOME=str(work.parent / "home"),
+               OMP_NUM_THREADS="1", MPLBACKEND="Agg", SB_MAL_DEVSET=str(devset_root()))
+    for name in ("SB_MAL_BENCH_RESULTS", "SB_MAL_WRITE_RESULTS"):  # the benchmarks write where they do by default
+        env.pop(name, None)
+    return env
 
 
 def _check_directives(block: Block) -> None:
@@ -208,9 +255,15 @@ def test_readme_block_runs_as_written(block, sandbox, devset):
                 pytest.skip(f"run by {runner}")
     if block.directives.get("skip"):
         pytest.skip(f"needs the {block.directives['skip'][0]}")
+    before = set(os.listdir(sandbox))
     for names in block.directives.get("setup", []):
         for name in names.split():
             _setup(name, sandbox, devset)
+    fixtures = sorted(set(os.listdir(sandbox)) - before)
+    if fixtures:  # the user's own inputs, not what the README's commands write: excluded in this checkout only
+        with open(sandbox / ".git" / "info" / "exclude", "a", encoding="utf-8") as exclude:
+            exclude.write("".join(f"/{name}\n" for name in fixtures))
+    RAN.append(block.id)
     if block.lang == "bash":
         appends = [tuple(s.strip() for s in v.split("|", 1)) for v in block.directives.get("append", [])]
         skips = [tuple(s.strip() for s in v.split("|", 1)) for v in block.directives.get("skip-line", [])]
@@ -224,15 +277,37 @@ def test_readme_block_runs_as_written(block, sandbox, devset):
             ran += 1
         assert ran, f"README line {block.line}: every command was skipped; mark the block `skip:` instead"
     elif block.lang == "python":
-        script = sandbox / f"readme_L{block.line}.py"
+        script = sandbox.parent / "blocks" / f"readme_L{block.line}.py"
         script.write_text("\n".join(block.directives.get("prelude", [])) + "\n" + block.text + "\n", encoding="utf-8")
-        _run(f"{shlex.quote(sys.executable)} {script.name}", sandbox)
+        _run(f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}", sandbox)
     else:  # yaml: it must load (the objects it names are built)
-        script = sandbox / f"readme_L{block.line}.py"
+        script = sandbox.parent / "blocks" / f"readme_L{block.line}.py"
         script.write_text("import sys\nfrom hyperpyyaml import load_hyperpyyaml\n"
                           f"load_hyperpyyaml(open({str(script.with_suffix('.yaml'))!r}).read())\n", encoding="utf-8")
         script.with_suffix(".yaml").write_text(block.text + "\n", encoding="utf-8")
-        _run(f"{shlex.quote(sys.executable)} {script.name}", sandbox)
+        _run(f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}", sandbox)
+
+
+def test_the_checkout_stays_clean(sandbox):
+    """After the blocks above, in README order: what they wrote is ignored and no tracked file changed."""
+    if not RAN:
+        pytest.skip("no README block ran in this session")
+    assert not dirt(sandbox), (f"after README blocks {', '.join(RAN)}, git status in the checkout shows (add the "
+                               f"outputs to .gitignore, or write them elsewhere):\n" + "\n".join(dirt(sandbox)))
+
+
+@pytest.mark.unit
+def test_the_clean_check_sees_dirt(tmp_path):
+    """The check itself: a new file and a changed tracked file show; an ignored output does not."""
+    checkout = make_checkout(tmp_path / "checkout")
+    assert dirt(checkout) == []
+    assert (checkout / "README.md").read_text() == README.read_text()
+    (checkout / "results" / "run").mkdir(parents=True)
+    (checkout / "results" / "run" / "log.txt").write_text("ignored")
+    (checkout / "stray.json").write_text("{}")
+    with open(checkout / "README.md", "a") as readme:
+        readme.write("changed\n")
+    assert dirt(checkout) == [" M README.md", "?? stray.json"]
 
 
 def test_directives_are_read():
@@ -242,6 +317,41 @@ def test_directives_are_read():
     assert sum("stock-recipe" in " ".join(b.markers) for b in BLOCKS) >= 10
     assert any(b.directives.get("skip") == ["network"] for b in by_line.values())
     assert any(b.directives.get("append") for b in by_line.values())
+
+
+#: commands whose ``append:`` directive makes them small (the README offers those sizes next to them)
+SIZED = ("python recipes/", "torchrun", "sb-mal iterate", "python benchmarks/")
+
+
+def _paragraph_after(block: Block) -> str:
+    """The first paragraph after the block's closing fence, its lines joined by spaces."""
+    lines = README_TEXT.splitlines()[block.end:]
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    paragraph = []
+    for line in lines:
+        if not line.strip():
+            break
+        paragraph.append(line.strip())
+    return " ".join(paragraph)
+
+
+@pytest.mark.unit
+def test_the_small_sizes_are_offered_next_to_the_commands():
+    """Where the test runs a block at tiny sizes, the paragraph right after it offers the same
+    arguments to the reader ("Try it small first: add ..."), word for word."""
+    checked = 0
+    for block in BLOCKS:
+        appends = [tuple(s.strip() for s in v.split("|", 1)) for v in block.directives.get("append", [])]
+        sizes = [args for prefix, args in appends if prefix.startswith(SIZED)]
+        if not sizes:
+            continue
+        after = _paragraph_after(block)
+        missing = [args for args in sizes if f"`{args}`" not in after]
+        assert after.startswith("Try") and not missing, \
+            f"README line {block.line}: the paragraph after the block should offer `{missing or sizes}` to try it small"
+        checked += 1
+    assert checked >= 10
 
 
 def _prose_driver_options() -> list[tuple[str, tuple[str, ...]]]:
