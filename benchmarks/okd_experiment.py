@@ -338,7 +338,8 @@ def accelerator(device: str, out: Path) -> str:
 
 def data_line() -> str:
     """A header line naming the devset the runs read and how much training audio it holds."""
-    counts = {k: sum(1 for _ in (DEVSET / k / "train").rglob("*.flac")) for k in ("speech", "noise")}
+    counts = {k: sum(1 for p in (DEVSET / k / "train").rglob("*") if p.suffix in (".flac", ".wav"))
+              for k in ("speech", "noise")}  # FLAC, or WAV when preloaded (benchmarks/sprint.py)
     return f"- data: devset at `{DEVSET}` ({counts['speech']} speech/train and {counts['noise']} noise/train files)\n"
 
 
