@@ -30,6 +30,7 @@ import csv
 import math
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,8 +43,9 @@ __all__ = ["LOWER_IS_BETTER", "NotStarted", "compare", "compare_without", "evide
            "paired_bootstrap", "read_scores", "run_once", "verdict", "verdict_line"]
 
 REPO = Path(__file__).resolve().parents[1]
-#: A time (seconds since the epoch) after which :func:`run_once` starts no new run; set by a caller that
-#: must stop by a deadline (benchmarks/sprint.py), so that no run is started that could not finish.
+#: A time (seconds since the epoch), or a file holding one (read before each run, so the caller can move it),
+#: after which :func:`run_once` starts no new run; set by a caller that must stop by a deadline
+#: (benchmarks/sprint.py), so that no run is started that could not finish.
 NO_START_AFTER = "SB_MAL_NO_START_AFTER"
 
 
@@ -63,27 +65,87 @@ def merge_overrides(defaults: Sequence[str], overrides: Sequence[str]) -> list[s
     return [d for d in defaults if not (str(d).startswith("--") and str(d).split("=", 1)[0] in keys)] + list(overrides)
 
 
+class RunProgress:
+    """Overall progress of a driver's runs, printed as each run starts and ends: how many are done of
+    the planned total, the time so far and an estimate of the time left (from the mean of the runs
+    finished in this process, divided among the runs going at once)."""
+
+    def __init__(self):
+        self.total: int | None = None
+        self.done = self.running = 0
+        self.seconds: list[float] = []
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def plan(self, total: int) -> None:
+        """The number of runs this driver will need (finished ones of an earlier call included)."""
+        with self._lock:
+            self.total, self.done, self.seconds, self.started = int(total), 0, [], time.monotonic()
+
+    def _count(self) -> str:
+        return f"[runs {self.done}/{self.total if self.total is not None else '?'}]"
+
+    def _left(self) -> str:
+        if self.total is None or not self.seconds:
+            return ""
+        left = max(self.total - self.done, 0)
+        minutes = sum(self.seconds) / len(self.seconds) * left / max(self.running, 1) / 60
+        return f", about {minutes:.0f} min to go" if left else ""
+
+    def resumed(self, folder: Path) -> None:
+        with self._lock:
+            self.done += 1
+            print(f"{self._count()} already done: {folder}", flush=True)
+
+    def start(self, folder: Path) -> None:
+        with self._lock:
+            self.running += 1
+            print(f"{self._count()} started {folder} ({(time.monotonic() - self.started) / 60:.1f} min so far)",
+                  flush=True)
+
+    def end(self, folder: Path, seconds: float | None) -> None:
+        with self._lock:
+            self.running = max(self.running - 1, 0)
+            if seconds is None:
+                print(f"{self._count()} failed: {folder}", flush=True)
+                return
+            self.done += 1
+            self.seconds.append(seconds)
+            print(f"{self._count()} finished {folder} in {seconds / 60:.1f} min "
+                  f"({(time.monotonic() - self.started) / 60:.1f} min so far{self._left()})", flush=True)
+
+
+#: the progress of this process's runs (drivers call ``PROGRESS.plan(n)`` once they know n)
+PROGRESS = RunProgress()
+
+
 def run_once(cmd: Sequence[str], folder: Path, log: Path, threads: int = 1,
              outputs: Sequence[str] = ("test_summary.json",), cwd: Path = REPO) -> float:
     """Wall seconds of the command ``cmd`` (run in ``cwd``) writing into ``folder``; not run again
     once its ``outputs`` and the recorded ``seconds`` are there (a killed driver resumes). A failure
-    names the log. A run not yet done is not started after the time in ``$SB_MAL_NO_START_AFTER``
-    (:class:`NotStarted`, a SystemExit)."""
+    names the log. A run not yet done is not started after the time in ``$SB_MAL_NO_START_AFTER`` (or in
+    the file it names) (:class:`NotStarted`, a SystemExit)."""
     done = Path(folder) / "seconds"
     if done.exists() and all((Path(folder) / name).exists() for name in outputs):
+        PROGRESS.resumed(folder)
         return float(done.read_text())
     stop = os.environ.get(NO_START_AFTER)
+    if stop and os.path.isfile(stop):
+        stop = Path(stop).read_text().strip()
     if stop and time.time() > float(stop):
         raise NotStarted(f"not started (past ${NO_START_AFTER}): {' '.join(map(str, cmd))}")
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     started = time.monotonic()
+    PROGRESS.start(folder)
     with open(log, "w", encoding="utf-8") as fout:
         proc = subprocess.run(list(map(str, cmd)), stdout=fout, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     if proc.returncode != 0:
+        PROGRESS.end(folder, None)
         raise SystemExit(f"failed (exit {proc.returncode}): {' '.join(map(str, cmd))}; see {log}")
     seconds = time.monotonic() - started
+    PROGRESS.end(folder, seconds)
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(f"{seconds:.1f}")
     return seconds

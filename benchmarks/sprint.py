@@ -100,6 +100,7 @@ PRIOR_STEP = {"mal_rec": 0.05, "mal_frozen": 0.07, "mal_frozen_fe": 0.065, "mal_
 #: CPU smoke run: the same families at a few seconds a step on 2 busy cores.
 SMOKE_STEP = {k: 2.0 for k in PRIOR_STEP}
 STARTUP_S = 15.0  # a recipe's start: imports, CUDA context, manifests
+SAFETY = 1.15  # a run starts only if 1.15 times its expected length fits before the stop
 VALID_S = 0.1  # one validation utterance (enhancement + PESQ + STOI) on one worker
 OKD_VALID_S = 0.25  # PESQ, CSIG, CBAK, COVL, STOI
 TEST_S = 0.6  # the intrusive suite + DNSMOS
@@ -245,7 +246,7 @@ def simulate(exps: list[Experiment], done: dict, steps: dict, jobs: int, start: 
     """Expected start and end (seconds from now) of every run not done, each driver on its own slots, waves in
     order (a driver starts a wave when the previous one has ended), position-invariant fine-tuning once MAL's
     baselines have ended, OKD at ``okd_start`` (None: not in this call). A run whose start would be later
-    than its driver's last start time (``stop`` less its run's length) is left for a later call."""
+    than ``stop`` less :data:`SAFETY` times its length is left for a later call."""
     out = {}
     ends = {}
 
@@ -259,7 +260,7 @@ def simulate(exps: list[Experiment], done: dict, steps: dict, jobs: int, start: 
                 length = run_seconds(run, steps, jobs)
                 i = min(range(len(slots)), key=slots.__getitem__)
                 begin = slots[i]
-                fits = begin <= stop - length
+                fits = begin <= stop - SAFETY * length
                 out[(exp.key, run.name)] = {"start": begin, "end": begin + length, "seconds": length,
                                             "this_call": fits}
                 if fits:
@@ -296,7 +297,7 @@ def simulate(exps: list[Experiment], done: dict, steps: dict, jobs: int, start: 
 
 def okd_epochs_that_fit(okd: Experiment, cfg: Config, steps: dict, seconds_left: float) -> int:
     """The most OKD epochs (of ``okd_samples`` generator steps) that let every OKD run, all at once, end
-    within ``seconds_left``; 0 if not even one."""
+    within ``seconds_left`` (with :data:`SAFETY` to spare); 0 if not even one."""
     best = 0
     for epochs in range(1, cfg.okd_max_epochs + 1):
         longest = 0.0
@@ -305,7 +306,7 @@ def okd_epochs_that_fit(okd: Experiment, cfg: Config, steps: dict, seconds_left:
             valid = (epochs // (1 if cfg.smoke else 5)) * (1 if cfg.smoke else 20) * gens * OKD_VALID_S
             longest = max(longest, STARTUP_S + epochs * cfg.okd_samples * steps[run.family]
                           + (valid + run.test_s) / max(1, cfg.jobs))
-        if longest > seconds_left:
+        if SAFETY * longest > seconds_left:
             break
         best = epochs
     return best
@@ -757,11 +758,12 @@ class Sprint:
         return calls
 
     # ---- execution
-    def _start_driver(self, exp: Experiment, gate: float, report_only: bool = False) -> subprocess.Popen:
+    def _start_driver(self, exp: Experiment, done, steps, report_only: bool = False) -> subprocess.Popen:
         cmd = [sys.executable, f"benchmarks/{exp.driver}", "--out", str(self.runs / exp.key), "--parallel",
                str(exp.parallel), "--threads", "1", *exp.args, *(["--report-only"] if report_only else []),
                *exp.overrides]
-        env = dict(self.env, SB_MAL_NO_START_AFTER=f"{gate:.0f}")
+        gate = "0" if report_only else str(self._write_gate(exp, done, steps))  # tables only: no run starts
+        env = dict(self.env, SB_MAL_NO_START_AFTER=gate)
         logs = self.work / "drivers"
         logs.mkdir(exist_ok=True)
         out = open(logs / f"{exp.key}{'_report' if report_only else ''}.log", "a")
@@ -769,12 +771,25 @@ class Sprint:
         out.flush()
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
+    def _next_run(self, exp: Experiment) -> Run | None:
+        """The run ``exp``'s driver starts next: its first in the driver's order not started yet."""
+        return next((r for r in exp.runs if not (self.runs / exp.key / r.name / "train_command.txt").exists()
+                     and not is_done(self.runs, exp, r)), None)
+
     def _gate(self, exp: Experiment, done, steps) -> float:
-        """The last time a run of ``exp`` may start: the stop less its longest run still to do (with 15 % to
-        spare)."""
-        longest = max((run_seconds(r, steps, self.cfg.jobs) for r in exp.runs if not done[(exp.key, r.name)]),
-                      default=0.0)
-        return self.stop - 1.15 * longest
+        """The last time ``exp``'s next run may start: the stop less :data:`SAFETY` times its expected length."""
+        run = self._next_run(exp)
+        return self.stop - SAFETY * run_seconds(run, steps, self.cfg.jobs) if run is not None else self.stop
+
+    def _write_gate(self, exp: Experiment, done, steps) -> Path:
+        """The file ``$SB_MAL_NO_START_AFTER`` names for ``exp``'s driver (protocol.run_once reads it before each
+        run), holding :meth:`_gate`; moved as the driver's runs start."""
+        path = self.work / "gates" / exp.key
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{self._gate(exp, done, steps):.1f}")
+        tmp.replace(path)
+        return path
 
     def execute(self, exps, done, steps, plan) -> None:
         """Run the drivers until they are done or the call's stop: MAL and the codec ladder at once, the
@@ -789,18 +804,21 @@ class Sprint:
 
         net = None
         if pending("mal"):
-            procs["mal"] = self._start_driver(by["mal"], self._gate(by["mal"], done, steps))
+            procs["mal"] = self._start_driver(by["mal"], done, steps)
             self.log(f"MAL: driver started ({by['mal'].parallel} runs at a time)")
         if pending("codec"):
             if (self.runs / "codec" / "codec_net" / "seconds").exists():
-                procs["codec"] = self._start_driver(by["codec"], self._gate(by["codec"], done, steps))
+                procs["codec"] = self._start_driver(by["codec"], done, steps)
                 self.log(f"codec ladder: driver started ({by['codec'].parallel} runs at a time)")
             elif now() < self._gate(by["codec"], done, steps):
                 net = self._start_codec_net(by["codec"])
         while now() < self.stop:
+            for key, proc in procs.items():  # each driver's next run: may it still start?
+                if proc.poll() is None:
+                    self._write_gate(by[key], done, steps)
             if net is not None and net.poll() is not None:
                 if self._codec_net_done(net):
-                    procs["codec"] = self._start_driver(by["codec"], self._gate(by["codec"], done, steps))
+                    procs["codec"] = self._start_driver(by["codec"], done, steps)
                     self.log(f"codec ladder: driver started ({by['codec'].parallel} runs at a time)")
                 net = None
             for key, proc in procs.items():
@@ -815,7 +833,7 @@ class Sprint:
             if pift_waits and baselines:
                 if not (self.runs / "pift" / "wavlm_random_L4_H128" / "config.json").exists():
                     self._wavlm()
-                procs["pift"] = self._start_driver(by["pift"], self._gate(by["pift"], done, steps))
+                procs["pift"] = self._start_driver(by["pift"], done, steps)
                 self.log(f"{by['pift'].label}: driver started (MAL's baselines are done)")
                 pift_waits = False
             others_busy = any(k != "okd" and p.poll() is None and self._can_start(by[k], done, steps)
@@ -909,7 +927,7 @@ class Sprint:
         okd.args, okd.runs = fresh.args, fresh.runs
         okd.parallel = len(okd.runs)
         self._score_noisy()
-        proc = self._start_driver(okd, self._gate(okd, done, steps))
+        proc = self._start_driver(okd, done, steps)
         self.log(f"MetricGAN-OKD: driver started, {len(okd.runs)} runs at once, {epochs} epochs x "
                  f"{self.cfg.okd_samples} generator steps")
         return proc
@@ -981,7 +999,7 @@ class Sprint:
         for exp in exps:  # a driver that ended by itself wrote its tables; one stopped or gated did not
             if self.exits.get(exp.key, 0) != 0 and any(done[(exp.key, r.name)] for r in exp.runs
                                                         if r.name != "codec_net"):
-                reports.append((exp, self._start_driver(exp, 0.0, report_only=True)))
+                reports.append((exp, self._start_driver(exp, done, {}, report_only=True)))
         for exp, proc in reports:
             try:
                 proc.wait(timeout=max(5.0, self.deadline - now() - 20))
@@ -1091,7 +1109,7 @@ def do_take(args) -> int:
 
         text = results.read_text()
         for name, body in re.findall(r"<!-- (\S+):start -->\n(.*?)\n<!-- \1:end -->", text, re.DOTALL):
-            update_section(f"sprint_{name}", body)
+            update_section(name if name.startswith("sprint") else f"sprint_{name}", body)
     sizes = sprint_pack.carried_bytes(pack)
     print(f"the next call carries {sizes['total'] / sprint_pack.MIB:.1f} MiB of {sprint_pack.CARRY_LIMIT // sprint_pack.MIB}")
     return 0
@@ -1149,10 +1167,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-probe", action="store_true", help="plan from the prior step times, no probe")
     parser.add_argument("--test-pairs", type=int, default=120, help="--pack: devset test pairs packed (default 120)")
     parser.add_argument("--valid-pairs", type=int, default=30, help="--pack: devset valid pairs packed (default 30)")
-    parser.add_argument("--state-reserve", type=float, default=12.0,
-                        help="--pack: MiB of the 64 a call carries that are left for the state (default 12)")
-    parser.add_argument("--state-limit", type=float, default=12.0,
-                        help="warn when the state is over this many MiB (default 12)")
+    parser.add_argument("--state-reserve", type=float, default=14.0,
+                        help="--pack: MiB of the 64 a call carries that are left for the state (default 14)")
+    parser.add_argument("--state-limit", type=float, default=14.0,
+                        help="warn when the state is over this many MiB (default 14)")
     parser.add_argument("--python312", default=None, help="--pack: a CPython 3.12 to build pesq with (default: found)")
     parser.add_argument("--no-wheels", action="store_true", help="--pack: keep the wheels already in the pack")
     add_results_option(parser)

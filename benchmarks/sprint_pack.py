@@ -7,7 +7,7 @@ with ``carry: [".sprint"]``:
 
 ``wheels/``
     the packages the device image lacks, for CPython 3.12 on x86-64 Linux (the image's python3):
-    SpeechBrain, HyperPyYAML, ruamel.yaml (+ its C loader), pystoi, soundfile, lameenc, pesq (no
+    SpeechBrain, HyperPyYAML, ruamel.yaml (+ its C loader), pystoi, soundfile (+ cffi), lameenc, pesq (no
     binary wheel on PyPI: built here by a local CPython 3.12). torch, torchaudio, numpy, scipy,
     transformers, onnxruntime, numba and matplotlib are in the image and are not carried.
 ``site/speechmos/``
@@ -27,6 +27,7 @@ sized to leave ``--state-reserve`` MiB for the state.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -44,12 +45,12 @@ MIB = 1024 * 1024
 CARRY_LIMIT = 64 * MIB
 #: Packages the device image lacks (name==version as installed here).
 WHEELS = ["speechbrain==1.1.2", "hyperpyyaml==1.2.3", "ruamel.yaml==0.18.17", "ruamel.yaml.clib==0.2.15",
-          "pystoi==0.4.1", "soundfile==0.14.0", "lameenc==1.9.0"]
+          "pystoi==0.4.1", "soundfile==0.14.0", "cffi==2.1.1", "pycparser==3.12", "lameenc==1.9.0"]
 #: Packages without a binary wheel for the device: built here with a local CPython 3.12.
 BUILT = ["pesq==0.0.4"]
 #: The modules sprint.py needs importable (checked before anything is installed).
-NEEDED_MODULES = ["speechbrain", "hyperpyyaml", "ruamel.yaml", "pesq", "pystoi", "soundfile", "lameenc", "torch",
-                  "torchaudio", "transformers", "onnxruntime", "scipy", "matplotlib"]
+NEEDED_MODULES = ["torch", "torchaudio", "speechbrain", "hyperpyyaml", "ruamel.yaml", "pesq", "pystoi", "soundfile",
+                  "lameenc", "transformers", "onnxruntime", "scipy", "matplotlib", "yaml", "numba"]
 DNSMOS_MODELS = ["sig_bak_ovr.onnx", "model_v8.onnx"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64"]
@@ -224,9 +225,13 @@ def copy_dnsmos_models(site: Path) -> None:
 
 
 def missing_modules(modules: Iterable[str] = NEEDED_MODULES, env: dict | None = None) -> list[str]:
-    """The modules of ``modules`` that ``python`` cannot import (checked in a child, as the runs will)."""
-    code = ("import importlib.util, sys\n"
-            f"print(' '.join(m for m in {list(modules)!r} if importlib.util.find_spec(m) is None))")
+    """The modules of ``modules`` that this Python cannot import (each imported in a child, as the runs will:
+    a package whose own dependency is missing counts as missing)."""
+    code = ("import importlib, sys\nbad = []\n"
+            f"for m in {list(modules)!r}:\n"
+            "    try:\n        importlib.import_module(m)\n"
+            "    except Exception as err:\n        bad.append(m)\n        print(m, repr(err), file=sys.stderr)\n"
+            "print(' '.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     return out.stdout.split()
 
@@ -303,9 +308,11 @@ def preload(src: Path, dst: Path, jobs: int, decode: Iterable[str] = ("speech/tr
 
 
 # -- the state ----------------------------------------------------------------------------------------------
-def save_state(work: Path, dest: Path, keep: Callable[[Path], bool], roots: Iterable[str]) -> int:
+def save_state(work: Path, dest: Path, keep: Callable[[Path], bool], roots: Iterable[str],
+               log_tail: int = 256 * 1024) -> int:
     """``dest`` (.tar.gz): the files ``work/<root>`` and those under the folders ``work/<root>`` for which
-    ``keep(path relative to work)`` is true. Returns its size in bytes."""
+    ``keep(path relative to work)`` is true; of a ``.log`` file longer than ``log_tail`` bytes (progress bars
+    of thousands of steps), its end. Returns its size in bytes."""
     work = Path(work)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
@@ -318,7 +325,17 @@ def save_state(work: Path, dest: Path, keep: Callable[[Path], bool], roots: Iter
                 if path.is_symlink() or not path.is_file():
                     continue
                 rel = path.relative_to(work)
-                if keep(rel):
+                if not keep(rel):
+                    continue
+                size = path.stat().st_size
+                if path.suffix == ".log" and size > log_tail:
+                    with open(path, "rb") as fin:
+                        fin.seek(size - log_tail)
+                        data = b"[... the log's start left out ...]\n" + fin.read()
+                    info = tarfile.TarInfo(str(rel))
+                    info.size, info.mtime = len(data), int(path.stat().st_mtime)
+                    tar.addfile(info, io.BytesIO(data))
+                else:
                     tar.add(path, arcname=str(rel), recursive=False)
     tmp.replace(dest)
     return dest.stat().st_size

@@ -65,7 +65,7 @@ def test_plan_keeps_runs_that_cannot_finish_for_the_next_call(tmp_path):
     epochs = sprint.okd_epochs_that_fit(okd, cfg, steps, 8 * 60.0)
     assert epochs >= cfg.okd_min_epochs
     longer = sprint.experiments(cfg, tmp_path, epochs + 1)
-    assert max(sprint.run_seconds(r, steps, cfg.jobs) for r in longer[3].runs) > 8 * 60.0
+    assert sprint.SAFETY * max(sprint.run_seconds(r, steps, cfg.jobs) for r in longer[3].runs) > 8 * 60.0
     sim = sprint.simulate(sprint.experiments(cfg, tmp_path, epochs), only_okd, steps, cfg.jobs, 0.0, 8 * 60.0,
                           okd_start=0.0)
     assert all(v["this_call"] for v in sim.values()) and len(sim) == 10
@@ -99,7 +99,12 @@ def test_no_run_starts_after_the_gate(tmp_path, monkeypatch):
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "seconds").write_text("12.5")  # a finished run still answers
     assert protocol.run_once(cmd, tmp_path / "done", tmp_path / "log.txt", outputs=()) == 12.5
-    monkeypatch.setenv(protocol.NO_START_AFTER, f"{time.time() + 600:.0f}")
+    gate = tmp_path / "gate"  # a file holding the time: read before each run, so the caller can move it
+    gate.write_text(f"{time.time() - 1:.1f}")
+    monkeypatch.setenv(protocol.NO_START_AFTER, str(gate))
+    with pytest.raises(protocol.NotStarted):
+        protocol.run_once(cmd, tmp_path / "run", tmp_path / "log.txt", outputs=())
+    gate.write_text(f"{time.time() + 600:.1f}")
     protocol.run_once(cmd, tmp_path / "run", tmp_path / "log.txt", outputs=())
     assert marker.exists() and (tmp_path / "run" / "seconds").exists()
     assert protocol.merge_overrides(["a.py", "--n_jobs=1", "--seed=2"], ["--n_jobs=4", "--device=cuda:0"]) == \
@@ -148,6 +153,8 @@ def test_state_keeps_results_and_the_models_later_runs_start_from(tmp_path):
     (runs / "pift" / "wavlm_random_L4_H128").mkdir(parents=True)
     (runs / "pift" / "wavlm_random_L4_H128" / "model.safetensors").write_bytes(b"0" * 1000)
     (runs / "mal" / "tuned.json").write_text("{}")
+    (runs / "mal" / "logs").mkdir()
+    (runs / "mal" / "logs" / "frozen_2.log").write_text("start\n" + "x" * 400_000 + "\nthe end\n")
     (work / "calls.json").write_text("[]")
     exps = sprint.experiments(cfg, runs, None)
     done = {(e.key, r.name): sprint.is_done(runs, e, r) for e in exps for r in e.runs}
@@ -168,10 +175,12 @@ def test_state_keeps_results_and_the_models_later_runs_start_from(tmp_path):
     assert {"runs/mal/tuned.json", "calls.json", "runs/mal/seed2/frozen/test_scores.csv"} <= kept
     dest = tmp_path / "out" / "sprint_state.tar.gz"
     size = sprint_pack.save_state(work, dest, keep, ["runs", "calls.json"])
-    assert size == dest.stat().st_size and size < 200_000
+    assert size == dest.stat().st_size and size < 250_000
     again = tmp_path / "again"
     assert sprint_pack.restore_state(dest, again) == len(kept)
     assert {str(p.relative_to(again)) for p in again.rglob("*") if p.is_file()} == kept
+    log = (again / "runs/mal/logs/frozen_2.log").read_text()  # a long log keeps its end
+    assert log.endswith("the end\n") and "start\n" not in log and len(log) < 300_000
     newest = max((again / "runs/mal/seed1/phase1/save").glob("CKPT+*"), key=lambda p: p.stat().st_mtime)
     assert newest.name == "CKPT+b"  # modification times travel: mal_experiment picks the newest
 
