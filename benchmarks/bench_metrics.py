@@ -70,7 +70,7 @@ def main():
     ids, noisy, clean = load_pairs(args.limit)
     n = len(ids)
     seconds = sum(len(x) for x in noisy) / 16000
-    rows, means = [], {}
+    rows = []
 
     pools = {}
     for jobs in (1, 2):

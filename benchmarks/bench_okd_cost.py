@@ -81,8 +81,9 @@ SYSTEMS = {"speechbrain": ("SpeechBrain recipe (MetricGAN+)", None),
            "metricgan_plus": ("sb_mal MetricGAN+", "metricgan_plus.yaml"),
            "okd_pesq_csig": ("sb_mal OKD N=2 (PESQ, CSIG)", "okd_pesq_csig.yaml")}
 PHASE = "sb_mal.brains.okd_discriminator:DiscriminatorPhase"
-#: what the stage clock times inside sb_mal's discriminator phase (enhance, score, update, replay)
-SBMAL_PROBES = [f"{PHASE}.{m}" for m in ("enhance", "score", "update", "replay")]
+#: what the stage clock times inside sb_mal's discriminator phase (enhance, score, update, replay; the
+#: pipelined phase's stream_current holds the enhancement, the waiting for targets and the first updates)
+SBMAL_PROBES = [f"{PHASE}.{m}" for m in ("enhance", "score", "update", "replay", "stream_current")]
 CHECKPOINT_PROBE = "speechbrain.utils.checkpoints:Checkpointer.save_and_keep_only"
 #: VoiceBank-DEMAND (28 speakers): training utterances once p226/p287 are held out, and those held out
 VOICEBANK_TRAIN, VOICEBANK_VALID = 10802, 770
@@ -169,16 +170,24 @@ def epoch_measures(system: str, epoch: int, part: dict, samples: int) -> dict:
         return m
     probes = part["probes"]
     updates, replay = probes.get("update", []), probes.get("replay", [])
-    if not (updates and probes.get("score") and probes.get("enhance")):
-        raise SystemExit(f"no timings of {PHASE}.update/score/enhance in the log (probes missing: did the "
-                         "discriminator phase move? update SBMAL_PROBES)")
+    streamed = probes.get("stream_current", [])
+    if not (updates and (probes.get("score") or streamed) and probes.get("enhance")):
+        raise SystemExit(f"no timings of {PHASE}.update/score (or stream_current)/enhance in the log (probes "
+                         "missing: did the discriminator phase move? update SBMAL_PROBES)")
     m["replayed"] = sum(n for _, n in replay)
     m["c_update"] = sum(s for s, _ in updates) / max(1, sum(n for _, n in updates))
     m["c_load"] = sum(s for s, _ in replay) / m["replayed"] if m["replayed"] else 0.0
     m["c_replay"] = m["c_update"] + m["c_load"]
     m["updates"] = sum(n for _, n in updates)
-    m["score"] = probes["score"][0][0]  # the epoch's enhanced utterances (noisy ones, if any, come after)
     m["enhance"] = sum(s for s, _ in probes["enhance"])
+    if streamed:  # pipelined: the scoring not hidden behind enhancement and updates is the time waited for it
+        # (the epoch's noisy inputs not yet scored included); the stream's own updates are the first calls,
+        # one per enhanced utterance
+        stream_updates = sum(s for s, _ in updates[:len(probes["enhance"])])
+        m["score"] = max(0.0, sum(s for s, _ in streamed) - m["enhance"] - stream_updates)
+        m["d_device"] = m["d_phase"] - m["score"]
+        return m
+    m["score"] = probes["score"][0][0]  # the epoch's enhanced utterances (noisy ones, if any, come after)
     m["d_device"] = m["d_phase"] - sum(s for s, _ in probes["score"])
     return m
 

@@ -355,7 +355,7 @@ def main():
             + ("- pysdtw, all cores: pysdtw as installed (numba's OpenMP threads, one per core); where other jobs "
                "keep the cores busy, its threads wait for them and it runs slower than on one thread\n"
                if "pysdtw, all cores" in numba_threads else "")
-            + f"- time: forward + backward wrt x and y (cost matrix included); one untimed warm-up run, then the median "
+            + "- time: forward + backward wrt x and y (cost matrix included); one untimed warm-up run, then the median "
             + f"of up to {repeats} runs (fewer when a case passed {args.budget:.0f} s); `runs ms` lists them\n"
             + "- peak MB: " + ("CUDA `max_memory_allocated` growth" if cuda
                                else "growth of peak RSS (VmHWM) during the first timed run") + "\n"

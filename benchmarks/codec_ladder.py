@@ -51,7 +51,7 @@ from pathlib import Path
 
 from _results import DEVSET, devset_batch, experiment_parser, figures_dir, header, parse_with_overrides, update_section
 from mal_experiment import best_valid
-from protocol import compare, compare_without, evidence_table, merge_overrides, run_once
+from protocol import PROGRESS, compare, compare_without, evidence_table, merge_overrides, run_once
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {"speech": ("speech denoising", "hparams/folders/separation_speech.yaml"),
@@ -211,6 +211,7 @@ def main():
                 m = multiplier(j[0])["multiplier"] if j[2].startswith("codec") else 1.0
                 return train(*j, run_name(j[1], j[2], base, m), m, True)
 
+            PROGRESS.plan(len(jobs))
             list(pool.map(job, jobs))
     report(out, args, tuned)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from _results import DEVSET, experiment_parser, figures_dir, header, parse_with_overrides, update_section
 from okd_experiment import okd_run
-from protocol import compare, evidence_table, read_scores, verdict_line
+from protocol import PROGRESS, compare, evidence_table, read_scores, verdict_line
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMS = {"le_metricgan_plus": ("MetricGAN+ (SIIB)", ["siib"]),
@@ -145,6 +145,7 @@ def main():
         okd_run(out, job[0], job[1], len(SYSTEMS[job[1]][1]), common, args.threads)
 
     if not args.report_only:
+        PROGRESS.plan(len(args.seeds) * len(SYSTEMS))
         with ThreadPoolExecutor(args.parallel) as pool:
             list(pool.map(train, [(s, name) for s in args.seeds for name in SYSTEMS]))
         fixed_scores(out / "unprocessed_scores.csv", metrics)

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import yaml
 from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
-from protocol import compare, compare_without, evidence_table, merge_overrides, run_once, verdict_line
+from protocol import PROGRESS, compare, compare_without, evidence_table, merge_overrides, run_once, verdict_line
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("frozen", "frozen_fe", "dynamic")
@@ -189,6 +189,10 @@ def main():
         missing = [v for v in ([*variants, DEEP] if deep else variants) if v not in tuned]
         if args.skip_tuning and missing and args.target_share is None:
             parser.error(f"--skip-tuning needs a configuration for {missing} (--arm-config)")
+        # the planned runs: phase 1 and the arms of every seed, the tuning grid of the first seed
+        n_tune = len({(tune_name(v, lam), v) for v in variants if v not in tuned and not args.skip_tuning
+                      and args.target_share is None for lam in args.lambdas}) * 2
+        PROGRESS.plan(len(args.seeds) * (2 + len(variants) + deep) + n_tune)
         with ThreadPoolExecutor(args.parallel) as pool:
             for seed, start in zip(args.seeds, pool.map(phase1, args.seeds)):
                 starts[seed] = start

@@ -70,7 +70,7 @@ def main():
     small_png(study / "iterate_curves.png", figures_dir() / "mal_iterate_curves.png")
     table = format_table(rows, ["model", "pass", *DEFAULT_ITERATE_METRICS])
     body = (header("Model-as-Loss self-consistency study (mal_iterative.py)")
-            + f"- models: the best checkpoints (validation PESQ) of the four phase-2 runs of mal_experiment.py\n"
+            + "- models: the best checkpoints (validation PESQ) of the four phase-2 runs of mal_experiment.py\n"
             + f"- input: the first {args.limit} devset test pairs; each model applied {args.passes} times, its output "
             + "fed back as the next input; metrics against the clean reference (DNSMOS on the output alone)\n\n"
             + table + "\n\n"

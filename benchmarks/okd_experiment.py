@@ -49,7 +49,7 @@ from pathlib import Path
 
 from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
 from _sb_recipe import epoch_seconds, find_recipe, speechbrain_args, speechbrain_command
-from protocol import compare, evidence_table, run_once
+from protocol import PROGRESS, compare, evidence_table, run_once
 
 REPO = Path(__file__).resolve().parents[1]
 #: system -> (label, target metrics, YAML of hparams/folders, recipe overrides)
@@ -156,6 +156,7 @@ def main():
             if args.warm_start:  # the pretrained generators first, one per seed
                 with ThreadPoolExecutor(args.parallel) as pool:
                     list(pool.map(lambda s: pretrain(out, s, args.warm_start_epochs, args.threads, extra), args.seeds))
+            PROGRESS.plan(len(jobs))
             with ThreadPoolExecutor(args.parallel) as pool:
                 list(pool.map(train, jobs))
             from protocol import read_scores

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from _results import DEVSET, experiment_parser, figures_dir, header, parse_with_overrides, update_section
 from mal_experiment import METRICS, SMALL
-from protocol import compare, evidence_table, merge_overrides, run_once, verdict_line
+from protocol import PROGRESS, compare, evidence_table, merge_overrides, run_once, verdict_line
 
 REPO = Path(__file__).resolve().parents[1]
 LOSSES = {"mse": "ssl_mse", "pad": "ssl_mse_pad", "softdtw": "ssl_softdtw"}
@@ -128,6 +128,7 @@ def main():
     if not args.report_only:
         jobs = [(s, "-", "rec") for s in args.seeds]  # one encoder after the other: partial reports stay whole
         jobs += [(s, e, loss) for e in args.encoders for s in args.seeds for loss in LOSSES]
+        PROGRESS.plan(len(jobs))
         with ThreadPoolExecutor(args.parallel) as pool:
             list(pool.map(run, jobs))
         for encoder in args.encoders:

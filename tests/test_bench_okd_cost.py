@@ -49,6 +49,24 @@ def sbmal_epoch(epoch=3):
             ev("probe", 0.3, 1, epoch, name=bench.CHECKPOINT_PROBE, items=None), ev("_fit_valid", 1.3, 1, epoch)]
 
 
+def sbmal_pipelined_epoch(epoch=3, items=4):
+    """The pipelined phase: stream_current holds one enhancement and one 3-pair update per utterance."""
+    probe = lambda m, s, n: ev("probe", s, 1, epoch, name=f"{bench.PHASE}.{m}", items=n)  # noqa: E731
+    inner = [e for _ in range(items) for e in (probe("enhance", 0.25, 1), probe("update", 0.5, 3))]
+    return [*inner, probe("stream_current", 5.0, items), probe("replay", 2.0, 40), probe("update", 14.0, 140),
+            probe("update", 6.0, 12), ev("on_stage_end", 30.0, 1, epoch, stage="TRAIN"),
+            ev("_fit_train", 45.0, 1, epoch), ev("_fit_valid", 1.0, 1, epoch)]
+
+
+@pytest.mark.unit
+def test_the_pipelined_phase_counts_only_the_time_spent_waiting_for_targets():
+    parts = bench.epoch_parts(sbmal_pipelined_epoch())
+    m = bench.epoch_measures("metricgan_plus", 3, parts[3], samples=4)
+    assert m["enhance"] == 1.0 and m["updates"] == 4 * 3 + 140 + 12
+    assert m["score"] == pytest.approx(5.0 - 1.0 - 2.0)  # stream minus its enhancement and its own updates
+    assert m["d_device"] == pytest.approx(30.0 - 2.0)
+
+
 @pytest.mark.unit
 def test_replay_counts_follow_each_recipes_history():
     # SpeechBrain samples its history after adding the epoch's utterances, sb_mal before

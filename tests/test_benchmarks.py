@@ -53,3 +53,21 @@ def test_okd_experiment_compares_like_for_like_with_three_seeds():
     assert refs == ["metricgan_plus", "metricgan_plus_csig"]
     assert okd_experiment.SYSTEMS["metricgan_plus_csig"][1:] == (["csig"], "metricgan_plus", ["--target_metrics=[csig]"])
     assert okd_experiment.section_name("cpu", warm=True) == "okd_experiment_warm"
+
+
+def test_a_driver_prints_its_overall_progress_as_runs_start_and_end(tmp_path, capsys):
+    """run_once reports each run against the planned total, with the time so far and the time left;
+    a run found finished (a resumed driver) counts as done."""
+    import protocol
+
+    protocol.PROGRESS.plan(3)
+    quick = [sys.executable, "-c", "pass"]
+    protocol.run_once(quick, tmp_path / "a", tmp_path / "a.log", outputs=())
+    protocol.run_once(quick, tmp_path / "a", tmp_path / "a.log", outputs=())  # already done
+    with pytest.raises(SystemExit, match="b.log"):
+        protocol.run_once([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "b", tmp_path / "b.log", outputs=())
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[runs 0/3] started") and str(tmp_path / "a") in lines[0]
+    assert lines[1].startswith("[runs 1/3] finished") and "min to go" in lines[1]
+    assert lines[2].startswith("[runs 2/3] already done")
+    assert lines[3].startswith("[runs 2/3] started") and lines[4].startswith("[runs 2/3] failed")

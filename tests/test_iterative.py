@@ -45,6 +45,25 @@ def test_passes_feed_outputs_back(pairs, tmp_path):
     assert len(table) == 7 and table[0]["model"] == "input"
 
 
+def test_a_stopped_study_keeps_its_scored_passes_and_shows_one_overall_bar(pairs, tmp_path, capsys):
+    ids, noisy, clean = pairs
+    calls = []
+
+    def stops_in_pass_2(x):
+        calls.append(x)
+        if len(calls) > len(noisy):
+            raise KeyboardInterrupt  # the user stops the study during pass 2
+        return 0.9 * x
+
+    with pytest.raises(KeyboardInterrupt):
+        iterate_models({"m": stops_in_pass_2}, noisy, clean, passes=3, metrics=["si_sdr"], ids=ids,
+                       out_dir=tmp_path, n_jobs=0, progress=True)
+    table = list(csv.DictReader(open(tmp_path / "iterate_scores.csv")))
+    assert [(r["model"], r["pass"]) for r in table] == [("input", "0"), ("m", "1")]
+    bar = capsys.readouterr().err
+    assert "iterate: m pass 2/3" in bar and f"/{len(noisy) * (1 + 2 * 3)}" in bar  # one total over the study
+
+
 def test_cli_iterate_with_exported_models(devset_test_pairs, tmp_path, capsys):
     run, _ = make_run(tmp_path / "run")
     assert main(["export", str(run), "-o", str(tmp_path / "m1")]) == 0

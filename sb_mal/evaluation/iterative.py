@@ -81,7 +81,10 @@ def iterate_models(
     metrics : sequence of str
         Metric names for :func:`sb_mal.metrics.evaluate`.
     out_dir : path, optional
-        Where tables and figures go (nothing written when None).
+        Where tables and figures go (nothing written when None); ``iterate_scores.csv`` is rewritten
+        after every pass, so a stopped study keeps what it scored.
+    progress : bool
+        One progress bar over the whole study (enhancement and scoring of every pass), with its ETA.
     figure_index : int
         Which utterance the spectrogram grid shows.
 
@@ -103,33 +106,46 @@ def iterate_models(
     if not 0 <= figure_index < len(noisy):
         raise ValueError(f"figure_index {figure_index} out of range for {len(noisy)} utterances")
     rows, failures = [], {}
-    base = evaluate(list(noisy), list(clean), sample_rate, metrics=list(metrics), n_jobs=n_jobs, ids=ids)
-    rows.append({"model": "input", "pass": 0, **base.means})
-    figure_rows = [[None] * len(models) for _ in range(passes + 1)]  # rows: input, pass 1..K
-    for j, (name, enhance) in enumerate(models.items()):
-        current = [np.asarray(x, dtype=np.float32) for x in noisy]
-        figure_rows[0][j] = current[figure_index]
-        for k in range(1, passes + 1):
-            iterator = current
-            if progress:
-                from tqdm.auto import tqdm
+    bar = None
+    if progress:  # one bar over everything: the input's scores, then each model's passes (enhance + score)
+        from tqdm.auto import tqdm
 
-                iterator = tqdm(current, desc=f"{name} pass {k}/{passes}", unit="utt", leave=False)
-            current = [np.asarray(enhance(x), dtype=np.float32)[: len(x)] for x in iterator]
-            result = evaluate(current, list(clean), sample_rate, metrics=list(metrics), n_jobs=n_jobs, ids=ids)
-            rows.append({"model": name, "pass": k, **result.means})
-            failures[f"{name}/pass{k}"] = [{"id": i, "message": m} for i, m in result.failures]
-            figure_rows[k][j] = current[figure_index]
-            logger.info("%s pass %d: %s", name, k, ", ".join(f"{m}={result.means[m]:.3f}" for m in metrics))
+        bar = tqdm(total=len(noisy) * (1 + 2 * passes * len(models)), desc="iterate: input", unit="step")
+    try:
+        base = evaluate(list(noisy), list(clean), sample_rate, metrics=list(metrics), n_jobs=n_jobs, ids=ids, bar=bar)
+        rows.append({"model": "input", "pass": 0, **base.means})
+        figure_rows = [[None] * len(models) for _ in range(passes + 1)]  # rows: input, pass 1..K
+        for j, (name, enhance) in enumerate(models.items()):
+            current = [np.asarray(x, dtype=np.float32) for x in noisy]
+            figure_rows[0][j] = current[figure_index]
+            for k in range(1, passes + 1):
+                if bar is not None:
+                    bar.set_description(f"iterate: {name} pass {k}/{passes}")
+                enhanced = []
+                for x in current:
+                    enhanced.append(np.asarray(enhance(x), dtype=np.float32)[: len(x)])
+                    if bar is not None:
+                        bar.update(1)
+                current = enhanced
+                result = evaluate(current, list(clean), sample_rate, metrics=list(metrics), n_jobs=n_jobs, ids=ids,
+                                  bar=bar)
+                rows.append({"model": name, "pass": k, **result.means})
+                failures[f"{name}/pass{k}"] = [{"id": i, "message": m} for i, m in result.failures]
+                figure_rows[k][j] = current[figure_index]
+                logger.info("%s pass %d: %s", name, k, ", ".join(f"{m}={result.means[m]:.3f}" for m in metrics))
+                if out_dir is not None:  # what is scored so far survives a stop
+                    _write_scores(Path(out_dir), rows, list(metrics))
+    finally:
+        if bar is not None:
+            bar.close()
     if out_dir is not None:
         _write_outputs(Path(out_dir), rows, failures, figure_rows, list(models), list(metrics), passes, sample_rate,
                        ids[figure_index])
     return rows
 
 
-def _write_outputs(out: Path, rows, failures, figure_rows, names, metrics, passes, sample_rate, figure_id):
-    from sb_mal.evaluation.plots import save_metric_curves, save_spectrogram_grid
-
+def _write_scores(out: Path, rows, metrics) -> None:
+    """``iterate_scores.csv``: one row per model and pass (rewritten after every pass)."""
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["model", "pass", *metrics])
@@ -137,6 +153,12 @@ def _write_outputs(out: Path, rows, failures, figure_rows, names, metrics, passe
     for r in rows:
         writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items() if k in ("model", "pass", *metrics)})
     atomic_write_text(out / "iterate_scores.csv", buf.getvalue())
+
+
+def _write_outputs(out: Path, rows, failures, figure_rows, names, metrics, passes, sample_rate, figure_id):
+    from sb_mal.evaluation.plots import save_metric_curves, save_spectrogram_grid
+
+    _write_scores(out, rows, metrics)
     clean_rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
     atomic_write_text(out / "iterate_summary.json", json.dumps({"rows": clean_rows, "failures": failures}, indent=2) + "\n")
     save_spectrogram_grid(out / "iterate_spectrograms.png", figure_rows, ["input"] + [f"pass {k}" for k in range(1, passes + 1)],
