@@ -27,6 +27,7 @@ finished so far (``--report-only``).
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -40,12 +41,12 @@ import numpy as np
 from sb_mal.metrics.stats import LOWER_IS_BETTER, paired_bootstrap, verdict
 
 __all__ = ["LOWER_IS_BETTER", "NotStarted", "compare", "compare_without", "evidence_table", "merge_overrides",
-           "paired_bootstrap", "read_scores", "run_once", "verdict", "verdict_line"]
+           "no_start_after", "paired_bootstrap", "read_scores", "run_once", "verdict", "verdict_line"]
 
 REPO = Path(__file__).resolve().parents[1]
-#: A time (seconds since the epoch), or a file holding one (read before each run, so the caller can move it),
-#: after which :func:`run_once` starts no new run; set by a caller that must stop by a deadline
-#: (benchmarks/sprint.py), so that no run is started that could not finish.
+#: A time (seconds since the epoch) after which :func:`run_once` starts no new run, or a file read before each
+#: run holding a time or a JSON object ``{run folder: time, "*": time of any other run}``; set by a caller
+#: that must stop by a deadline (benchmarks/sprint.py), so that no run is started that could not finish.
 NO_START_AFTER = "SB_MAL_NO_START_AFTER"
 
 
@@ -119,20 +120,29 @@ class RunProgress:
 PROGRESS = RunProgress()
 
 
+def no_start_after(folder: Path) -> float | None:
+    """The time after which the run in ``folder`` may not start (:data:`NO_START_AFTER`), or None."""
+    value = os.environ.get(NO_START_AFTER)
+    if value and os.path.isfile(value):
+        value = Path(value).read_text().strip()
+        if value.startswith("{"):
+            table = json.loads(value)
+            value = table.get(str(Path(folder).resolve()), table.get("*"))
+    return float(value) if value not in (None, "") else None
+
+
 def run_once(cmd: Sequence[str], folder: Path, log: Path, threads: int = 1,
              outputs: Sequence[str] = ("test_summary.json",), cwd: Path = REPO) -> float:
     """Wall seconds of the command ``cmd`` (run in ``cwd``) writing into ``folder``; not run again
     once its ``outputs`` and the recorded ``seconds`` are there (a killed driver resumes). A failure
-    names the log. A run not yet done is not started after the time in ``$SB_MAL_NO_START_AFTER`` (or in
-    the file it names) (:class:`NotStarted`, a SystemExit)."""
+    names the log. A run not yet done is not started after its time in ``$SB_MAL_NO_START_AFTER``
+    (:func:`no_start_after`; :class:`NotStarted`, a SystemExit)."""
     done = Path(folder) / "seconds"
     if done.exists() and all((Path(folder) / name).exists() for name in outputs):
         PROGRESS.resumed(folder)
         return float(done.read_text())
-    stop = os.environ.get(NO_START_AFTER)
-    if stop and os.path.isfile(stop):
-        stop = Path(stop).read_text().strip()
-    if stop and time.time() > float(stop):
+    stop = no_start_after(folder)
+    if stop is not None and time.time() > stop:
         raise NotStarted(f"not started (past ${NO_START_AFTER}): {' '.join(map(str, cmd))}")
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)

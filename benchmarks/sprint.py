@@ -100,7 +100,7 @@ PRIOR_STEP = {"mal_rec": 0.05, "mal_frozen": 0.07, "mal_frozen_fe": 0.065, "mal_
 #: CPU smoke run: the same families at a few seconds a step on 2 busy cores.
 SMOKE_STEP = {k: 2.0 for k in PRIOR_STEP}
 STARTUP_S = 15.0  # a recipe's start: imports, CUDA context, manifests
-SAFETY = 1.15  # a run starts only if 1.15 times its expected length fits before the stop
+SAFETY = 1.1  # a run starts only if 1.1 times its expected length fits before the stop
 VALID_S = 0.1  # one validation utterance (enhancement + PESQ + STOI) on one worker
 OKD_VALID_S = 0.25  # PESQ, CSIG, CBAK, COVL, STOI
 TEST_S = 0.6  # the intrusive suite + DNSMOS
@@ -246,7 +246,8 @@ def simulate(exps: list[Experiment], done: dict, steps: dict, jobs: int, start: 
     """Expected start and end (seconds from now) of every run not done, each driver on its own slots, waves in
     order (a driver starts a wave when the previous one has ended), position-invariant fine-tuning once MAL's
     baselines have ended, OKD at ``okd_start`` (None: not in this call). A run whose start would be later
-    than ``stop`` less :data:`SAFETY` times its length is left for a later call."""
+    than ``stop`` less :data:`SAFETY` times its length is left for a later call (its driver's gate refuses it
+    and goes on to the next)."""
     out = {}
     ends = {}
 
@@ -295,9 +296,13 @@ def simulate(exps: list[Experiment], done: dict, steps: dict, jobs: int, start: 
     return out
 
 
-def okd_epochs_that_fit(okd: Experiment, cfg: Config, steps: dict, seconds_left: float) -> int:
-    """The most OKD epochs (of ``okd_samples`` generator steps) that let every OKD run, all at once, end
-    within ``seconds_left`` (with :data:`SAFETY` to spare); 0 if not even one."""
+def okd_epochs_that_fit(okd: Experiment, cfg: Config, steps: dict, seconds_left: float,
+                        parallel: int | None = None, runs: int | None = None) -> int:
+    """The most OKD epochs (of ``okd_samples`` generator steps) that let ``runs`` OKD runs (default: all),
+    ``parallel`` at a time (default: all at once), end within ``seconds_left`` (with :data:`SAFETY` to spare);
+    0 if not even one."""
+    runs = len(okd.runs) if runs is None else runs
+    waves = math.ceil(runs / max(1, parallel or runs)) if runs else 1
     best = 0
     for epochs in range(1, cfg.okd_max_epochs + 1):
         longest = 0.0
@@ -306,10 +311,20 @@ def okd_epochs_that_fit(okd: Experiment, cfg: Config, steps: dict, seconds_left:
             valid = (epochs // (1 if cfg.smoke else 5)) * (1 if cfg.smoke else 20) * gens * OKD_VALID_S
             longest = max(longest, STARTUP_S + epochs * cfg.okd_samples * steps[run.family]
                           + (valid + run.test_s) / max(1, cfg.jobs))
-        if SAFETY * longest > seconds_left:
+        if SAFETY * longest * waves > seconds_left:
             break
         best = epochs
     return best
+
+
+def okd_slot(others: list[tuple[float, float]], t: float, slots: int, least: int) -> tuple[float, int]:
+    """``(when, runs at once)`` for OKD: the first time from ``t`` at which the other runs still going
+    (``others``: their (start, end)) leave at least ``least`` of ``slots`` free, and how many they leave."""
+    for when in sorted({t} | {end for _, end in others if end > t}):
+        busy = sum(1 for start, end in others if start <= when < end)
+        if slots - busy >= least:
+            return when, slots - busy
+    return math.inf, 0
 
 
 # -- probes: measured step times ----------------------------------------------------------------------------
@@ -717,18 +732,28 @@ class Sprint:
 
     def _okd_start(self, exps, done, steps, t, stop) -> float | None:
         """When OKD starts in this call (seconds from the call's start), or None: once MAL, the fine-tuning and
-        the codec ladder have nothing left to start (all done, or past their last start), if the rest of the
-        call then holds at least --okd-min-epochs (the number of epochs is fixed at the first start)."""
+        the codec ladder have nothing left to start (all done, or past their last start) and their runs still
+        going leave at least --okd-min-parallel of the --slots free (OKD then runs that many at once), if the
+        rest of the call holds at least --okd-min-epochs (the number of epochs is fixed at the first start)."""
         okd = exps[3]
         self._okd_planned = None
-        if all(done[("okd", r.name)] for r in okd.runs):
+        pending = [r for r in okd.runs if not done[("okd", r.name)]]
+        if not pending:
             return None
         sim = simulate(exps, done, steps, self.cfg.jobs, t, stop, okd_start=None)
-        starts = [v["start"] for k, v in sim.items() if k[0] != "okd" and v["this_call"]]
-        begin = t if self.cfg.smoke else max(starts, default=t)  # the smoke run starts it with the others
+        mine = [(v["start"], v["end"]) for k, v in sim.items() if k[0] != "okd" and v["this_call"]]
+        if self.cfg.smoke:  # the smoke run starts it with the others
+            begin, parallel = t, len(pending)
+        else:
+            begin, parallel = okd_slot(mine, max([a for a, _ in mine], default=t), self.cfg.slots["total"],
+                                       self.cfg.slots["okd_least"])
+            parallel = min(parallel, len(pending))
+        if begin >= stop:
+            return None
+        okd.parallel = parallel
         fixed = json.loads((self.work / "okd_epochs.json").read_text())["epochs"] \
             if (self.work / "okd_epochs.json").exists() else None
-        fit = okd_epochs_that_fit(okd, self.cfg, steps, stop - begin)
+        fit = okd_epochs_that_fit(okd, self.cfg, steps, stop - begin, parallel, len(pending))
         if fixed is not None:
             self._okd_planned = fixed
             return begin if fit >= fixed else None
@@ -771,23 +796,23 @@ class Sprint:
         out.flush()
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def _next_run(self, exp: Experiment) -> Run | None:
-        """The run ``exp``'s driver starts next: its first in the driver's order not started yet."""
-        return next((r for r in exp.runs if not (self.runs / exp.key / r.name / "train_command.txt").exists()
-                     and not is_done(self.runs, exp, r)), None)
+    def _deadline(self, run: Run, steps) -> float:
+        """The last time ``run`` may start: the stop less :data:`SAFETY` times its expected length."""
+        return self.stop - SAFETY * run_seconds(run, steps, self.cfg.jobs)
 
-    def _gate(self, exp: Experiment, done, steps) -> float:
-        """The last time ``exp``'s next run may start: the stop less :data:`SAFETY` times its expected length."""
-        run = self._next_run(exp)
-        return self.stop - SAFETY * run_seconds(run, steps, self.cfg.jobs) if run is not None else self.stop
+    def _can_start(self, exp: Experiment, done, steps) -> bool:
+        """Whether ``exp``'s driver may still start a run: one not started whose deadline has not passed."""
+        return any(not (self.runs / exp.key / r.name / "train_command.txt").exists()
+                   and not is_done(self.runs, exp, r) and now() < self._deadline(r, steps) for r in exp.runs)
 
     def _write_gate(self, exp: Experiment, done, steps) -> Path:
         """The file ``$SB_MAL_NO_START_AFTER`` names for ``exp``'s driver (protocol.run_once reads it before each
-        run), holding :meth:`_gate`; moved as the driver's runs start."""
-        path = self.work / "gates" / exp.key
+        run): each run's :meth:`_deadline`, the stop for any other."""
+        path = self.work / "gates" / f"{exp.key}.json"
         path.parent.mkdir(exist_ok=True)
+        table = {str((self.runs / exp.key / r.name).resolve()): round(self._deadline(r, steps), 1) for r in exp.runs}
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(f"{self._gate(exp, done, steps):.1f}")
+        tmp.write_text(json.dumps({**table, "*": self.stop}))
         tmp.replace(path)
         return path
 
@@ -810,12 +835,9 @@ class Sprint:
             if (self.runs / "codec" / "codec_net" / "seconds").exists():
                 procs["codec"] = self._start_driver(by["codec"], done, steps)
                 self.log(f"codec ladder: driver started ({by['codec'].parallel} runs at a time)")
-            elif now() < self._gate(by["codec"], done, steps):
+            elif now() < self._deadline(by["codec"].runs[0], steps):  # the codec net
                 net = self._start_codec_net(by["codec"])
         while now() < self.stop:
-            for key, proc in procs.items():  # each driver's next run: may it still start?
-                if proc.poll() is None:
-                    self._write_gate(by[key], done, steps)
             if net is not None and net.poll() is not None:
                 if self._codec_net_done(net):
                     procs["codec"] = self._start_driver(by["codec"], done, steps)
@@ -829,7 +851,7 @@ class Sprint:
             mal_alive = "mal" in procs and procs["mal"].poll() is None
             baselines = all(is_done(self.runs, by["mal"], r) for r in by["mal"].runs if r.name.endswith("/baseline"))
             pift_waits = ("pift" not in procs and pending("pift") and (baselines or mal_alive)
-                          and now() < self._gate(by["pift"], done, steps))
+                          and self._can_start(by["pift"], done, steps))
             if pift_waits and baselines:
                 if not (self.runs / "pift" / "wavlm_random_L4_H128" / "config.json").exists():
                     self._wavlm()
@@ -838,9 +860,12 @@ class Sprint:
                 pift_waits = False
             others_busy = any(k != "okd" and p.poll() is None and self._can_start(by[k], done, steps)
                               for k, p in procs.items())
-            if not okd_tried and pending("okd") and (self.cfg.smoke or (not others_busy and not pift_waits)):
+            going = self._in_flight([by[k] for k in procs if k != "okd"])
+            room = self.cfg.slots["total"] - going
+            if (not okd_tried and pending("okd") and (self.cfg.smoke or (not others_busy and not pift_waits
+                                                                          and room >= self.cfg.slots["okd_least"]))):
                 okd_tried = True
-                proc = self._launch_okd(by, done, steps)
+                proc = self._launch_okd(by, done, steps, room)
                 if proc is not None:
                     procs["okd"] = proc
             if (all(p.poll() is not None for p in procs.values()) and net is None and not pift_waits
@@ -897,17 +922,20 @@ class Sprint:
         self.log(f"codec net: trained in {trainings[-1]['seconds']:.0f} s, weights sha256 {digest[:16]}")
         return True
 
-    def _can_start(self, exp, done, steps) -> bool:
-        """Whether ``exp``'s driver may still start a run (its gate not passed and runs not started remain)."""
-        not_started = [r for r in exp.runs if not (self.runs / exp.key / r.name / "train_command.txt").exists()]
-        return bool(not_started) and now() < self._gate(exp, done, steps)
+    def _in_flight(self, exps: list[Experiment]) -> int:
+        """Runs of ``exps`` started and not finished (a folder with train_command.txt and no seconds)."""
+        return sum(1 for e in exps for r in e.runs if (self.runs / e.key / r.name / "train_command.txt").exists()
+                   and not (self.runs / e.key / r.name / "seconds").exists())
 
-    def _launch_okd(self, by, done, steps) -> subprocess.Popen | None:
-        """Start OKD now, all its runs at once: the epochs that fit the rest of the call (or those fixed by an
-        earlier call), the noisy inputs scored first on every core. None when they do not fit."""
+    def _launch_okd(self, by, done, steps, room: int) -> subprocess.Popen | None:
+        """Start OKD now, ``room`` runs at a time (all of them in the smoke run): the epochs that fit the rest of
+        the call (or those fixed by an earlier call), the noisy inputs scored first on every core. None when
+        they do not fit."""
         okd = by["okd"]
         okd_file = self.work / "okd_epochs.json"
-        fit = okd_epochs_that_fit(okd, self.cfg, steps, self.stop - now() - 20)
+        pending = [r for r in okd.runs if not is_done(self.runs, okd, r)]
+        parallel = len(pending) if self.cfg.smoke else max(1, min(room, len(pending)))
+        fit = okd_epochs_that_fit(okd, self.cfg, steps, self.stop - now() - 20, parallel, len(pending))
         if okd_file.exists():
             epochs = json.loads(okd_file.read_text())["epochs"]
             if fit < epochs:
@@ -925,10 +953,10 @@ class Sprint:
                                             + 1 if (self.work / "calls.json").exists() else 1}))
         fresh = next(e for e in experiments(self.cfg, self.runs, epochs) if e.key == "okd")
         okd.args, okd.runs = fresh.args, fresh.runs
-        okd.parallel = len(okd.runs)
+        okd.parallel = parallel
         self._score_noisy()
         proc = self._start_driver(okd, done, steps)
-        self.log(f"MetricGAN-OKD: driver started, {len(okd.runs)} runs at once, {epochs} epochs x "
+        self.log(f"MetricGAN-OKD: driver started, {parallel} of its {len(pending)} runs at once, {epochs} epochs x "
                  f"{self.cfg.okd_samples} generator steps")
         return proc
 
@@ -1147,8 +1175,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda:0", help="the runs' device (default cuda:0; --smoke: cpu)")
     parser.add_argument("--minutes", type=float, default=9.0,
                         help="the call's length, from the start to the last file written (default 9; --smoke 12)")
-    parser.add_argument("--margin", type=float, default=75.0,
-                        help="seconds kept at the end for the tables and the state (default 75; --smoke 45)")
+    parser.add_argument("--margin", type=float, default=50.0,
+                        help="seconds kept at the end for the tables of stopped drivers and the state (default 50; "
+                             "--smoke 45)")
     parser.add_argument("--scale", type=int, default=20,
                         help="budgets as multiples of the CPU experiments' (default 20, at least 20)")
     parser.add_argument("--jobs", type=int, default=2,
@@ -1157,6 +1186,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--codec-parallel", type=int, default=8, help="codec ladder runs at once (default 8)")
     parser.add_argument("--pift-parallel", type=int, default=5,
                         help="fine-tuning runs at once, once MAL's baselines are done (default 5)")
+    parallel = parser.add_argument_group("runs at once")
+    parallel.add_argument("--slots", type=int, default=14,
+                          help="training runs at once in all, which OKD fills once the others have nothing left to "
+                               "start (default 14, for 16 cores)")
+    parallel.add_argument("--okd-min-parallel", type=int, default=5,
+                          help="OKD starts once this many of the --slots are free (default 5: its 10 runs in 2 waves)")
     parser.add_argument("--okd-min-epochs", type=int, default=10,
                         help="OKD starts in a call only if at least this many epochs fit (default 10: the 432 "
                              "generator steps of the earlier GPU run)")
@@ -1199,9 +1234,10 @@ def main() -> int:
     if args.preload_dir is None:
         args.preload_dir = "/dev/shm/sb_mal_sprint_data" if Path("/dev/shm").is_dir() and not args.smoke \
             else str(Path(args.work) / "data")
-    slots = {"mal": args.mal_parallel, "codec": args.codec_parallel, "pift": args.pift_parallel, "okd": 10}
+    slots = {"mal": args.mal_parallel, "codec": args.codec_parallel, "pift": args.pift_parallel, "okd": 10,
+             "total": args.slots, "okd_least": args.okd_min_parallel}
     if args.smoke:
-        slots = {"mal": 2, "codec": 2, "pift": 4, "okd": 2}
+        slots = {"mal": 2, "codec": 2, "pift": 4, "okd": 2, "total": 8, "okd_least": 2}
     cfg = Config(smoke=args.smoke, seeds=[1] if args.smoke else SEEDS, scale=args.scale, device=args.device,
                  jobs=args.jobs, slots=slots, okd_min_epochs=2 if args.smoke else args.okd_min_epochs,
                  okd_max_epochs=2 if args.smoke else args.okd_max_epochs, okd_samples=2 if args.smoke else 48,

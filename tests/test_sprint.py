@@ -24,7 +24,8 @@ import sprint_pack  # noqa: E402
 
 def full_config(**kw) -> sprint.Config:
     values = dict(smoke=False, seeds=sprint.SEEDS, scale=20, device="cuda:0", jobs=2,
-                  slots={"mal": 6, "codec": 8, "pift": 5, "okd": 10}, okd_min_epochs=10, okd_max_epochs=400,
+                  slots={"mal": 6, "codec": 8, "pift": 5, "okd": 10, "total": 14, "okd_least": 5}, okd_min_epochs=10,
+                  okd_max_epochs=400,
                   okd_samples=48, probe_steps=40, codec_net_steps=40)
     values.update(kw)
     return sprint.Config(**values)
@@ -104,9 +105,15 @@ def test_no_run_starts_after_the_gate(tmp_path, monkeypatch):
     monkeypatch.setenv(protocol.NO_START_AFTER, str(gate))
     with pytest.raises(protocol.NotStarted):
         protocol.run_once(cmd, tmp_path / "run", tmp_path / "log.txt", outputs=())
-    gate.write_text(f"{time.time() + 600:.1f}")
+    # or a table: each run folder its own time, "*" any other
+    gate.write_text(json.dumps({str((tmp_path / "run").resolve()): time.time() - 1, "*": time.time() + 600}))
+    with pytest.raises(protocol.NotStarted):
+        protocol.run_once(cmd, tmp_path / "run", tmp_path / "log.txt", outputs=())
+    assert protocol.no_start_after(tmp_path / "other") > time.time()
+    gate.write_text(json.dumps({str((tmp_path / "run").resolve()): time.time() + 600}))
     protocol.run_once(cmd, tmp_path / "run", tmp_path / "log.txt", outputs=())
     assert marker.exists() and (tmp_path / "run" / "seconds").exists()
+    assert protocol.no_start_after(tmp_path / "other") is None
     assert protocol.merge_overrides(["a.py", "--n_jobs=1", "--seed=2"], ["--n_jobs=4", "--device=cuda:0"]) == \
         ["a.py", "--seed=2", "--n_jobs=4", "--device=cuda:0"]
 
