@@ -822,7 +822,7 @@ class Sprint:
         by = {e.key: e for e in exps}
         procs: dict = {}
         ended: set = set()
-        okd_tried = plan["okd_start"] is None
+        okd_room = 0  # OKD is tried when the others leave more room than at its last try (_launch_okd: does it fit?)
 
         def pending(key):
             return any(not is_done(self.runs, by[key], r) for r in by[key].runs)
@@ -858,18 +858,18 @@ class Sprint:
                 procs["pift"] = self._start_driver(by["pift"], done, steps)
                 self.log(f"{by['pift'].label}: driver started (MAL's baselines are done)")
                 pift_waits = False
-            others_busy = any(k != "okd" and p.poll() is None and self._can_start(by[k], done, steps)
-                              for k, p in procs.items())
-            going = self._in_flight([by[k] for k in procs if k != "okd"])
+            others_busy = net is not None or any(k != "okd" and p.poll() is None and self._can_start(by[k], done, steps)
+                                                 for k, p in procs.items())
+            going = self._in_flight([by[k] for k, p in procs.items() if k != "okd" and p.poll() is None])
             room = self.cfg.slots["total"] - going
-            if (not okd_tried and pending("okd") and (self.cfg.smoke or (not others_busy and not pift_waits
-                                                                          and room >= self.cfg.slots["okd_least"]))):
-                okd_tried = True
+            if ("okd" not in procs and pending("okd") and room > okd_room
+                    and (self.cfg.smoke or (not others_busy and not pift_waits and room >= self.cfg.slots["okd_least"]))):
+                okd_room = room
                 proc = self._launch_okd(by, done, steps, room)
                 if proc is not None:
                     procs["okd"] = proc
             if (all(p.poll() is not None for p in procs.values()) and net is None and not pift_waits
-                    and (okd_tried or not pending("okd"))):
+                    and ("okd" in procs or not pending("okd") or okd_room >= self.cfg.slots["total"])):
                 break
             time.sleep(1.0 if self.cfg.smoke else 2.0)
         if net is not None and net.poll() is None:
@@ -949,8 +949,7 @@ class Sprint:
                 return None
             epochs = fit
             okd_file.write_text(json.dumps({"epochs": epochs, "samples": self.cfg.okd_samples,
-                                            "chosen_in_call": len(json.loads((self.work / "calls.json").read_text()))
-                                            + 1 if (self.work / "calls.json").exists() else 1}))
+                                            "chosen_in_call": self.call_number}))
         fresh = next(e for e in experiments(self.cfg, self.runs, epochs) if e.key == "okd")
         okd.args, okd.runs = fresh.args, fresh.runs
         okd.parallel = parallel
