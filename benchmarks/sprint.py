@@ -16,9 +16,11 @@ What one call does (``python3 benchmarks/sprint.py``, run from the repository ro
 5. runs the experiment drivers (benchmarks/mal_experiment.py, pift_experiment.py, codec_ladder.py,
    okd_experiment.py) with ``--device=cuda:0``, several runs of each sharing the GPU, each run's
    metrics scored by ``--jobs`` worker processes, the noisy inputs scored on every core;
-6. stops cleanly before the deadline: no run starts that the plan does not expect to finish in time
-   (``$SB_MAL_NO_START_AFTER``, benchmarks/protocol.py), the drivers are stopped at the deadline,
-   the tables of the runs finished so far are written (each driver's ``--report-only``);
+6. stops cleanly before the deadline: a run starts only if 1.1 times its expected length fits before the
+   stop (each run's deadline in a file that ``$SB_MAL_NO_START_AFTER`` names, read by
+   benchmarks/protocol.py; a driver skips a run too long for the rest of the call and goes on), the
+   drivers are stopped ``--margin`` seconds before the end, and a driver that did not end by itself
+   writes the tables of the runs finished so far (its ``--report-only``);
 7. writes into the output folder (``$OUT`` on the device): ``sprint_state.tar.gz`` (the runs'
    results and logs, plus the checkpoints later runs start from; under 16 MiB), ``RESULTS_sprint.md``
    (the drivers' sections), ``sprint_log.txt`` and ``plan.json``.
@@ -36,14 +38,24 @@ Budgets (at least ``--scale`` = 20 times the CPU experiments of benchmarks/RESUL
   ssl_softdtw through the random WavLM (the FCPE and Resemblyzer wheels are too large to carry).
 - Codec ladder (codec_ladder.py): P4 and P5, l1_mag against codec_nopred (multiplier 1), 12 epochs of
   160 x scale mixtures (4800 steps at scale 20), 60 test utterances with DNSMOS, as the CPU run; the
-  codec net is trained on the GPU at the start (its 39 MB weights cannot be carried to a later call:
-  a call that resumes unfinished ladder runs trains it again, same seed and data, and says so).
+  codec net is trained on the GPU first, with PyTorch's deterministic algorithms (its 39 MB weights
+  cannot be carried to a later call: a call that resumes unfinished ladder runs trains it again, same
+  seed and data, and compares the weights' digest with the earlier trainings': the log and the
+  sprint's section say whether they are the same).
 - MetricGAN-OKD (okd_experiment.py): MetricGAN+ (PESQ) and OKD (PESQ, CSIG), 48 generator steps per
-  epoch; it starts when the other three have nothing left to start, all its runs at once, with as many
-  epochs as the rest of the call allows (at least ``--okd-min-epochs``; otherwise it waits for the
-  next call); the number is then kept for every later call.
+  epoch; it starts when the other three have nothing left to start and their runs still going leave
+  ``--okd-min-parallel`` of the ``--slots`` free, that many runs at once, with as many epochs as the rest
+  of the call allows (at least ``--okd-min-epochs``; otherwise it waits for more room or the next
+  call); the number is then kept for every later call.
 
-The one command on a lent device (``carry: [".sprint"]``, ``timeout_s`` 600)::
+The data is what a call can carry beside the code: the 120 devset test pairs, 30 valid pairs, every
+6th training utterance of each voice and the first 12 s of each of the 22 training noises (the pack
+prints what it took; about 49 MiB with the wheels, 14 MiB left for the state). The sprint's own section
+of RESULTS_sprint.md lists the calls, the data, the step times (measured or prior) and the runs done.
+With the prior step times the whole sprint takes about six calls; the probes' measurements decide.
+
+The one command on a lent device (``carry: [".sprint"]``, ``timeout_s`` 600; the files come back from
+``$OUT``)::
 
     python3 benchmarks/sprint.py
 
@@ -57,8 +69,8 @@ results file as ``sprint_*`` sections; ``--write-results`` for the committed ben
 
     python benchmarks/sprint.py --take <the call's files_at folder>
 
-``--smoke`` runs every arm of the four experiments for a step or two on the CPU (a few minutes), the
-same path end to end; ``--plan-only`` prints the plan and stops.
+``--smoke`` runs every arm of the four experiments for a step or two on the CPU (a few minutes; OKD
+starts with the others there), the same path end to end; ``--plan-only`` prints the plan and stops.
 """
 
 from __future__ import annotations
