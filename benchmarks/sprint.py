@@ -291,20 +291,14 @@ def simulate(exps: list[Experiment], done: dict, steps: dict, jobs: int, start: 
         pift_start = math.inf
     else:
         pift_start = max(baselines, default=start)
-    if pift_start < math.inf:
-        ends["pift"] = driver(by_key["pift"], pift_start)
-    else:
-        for run in by_key["pift"].runs:
-            if not done[("pift", run.name)]:
-                out[("pift", run.name)] = {"start": math.inf, "end": math.inf, "seconds": run_seconds(run, steps, jobs),
-                                           "this_call": False}
-    if okd_start is not None:
-        ends["okd"] = driver(by_key["okd"], okd_start)
-    else:
-        for run in by_key["okd"].runs:
-            if not done[("okd", run.name)]:
-                out[("okd", run.name)] = {"start": math.inf, "end": math.inf, "seconds": run_seconds(run, steps, jobs),
-                                          "this_call": False}
+    for key, start in (("pift", pift_start if pift_start < math.inf else None), ("okd", okd_start)):
+        if start is not None:
+            ends[key] = driver(by_key[key], start)
+            continue
+        for run in by_key[key].runs:  # not started in this call
+            if not done[(key, run.name)]:
+                out[(key, run.name)] = {"start": math.inf, "end": math.inf, "seconds": run_seconds(run, steps, jobs),
+                                        "this_call": False}
     return out
 
 

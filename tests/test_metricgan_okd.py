@@ -421,7 +421,12 @@ def test_the_pipelined_discriminator_phase_equals_the_sequential_one(devset_test
         brain = _okd_brain(tmp_path / f"p{pipelined}", 5.0, n_jobs=n_jobs, d_pipeline=pipelined,
                            score_cache=str(tmp_path / f"cache{pipelined}.sqlite"))
         brain.fit_batch(batch)
+        order = []  # the pipeline interleaves: a discriminator update comes before the last enhancement
+        for name in ("enhance_for_discriminator", "discriminator_step"):
+            setattr(brain, name, (lambda real, name: lambda *a: order.append(name) or real(*a))(getattr(brain, name), name))
         stats = brain.discriminator_phase.run(2, brain._current)
+        last_enhancement = max(i for i, n in enumerate(order) if n == "enhance_for_discriminator")
+        assert ("discriminator_step" in order[:last_enhancement]) == pipelined, order
         scored = []  # noisy inputs scored in the second run
         brain.discriminator_phase._remember_noisy = lambda utterance, row: scored.append(utterance[0])
         brain.history.noisy_targets.clear()  # as in a new run on the same data: the cache has them

@@ -13,6 +13,7 @@ Its default place is ``$SB_MAL_CACHE`` or ``~/.cache/sb_mal`` (``metric_scores.s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -75,8 +76,15 @@ class ScoreCache:
             raise OSError(f"metric score cache {self.path}: not usable ({err}); delete it or choose another "
                           "place (SB_MAL_CACHE)") from err
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(str(self.path), timeout=60)
+    @contextlib.contextmanager
+    def _connect(self):
+        """One transaction on a connection that is closed afterwards."""
+        db = sqlite3.connect(str(self.path), timeout=60)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
 
     @staticmethod
     def key(signal, reference, rate: int) -> str:
