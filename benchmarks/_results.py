@@ -160,6 +160,15 @@ def experiment_parser(doc: str, out: str):
     return add_results_option(parser)
 
 
+def add_batch_option(parser, default: int = 8):
+    """``--batch``: training mixtures per optimiser step of every run (the recipes' ``batch_size``); the
+    budget of an epoch stays ``--examples`` mixtures, so a larger batch means fewer, larger steps."""
+    parser.add_argument("--batch", type=int, default=default,
+                        help=f"training mixtures per step of every run (default {default}); an epoch is still "
+                             "--examples mixtures")
+    return parser
+
+
 def parse_with_overrides(parser):
     """``(args, overrides)``: any argument the parser does not know must be a ``--key=value`` recipe
     override, passed on to every run."""

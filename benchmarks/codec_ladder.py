@@ -49,7 +49,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _results import DEVSET, devset_batch, experiment_parser, figures_dir, header, parse_with_overrides, update_section
+from _results import (DEVSET, add_batch_option, devset_batch, experiment_parser, figures_dir, header,
+                      parse_with_overrides, update_section)
 from mal_experiment import best_valid
 from protocol import PROGRESS, compare, compare_without, evidence_table, merge_overrides, run_once
 
@@ -122,7 +123,8 @@ def build_parser():
                         help="seeds (5 by default; at least 3); the first is the tuning seed")
     parser.add_argument("--epochs", type=int, default=12,
                         help="training epochs of every run, each of --examples mixtures (default 12)")
-    parser.add_argument("--examples", type=int, default=160, help="training mixtures per epoch (batch 8)")
+    parser.add_argument("--examples", type=int, default=160, help="training mixtures per epoch")
+    add_batch_option(parser)
     parser.add_argument("--multipliers", type=float, nargs="+", default=[0.1, 0.3, 1.0, 3.0],
                         help="grid of the codec terms' multiplier (1: each term as large as the base term for a "
                              "do-nothing separator); one value is used as given, without tuning")
@@ -161,7 +163,7 @@ def main():
                                f"--data_folder={DEVSET}", f"--output_folder={folder}", f"--capacity={capacity}",
                                f"--codec_run={codec_run}", *arm_overrides(arm, base, m, weights),
                                f"--number_of_epochs={args.epochs}", f"--examples_per_epoch={args.examples}",
-                               f"--seed={seed}", "--n_jobs=1",
+                               f"--batch_size={args.batch}", f"--seed={seed}", "--n_jobs=1",
                                f"--test_metrics=[{','.join(METRICS + (['dnsmos'] if args.dnsmos else []))}]", *sizes],
                               extra)
         if not test:
@@ -221,7 +223,7 @@ def report(out: Path, args, tuned: dict) -> None:
 
     params = {r["name"]: r["parameters"] for r in ladder_table()}
     cols = METRICS + (DNSMOS if args.dnsmos else [])
-    steps = args.epochs * (args.examples // 8)
+    steps = args.epochs * (args.examples // args.batch)
     base = args.codec_base
     sections, gains = [], []
     for task in args.tasks:
@@ -262,7 +264,7 @@ def report(out: Path, args, tuned: dict) -> None:
     w = json.loads((out / "weights.json").read_text()).get(base, {}) if (out / "weights.json").exists() else {}
     body = (header("Codec-approximation loss vs L1 across the separation ladder (codec_ladder.py)", args.report_only)
             + f"- protocol: benchmarks/protocol.py; seeds {args.seeds}; every run {args.epochs} epochs x {args.examples} "
-            f"on-the-fly devset mixtures (batch 8, 3 s: {steps} steps), Adam lr 1e-3\n"
+            f"on-the-fly devset mixtures (batch {args.batch}, 3 s: {steps} steps), Adam lr 1e-3\n"
             f"- baseline: {BASELINE}, L1 between magnitude spectrograms (the paper's); arms: {', '.join(args.arms[1:])} "
             f"(l1 = waveform L1; codec arms = {base} L1 + codec terms)\n"
             f"- codec net: `{args.codec_run}`; layer set F; balanced weights (terms equal to the {base} L1 for "

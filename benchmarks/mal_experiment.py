@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
-from _results import DEVSET, experiment_parser, header, parse_with_overrides, update_section
+from _results import DEVSET, add_batch_option, experiment_parser, header, parse_with_overrides, update_section
 from protocol import PROGRESS, compare, compare_without, evidence_table, merge_overrides, run_once, verdict_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +108,8 @@ def build_parser():
                         help="phase-1 epochs: the backbone trained with the reconstruction loss (default 8)")
     parser.add_argument("--epochs2", type=int, default=6,
                         help="phase-2 epochs of every arm, from the phase-1 model (default 6)")
-    parser.add_argument("--examples", type=int, default=200, help="training mixtures per epoch (batch 8)")
+    parser.add_argument("--examples", type=int, default=200, help="training mixtures per epoch")
+    add_batch_option(parser)
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0, 10.0],
                         help="the lambda_mal grid of the tuning (0 = reconstruction only)")
     parser.add_argument("--valid-limit", type=int, default=30, help="validation pairs (tuning and checkpoints)")
@@ -142,7 +143,8 @@ def main():
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     common = merge_overrides([f"--data_folder={DEVSET}", f"--examples_per_epoch={args.examples}",
-                              f"--valid_limit={args.valid_limit}", "--n_jobs=1", *SMALL], extra)
+                              f"--batch_size={args.batch}", f"--valid_limit={args.valid_limit}", "--n_jobs=1", *SMALL],
+                             extra)
     seconds: dict[str, float] = {}
     deep = args.deep_feature.lower() != "none" and DEEP in args.arms
     variants = [v for v in VARIANTS if v in args.arms]
@@ -256,7 +258,7 @@ def report(out: Path, args, tuned: dict, finished) -> None:
     rows = []
     minutes = lambda name: [float((out / f"seed{s}" / name / "seconds").read_text()) / 60  # noqa: E731
                             for s in args.seeds if finished(s, name, True)]
-    steps = args.epochs2 * args.examples // 8
+    steps = args.epochs2 * (args.examples // args.batch)
     first = args.seeds[0]
     for v in (*VARIANTS, DEEP):
         arm = {s: out / f"seed{s}" / v / "test_scores.csv" for s in args.seeds if finished(s, v, True)}
@@ -298,7 +300,8 @@ def report(out: Path, args, tuned: dict, finished) -> None:
     body = (header(f"Model as Loss against reconstruction-only, {len(base)} seed(s) (mal_experiment.py)",
                    args.report_only)
             + f"- protocol: benchmarks/protocol.py; phase 1 {args.epochs1} epochs, then {args.epochs2} epochs "
-            f"({steps} steps of batch 8, 2 s segments) per arm from the same phase-1 model; seeds {args.seeds}\n"
+            f"({steps} steps of batch {args.batch}, 2 s segments) per arm from the same phase-1 model; "
+            f"seeds {args.seeds}\n"
             f"- model: the backbone at a reduced size ({' '.join(SMALL)}) so that the seeds fit on 2 CPU cores\n"
             "- L_mal is the mean over its taps (a sum before December 2026: lambda x with k summed taps equals "
             "lambda k*x with the mean); gradient share = ||lambda * grad L_mal|| / ||grad L_rec|| on the decoder at "

@@ -39,7 +39,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _results import DEVSET, experiment_parser, figures_dir, header, parse_with_overrides, update_section
+from _results import (DEVSET, add_batch_option, experiment_parser, figures_dir, header, parse_with_overrides,
+                      update_section)
 from mal_experiment import METRICS, SMALL
 from protocol import PROGRESS, compare, evidence_table, merge_overrides, run_once, verdict_line
 
@@ -96,7 +97,8 @@ def main():
     parser.add_argument("--wavlm", default=None, help="a local pretrained WavLM folder instead of the random one")
     parser.add_argument("--epochs", type=int, default=4,
                         help="fine-tuning epochs of every arm, each of --examples mixtures (default 4)")
-    parser.add_argument("--examples", type=int, default=64, help="training mixtures per epoch (batch 8)")
+    parser.add_argument("--examples", type=int, default=64, help="training mixtures per epoch")
+    add_batch_option(parser)
     parser.add_argument("--valid-limit", type=int, default=20,
                         help="devset validation pairs of the checkpoint choice (default 20)")
     parser.add_argument("--shift-limit", type=int, default=20, help="test utterances of the shift study")
@@ -107,7 +109,8 @@ def main():
     start = (REPO / args.start).resolve()
     sources = {name: encoder_source(name, out, args.wavlm) for name in args.encoders}
     common = merge_overrides([f"--data_folder={DEVSET}", f"--examples_per_epoch={args.examples}",
-                              f"--number_of_epochs={args.epochs}", f"--valid_limit={args.valid_limit}", "--n_jobs=1",
+                              f"--batch_size={args.batch}", f"--number_of_epochs={args.epochs}",
+                              f"--valid_limit={args.valid_limit}", "--n_jobs=1",
                               *SMALL], extra)
 
     def run(job: tuple[int, str, str]) -> None:
@@ -150,7 +153,7 @@ def _minutes(out: Path, seeds, name: str) -> str:
 
 
 def report(out: Path, args) -> None:
-    steps = args.epochs * args.examples // 8
+    steps = args.epochs * (args.examples // args.batch)
     budget = lambda name: f"{steps} steps, {_minutes(out, args.seeds, name)}"  # noqa: E731
     rec = _scores(out, args.seeds, "rec")
     sections = []
@@ -193,7 +196,8 @@ def report(out: Path, args) -> None:
         return
     body = (header("Position-invariant fine-tuning through frozen feature models (pift_experiment.py)", args.report_only)
             + f"- protocol: benchmarks/protocol.py; seeds {args.seeds}; every arm {args.epochs} epochs x "
-            f"{args.examples} on-the-fly devset mixtures ({steps} steps of batch 8, 2 s segments), Adam lr 1e-4, from "
+            f"{args.examples} on-the-fly devset mixtures ({steps} steps of batch {args.batch}, 2 s segments), Adam lr 1e-4, "
+            "from "
             f"the seed's reconstruction-only model of mal_experiment.py (backbone at {' '.join(SMALL)})\n"
             "- losses at the paper's settings (lambda_ssl 1, lambda_rec 0; padding 2-5 % at the start; soft-DTW "
             "gamma 0.1 with speed perturbation 0.8-1.2): nothing tuned; the validation split "

@@ -25,19 +25,24 @@ What one call does (``python3 benchmarks/sprint.py``, run from the repository ro
    results and logs, plus the checkpoints later runs start from; under 16 MiB), ``RESULTS_sprint.md``
    (the drivers' sections), ``sprint_log.txt`` and ``plan.json``.
 
-Budgets (at least ``--scale`` = 20 times the CPU experiments of benchmarks/RESULTS.md, 5 seeds):
+Budgets (at least ``--scale`` = 20 times the training mixtures of the CPU experiments of
+benchmarks/RESULTS.md, 5 seeds). The enhancement runs take ``--batch`` = 32 mixtures per step where the CPU
+runs took 8: these networks are so small that a step of 8 leaves the GPU waiting on kernel launches, so the
+same mixtures in a quarter of the steps cost far less time (5 times the CPU runs' steps, 20 times their
+mixtures). Each MAL and fine-tuning run is scored on 60 test pairs (``--test-limit``; the CPU runs: 120), as
+the codec ladder and OKD runs: scoring is most of a run's CPU time.
 
 - MAL (mal_experiment.py): the reduced backbone of the CPU run; phase 1 8 epochs and phase 2 6 epochs
-  of 200 x scale mixtures (4000 and 3000 steps of batch 8 at scale 20) for the reconstruction-only
+  of 200 x scale mixtures (1000 and 750 steps of batch 32 at scale 20) for the reconstruction-only
   baseline and the arms frozen (lambda 4, mean of the four taps), frozen_fe (lambda 1, bottleneck) and
   dynamic (lambda 4, four taps): the configurations the CPU run chose on validation (lambda 1 with the
   taps summed then), given with --arm-config, not tuned again. The deep-feature arm is left out: its
   FCPE encoder ships in a 40 MB wheel that does not fit the call beside the data.
 - Position-invariant fine-tuning (pift_experiment.py): from each seed's MAL baseline, 4 epochs of
-  64 x scale mixtures (640 steps at scale 20) for reconstruction only, ssl_mse, ssl_mse_pad and
+  64 x scale mixtures (160 steps of batch 32 at scale 20) for reconstruction only, ssl_mse, ssl_mse_pad and
   ssl_softdtw through the random WavLM (the FCPE and Resemblyzer wheels are too large to carry).
 - Codec ladder (codec_ladder.py): P4 and P5, l1_mag against codec_nopred (multiplier 1), 12 epochs of
-  160 x scale mixtures (4800 steps at scale 20), 60 test utterances with DNSMOS, as the CPU run; the
+  160 x scale mixtures (1200 steps of batch 32 at scale 20), 60 test utterances with DNSMOS, as the CPU run; the
   codec net is trained on the GPU first, with PyTorch's deterministic algorithms (its 39 MB weights
   cannot be carried to a later call: a call that resumes unfinished ladder runs trains it again, same
   seed and data, and compares the weights' digest with the earlier trainings': the log and the
@@ -52,7 +57,8 @@ The data is what a call can carry beside the code: the 120 devset test pairs, 30
 6th training utterance of each voice and the first 12 s of each of the 22 training noises (the pack
 prints what it took; about 49 MiB with the wheels, 14 MiB left for the state). The sprint's own section
 of RESULTS_sprint.md lists the calls, the data, the step times (measured or prior) and the runs done.
-With the prior step times the whole sprint takes about six calls; the probes' measurements decide.
+With the prior step times (batch 32 assumed to cost 1.5 times a step of batch 8) the first call finishes
+about 60 of the 76 runs and a second call the rest, OKD included; the probes' measurements decide.
 
 The one command on a lent device (``carry: [".sprint"]``, ``timeout_s`` 600; the files come back from
 ``$OUT``)::
@@ -102,15 +108,30 @@ PIFT_LOSSES = ("mse", "pad", "softdtw")
 CODEC_CAPACITIES = ("P5", "P4")  # the driver's order: the largest first
 CODEC_ARMS = {"l1_mag": "l1_mag", "codec_nopred": "codec_nopred_magnitude_m1"}
 OKD_SYSTEMS = {"okd_pesq_csig": 2, "metricgan_plus": 1}  # the driver's order (more generators first)
-#: Seconds per optimiser step (OKD: per generator step) with a dozen runs sharing one H100, used until a
-#: probe measures them: the GPU step costs of benchmarks/RESULTS.md (bench_mal_cost cuda, bench_loss_step
-#: cuda, okd_experiment cuda) plus the mixing on one core and the sharing, rounded up.
+#: Seconds per optimiser step of batch 8 (OKD: per generator step, batch 1) with a dozen runs sharing one
+#: H100, used until a probe measures them: the GPU step costs of benchmarks/RESULTS.md (bench_mal_cost cuda,
+#: bench_loss_step cuda, okd_experiment cuda) plus the mixing on one core and the sharing, rounded up.
 PRIOR_STEP = {"mal_rec": 0.05, "mal_frozen": 0.07, "mal_frozen_fe": 0.065, "mal_dynamic": 0.075,
               "pift_rec": 0.05, "pift_mse": 0.08, "pift_pad": 0.085, "pift_softdtw": 0.2,
               "codec_P4": 0.04, "codec_P5": 0.05, "codec_term": 0.025, "codec_net": 0.1,
               "okd_metricgan_plus": 0.35, "okd_okd_pesq_csig": 0.6}
 #: CPU smoke run: the same families at a few seconds a step on 2 busy cores.
 SMOKE_STEP = {k: 2.0 for k in PRIOR_STEP}
+#: The enhancement runs' default batch on the GPU: these networks are small enough that a step of batch 8
+#: leaves the H100 waiting on kernel launches, so 4 times the mixtures per step cost far less than 4 times
+#: the time; the budgets are counted in mixtures (at least 20 times the CPU runs'), in fewer, larger steps.
+GPU_BATCH = 32
+#: Extra cost of a step per extra batch of 8 (prior, until a probe measures it): batch 32 = 1.5 x batch 8.
+BATCH_COST = 1 / 6
+BATCHED_FAMILIES = ("mal_", "pift_", "codec_P", "codec_term")  # the codec net and OKD keep their own batches
+
+
+def prior_steps(batch: int, smoke: bool = False) -> dict:
+    """Prior seconds per step of every family at ``batch`` mixtures per enhancement step."""
+    if smoke:
+        return dict(SMOKE_STEP)
+    factor = 1.0 + BATCH_COST * (batch / 8 - 1)
+    return {k: v * factor if k.startswith(BATCHED_FAMILIES) else v for k, v in PRIOR_STEP.items()}
 STARTUP_S = 15.0  # a recipe's start: imports, CUDA context, manifests
 SAFETY = 1.1  # a run starts only if 1.1 times its expected length fits before the stop
 VALID_S = 0.1  # one validation utterance (enhancement + PESQ + STOI) on one worker
@@ -163,6 +184,8 @@ class Config:
     okd_samples: int
     probe_steps: int
     codec_net_steps: int
+    batch: int = 8
+    test_pairs: int = 120
 
 
 def experiments(cfg: Config, runs_dir: Path, okd_epochs: int | None) -> list[Experiment]:
@@ -170,6 +193,7 @@ def experiments(cfg: Config, runs_dir: Path, okd_epochs: int | None) -> list[Exp
     seeds = cfg.seeds
     s = cfg.scale
     dev = [f"--device={cfg.device}", f"--n_jobs={cfg.jobs}"]
+    b = cfg.batch
     if cfg.smoke:  # a step or two of every arm, one test utterance, short segments
         mal_ex, e1, e2, mal_valid = 8, 1, 1, 1
         pift_ex, pift_ep, pift_valid, shift = 8, 1, 1, 1
@@ -181,39 +205,42 @@ def experiments(cfg: Config, runs_dir: Path, okd_epochs: int | None) -> list[Exp
         pift_ex, pift_ep, pift_valid, shift = 64 * s, 4, 20, 20
         codec_ex, codec_ep, codec_valid, codec_test, codec_caps, codec_net_ep = 160 * s, 12, 20, 60, \
             list(CODEC_CAPACITIES), 20
-        test = 120
-        tiny = []
+        test = cfg.test_pairs
+        tiny = [f"--test_limit={test}"]
     arm_config = json.dumps(MAL_ARMS)
     mal = Experiment("mal", "mal_experiment.py", [
         "--seeds", *map(str, seeds), "--epochs1", str(e1), "--epochs2", str(e2), "--examples", str(mal_ex),
+        "--batch", str(b),
         "--valid-limit", str(mal_valid), "--arms", *MAL_ARMS, "--skip-tuning", "--arm-config", arm_config,
         "--deep-feature", "none"], [*dev, *tiny], cfg.slots["mal"], label="MAL")
     v1 = mal_valid * VALID_S
     for seed in seeds:
-        mal.runs.append(Run(f"seed{seed}/phase1", "mal_rec", e1 * (mal_ex // 8), 0, e1 * v1, 0.0, "save"))
+        mal.runs.append(Run(f"seed{seed}/phase1", "mal_rec", e1 * (mal_ex // b), 0, e1 * v1, 0.0, "save"))
     for seed in seeds:
-        mal.runs.append(Run(f"seed{seed}/baseline", "mal_rec", e2 * (mal_ex // 8), 1, e2 * v1, test * TEST_S,
+        mal.runs.append(Run(f"seed{seed}/baseline", "mal_rec", e2 * (mal_ex // b), 1, e2 * v1, test * TEST_S,
                             "test_scores.csv"))
     for seed in seeds:
         for arm in MAL_ARMS:
-            mal.runs.append(Run(f"seed{seed}/{arm}", f"mal_{arm}", e2 * (mal_ex // 8), 1, e2 * v1, test * TEST_S,
+            mal.runs.append(Run(f"seed{seed}/{arm}", f"mal_{arm}", e2 * (mal_ex // b), 1, e2 * v1, test * TEST_S,
                                 "test_scores.csv"))
     pift = Experiment("pift", "pift_experiment.py", [
         "--start", str(runs_dir / "mal"), "--seeds", *map(str, seeds), "--encoders", "wavlm_random", "--epochs",
-        str(pift_ep), "--examples", str(pift_ex), "--valid-limit", str(pift_valid), "--shift-limit", str(shift)],
+        str(pift_ep), "--examples", str(pift_ex), "--batch", str(b), "--valid-limit", str(pift_valid),
+        "--shift-limit", str(shift)],
         [*dev, *tiny], cfg.slots["pift"], label="position-invariant fine-tuning")
     v2 = pift_valid * VALID_S
     for seed in seeds:
-        pift.runs.append(Run(f"seed{seed}/rec", "pift_rec", pift_ep * (pift_ex // 8), 0, pift_ep * v2, test * TEST_S,
+        pift.runs.append(Run(f"seed{seed}/rec", "pift_rec", pift_ep * (pift_ex // b), 0, pift_ep * v2, test * TEST_S,
                              "test_scores.csv"))
     for seed in seeds:
         for loss in PIFT_LOSSES:
-            pift.runs.append(Run(f"seed{seed}/wavlm_random_{loss}", f"pift_{loss}", pift_ep * (pift_ex // 8), 0,
+            pift.runs.append(Run(f"seed{seed}/wavlm_random_{loss}", f"pift_{loss}", pift_ep * (pift_ex // b), 0,
                                  pift_ep * v2, test * TEST_S, "test_scores.csv"))
     codec = Experiment("codec", "codec_ladder.py", [
         "--codec-run", str(runs_dir / "codec" / "codec_net"), "--codec-epochs", str(codec_net_ep), "--capacities",
         *codec_caps, "--arms", *CODEC_ARMS, "--multipliers", "1", "--seeds", *map(str, seeds), "--epochs",
-        str(codec_ep), "--examples", str(codec_ex), "--valid-size", str(codec_valid), "--test-size", str(codec_test),
+        str(codec_ep), "--examples", str(codec_ex), "--batch", str(b), "--valid-size", str(codec_valid),
+        "--test-size", str(codec_test),
         "--dnsmos"], [*dev, *(["--segment_seconds=1.0"] if cfg.smoke else [])], cfg.slots["codec"],
         label="codec ladder")
     codec.runs.append(Run("codec_net", "codec_net", cfg.codec_net_steps * codec_net_ep, 0, 0.0, 0.0,
@@ -222,7 +249,7 @@ def experiments(cfg: Config, runs_dir: Path, okd_epochs: int | None) -> list[Exp
         for cap in codec_caps:
             for arm, folder in CODEC_ARMS.items():
                 codec.runs.append(Run(f"speech/seed{seed}/{cap}_{folder}", f"codec_{cap if cap in CODEC_CAPACITIES else 'P4'}",
-                                      codec_ep * (codec_ex // 8), 1, codec_ep * codec_valid * VALID_S,
+                                      codec_ep * (codec_ex // b), 1, codec_ep * codec_valid * VALID_S,
                                       codec_test * CODEC_TEST_S, "test_scores.csv",
                                       "codec_term" if arm != "l1_mag" else None))
     epochs = okd_epochs or cfg.okd_min_epochs
@@ -371,7 +398,7 @@ def probe_commands(cfg: Config, families: list[str], work: Path, data: Path, run
         folder = work / "probe" / fam
         base = [f"--output_folder={folder}", f"--data_folder={data}", "--number_of_epochs=2", "--valid_limit=1",
                 "--test_data=null", "--n_jobs=1", "--seed=1", f"--device={cfg.device}"]
-        enh = [*base, f"--examples_per_epoch={8 * k}", *SMALL]
+        enh = [*base, f"--examples_per_epoch={cfg.batch * k}", f"--batch_size={cfg.batch}", *SMALL]
         if fam == "mal_rec":
             cmd = [py, "recipes/baseline/train.py", "hparams/folders/baseline.yaml", *enh]
         elif fam.startswith("mal_"):
@@ -387,7 +414,8 @@ def probe_commands(cfg: Config, families: list[str], work: Path, data: Path, run
                 cmd += ["--lambda_ssl=0", "--lambda_rec=1"]
         elif fam.startswith("codec_P"):
             cmd = [py, "recipes/codec/train_separation.py", "hparams/folders/separation_speech.yaml", *base,
-                   f"--examples_per_epoch={8 * k}", f"--capacity={fam[6:]}", "--loss=l1_mag"]
+                   f"--examples_per_epoch={cfg.batch * k}", f"--batch_size={cfg.batch}", f"--capacity={fam[6:]}",
+                   "--loss=l1_mag"]
         elif fam.startswith("okd_"):
             system = fam[4:]
             cmd = [py, "recipes/metricgan_okd/train.py", f"hparams/folders/{system}.yaml", *base,
@@ -588,6 +616,12 @@ class Sprint:
                         OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_MODULE_LOADING="LAZY",
                         SB_MAL_BENCH_RESULTS=str(self.work / "RESULTS_sprint.md"))
 
+    @property
+    def probe_file(self) -> Path:
+        """The measured step times (seconds per step by family), kept from call to call; one file per batch,
+        since a step of another batch costs another time."""
+        return self.work / f"probe_batch{self.cfg.batch}.json"
+
     def log(self, msg: str) -> None:
         line = f"[{(now() - self.t0) / 60:5.2f} min] {msg}"
         print(line, flush=True)
@@ -648,9 +682,9 @@ class Sprint:
         exps = experiments(cfg, self.runs, okd_epochs)
         done = {(e.key, r.name): is_done(self.runs, e, r) for e in exps for r in e.runs}
         prepare_resumed_codec(self.runs, exps[2], done, self.log)
-        probe_file = self.work / "probe.json"
+        probe_file = self.probe_file
         measured = json.loads(probe_file.read_text()) if probe_file.exists() else {}
-        steps = dict(SMOKE_STEP if cfg.smoke else PRIOR_STEP)
+        steps = prior_steps(cfg.batch, cfg.smoke)
         steps.update(measured)
         families = self._to_probe(exps, done, measured)
         if any(f.startswith("pift_") for f in families):
@@ -697,7 +731,7 @@ class Sprint:
         stop = self.stop - self.t0
         left_after_others = self._okd_start(exps, done, steps, t, stop)
         sim = simulate(exps, done, steps, cfg.jobs, t, stop, okd_start=left_after_others)
-        measured = set(json.loads((self.work / "probe.json").read_text())) if (self.work / "probe.json").exists() else set()
+        measured = set(json.loads(self.probe_file.read_text())) if self.probe_file.exists() else set()
         source = "measured by the probes" if measured else "priors"
         if measured and any(f not in measured for f in {r.family for e in exps for r in e.runs}):
             source = f"measured for {', '.join(sorted(measured))}, priors for the rest"
@@ -769,23 +803,29 @@ class Sprint:
         return begin
 
     def _calls_after(self, exps, done, sim, steps) -> int | None:
-        """Calls of the same length after this one until every run is done, the plan repeated (OKD in a call
-        that starts with the others done); None if a run cannot fit a call."""
+        """Calls of the same length after this one until every run is done, the plan repeated (OKD starting
+        in a call as this call's rule says); None if a run cannot fit a call."""
         left = dict(done)
         for k, v in sim.items():
             if v["this_call"]:
                 left[k] = True
         calls = 0
         length = self.args.minutes * 60 - self.args.margin - 30
-        while not all(left.values()):
-            calls += 1
-            others = any(not v for k, v in left.items() if k[0] != "okd")
-            s = simulate(exps, left, steps, self.cfg.jobs, 0.0, length, okd_start=None if others else 0.0)
-            fitting = [k for k, v in s.items() if v["this_call"]]
-            if not fitting or calls > 50:
-                return None
-            for k in fitting:
-                left[k] = True
+        okd = exps[3]
+        kept = okd.parallel, self._okd_planned
+        try:
+            while not all(left.values()):
+                calls += 1
+                others = any(not v for k, v in left.items() if k[0] != "okd")
+                begin = self._okd_start(exps, left, steps, 0.0, length) if others else 0.0
+                s = simulate(exps, left, steps, self.cfg.jobs, 0.0, length, okd_start=begin)
+                fitting = [k for k, v in s.items() if v["this_call"]]
+                if not fitting or calls > 50:
+                    return None
+                for k in fitting:
+                    left[k] = True
+        finally:
+            okd.parallel, self._okd_planned = kept
         return calls
 
     # ---- execution
@@ -987,13 +1027,14 @@ class Sprint:
         """The sprint's own section of RESULTS_sprint.md: the calls, the data, the step times, what is done."""
         from _results import header, update_section
 
-        measured = json.loads((self.work / "probe.json").read_text()) if (self.work / "probe.json").exists() else {}
-        steps = {**(SMOKE_STEP if self.cfg.smoke else PRIOR_STEP), **measured}
+        measured = json.loads(self.probe_file.read_text()) if self.probe_file.exists() else {}
+        steps = {**prior_steps(self.cfg.batch, self.cfg.smoke), **measured}
         subset_file = self.data_src / "SUBSET.json"
         subset = json.loads(subset_file.read_text()) if subset_file.exists() else {}
         lines = [header("GPU sprint: the four experiments in device calls (sprint.py)"),
                  ("- smoke run: every arm a step or two on the CPU, seed 1" if self.cfg.smoke else
-                  f"- budgets: {self.cfg.scale} x the CPU experiments' steps, seeds {self.cfg.seeds}")
+                  f"- budgets: {self.cfg.scale} x the CPU experiments' training mixtures, in steps of batch "
+                  f"{self.cfg.batch} (the CPU runs: 8), seeds {self.cfg.seeds}")
                  + "; each driver's own section has its protocol and tables",
                  "- calls: " + "; ".join(f"{c['call']}: {c['started']} to {c.get('ended', '?')} on {c.get('device')}, "
                                          f"{c.get('new', 0)} runs finished" for c in calls)]
@@ -1050,7 +1091,7 @@ class Sprint:
             self.log(f"summary not written: {err!r}")
         keep = state_keeper(self.work, exps, self.cfg, done)
         size = sprint_pack.save_state(self.work, self.out / "sprint_state.tar.gz", keep,
-                                      ["runs", "drivers", "probe", "calls.json", "probe.json", "plan.json",
+                                      ["runs", "drivers", "probe", "calls.json", self.probe_file.name, "plan.json",
                                        "okd_epochs.json", "codec_net.json", "RESULTS_sprint.md", "figures",
                                        "sprint_log.txt"])
         left = sum(1 for v in done.values() if not v)
@@ -1185,6 +1226,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "--smoke 45)")
     parser.add_argument("--scale", type=int, default=20,
                         help="budgets as multiples of the CPU experiments' (default 20, at least 20)")
+    parser.add_argument("--batch", type=int, default=GPU_BATCH,
+                        help=f"mixtures per step of the MAL, fine-tuning and codec ladder runs (default {GPU_BATCH}; "
+                             "--smoke 4); the budgets are mixtures, so a larger batch means fewer steps")
+    parser.add_argument("--test-limit", type=int, default=60,
+                        help="devset test pairs each MAL and fine-tuning run is scored on (default 60, as the codec "
+                             "ladder and OKD runs; the CPU runs: 120): the test scoring is most of a run's CPU time")
     parser.add_argument("--jobs", type=int, default=2,
                         help="metric worker processes per run (default 2; --smoke 0: in the run's process)")
     parser.add_argument("--mal-parallel", type=int, default=6, help="MAL runs at once on the GPU (default 6)")
@@ -1235,6 +1282,8 @@ def main() -> int:
         if "--probe-steps" not in sys.argv:
             args.probe_steps = 2
         args.jobs = 0 if "--jobs" not in sys.argv else args.jobs  # metrics in the run's own process
+        if "--batch" not in sys.argv:
+            args.batch = 4  # two steps of each epoch's 8 mixtures: the batch reaches the recipes
     args.data = args.data or str(Path(args.pack_dir) / "devset")
     if args.preload_dir is None:
         args.preload_dir = "/dev/shm/sb_mal_sprint_data" if Path("/dev/shm").is_dir() and not args.smoke \
@@ -1246,7 +1295,8 @@ def main() -> int:
     cfg = Config(smoke=args.smoke, seeds=[1] if args.smoke else SEEDS, scale=args.scale, device=args.device,
                  jobs=args.jobs, slots=slots, okd_min_epochs=2 if args.smoke else args.okd_min_epochs,
                  okd_max_epochs=2 if args.smoke else args.okd_max_epochs, okd_samples=2 if args.smoke else 48,
-                 probe_steps=args.probe_steps, codec_net_steps=1)
+                 probe_steps=args.probe_steps, codec_net_steps=1, batch=args.batch,
+                 test_pairs=args.test_limit)
     return Sprint(args, cfg).run()
 
 

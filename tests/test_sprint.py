@@ -23,7 +23,8 @@ import sprint_pack  # noqa: E402
 
 
 def full_config(**kw) -> sprint.Config:
-    values = dict(smoke=False, seeds=sprint.SEEDS, scale=20, device="cuda:0", jobs=2,
+    values = dict(smoke=False, seeds=sprint.SEEDS, scale=20, device="cuda:0", jobs=2, batch=sprint.GPU_BATCH,
+                  test_pairs=60,
                   slots={"mal": 6, "codec": 8, "pift": 5, "okd": 10, "total": 14, "okd_least": 5}, okd_min_epochs=10,
                   okd_max_epochs=400,
                   okd_samples=48, probe_steps=40, codec_net_steps=40)
@@ -32,12 +33,19 @@ def full_config(**kw) -> sprint.Config:
 
 
 @pytest.mark.unit
-def test_budgets_are_twenty_times_the_cpu_ones_for_five_seeds(tmp_path):
-    exps = {e.key: e for e in sprint.experiments(full_config(), tmp_path, None)}
-    steps = {e: {r.name.split("/")[-1]: r.steps for r in x.runs} for e, x in exps.items()}
-    assert steps["mal"]["phase1"] == 20 * 200 and steps["mal"]["baseline"] == steps["mal"]["frozen"] == 20 * 150
-    assert steps["pift"]["rec"] == steps["pift"]["wavlm_random_softdtw"] == 20 * 32
-    assert steps["codec"]["P4_codec_nopred_magnitude_m1"] == steps["codec"]["P5_l1_mag"] == 20 * 240
+@pytest.mark.parametrize("batch", [8, 32])
+def test_budgets_are_twenty_times_the_cpu_ones_for_five_seeds(tmp_path, batch):
+    """20 times the CPU runs' mixtures (their steps were of batch 8: MAL 200 + 150 per arm, fine-tuning 32,
+    codec 240), in steps of the sprint's batch, which reaches every driver."""
+    exps = {e.key: e for e in sprint.experiments(full_config(batch=batch), tmp_path, None)}
+    mixtures = {e: {r.name.split("/")[-1]: r.steps * batch for r in x.runs} for e, x in exps.items() if e != "okd"}
+    assert mixtures["mal"]["phase1"] == 20 * 200 * 8
+    assert mixtures["mal"]["baseline"] == mixtures["mal"]["frozen"] == 20 * 150 * 8
+    assert mixtures["pift"]["rec"] == mixtures["pift"]["wavlm_random_softdtw"] == 20 * 32 * 8
+    assert mixtures["codec"]["P4_codec_nopred_magnitude_m1"] == mixtures["codec"]["P5_l1_mag"] == 20 * 240 * 8
+    for key in ("mal", "pift", "codec"):
+        assert exps[key].args[exps[key].args.index("--batch") + 1] == str(batch)
+    assert "--test_limit=60" in exps["mal"].overrides and "--test_limit=60" in exps["pift"].overrides
     assert len(exps["mal"].runs) == 5 * 5 and len(exps["pift"].runs) == 5 * 4 and len(exps["codec"].runs) == 1 + 5 * 4
     assert len(exps["okd"].runs) == 5 * 2
     seeds = {r.name.split("/")[-2] for e in exps.values() for r in e.runs if "seed" in r.name}
@@ -51,7 +59,7 @@ def test_plan_keeps_runs_that_cannot_finish_for_the_next_call(tmp_path):
     cfg = full_config()
     exps = sprint.experiments(cfg, tmp_path, None)
     done = {(e.key, r.name): False for e in exps for r in e.runs}
-    steps = dict(sprint.PRIOR_STEP)
+    steps = sprint.prior_steps(cfg.batch)
     sim = sprint.simulate(exps, done, steps, cfg.jobs, 0.0, 8 * 60.0)
     for item in sim.values():  # nothing planned for this call ends after the stop
         assert not item["this_call"] or item["end"] <= 8 * 60.0
@@ -233,8 +241,10 @@ def test_smoke_runs_every_arm_on_the_cpu_and_a_second_call_resumes(tmp_path, dev
     assert "plan (step times" in proc.stdout and "probe mal_rec:" in proc.stdout
     cfg = sprint.Config(smoke=True, seeds=[1], scale=20, device="cpu", jobs=0,
                         slots=dict.fromkeys(("mal", "codec", "pift", "okd"), 2), okd_min_epochs=2, okd_max_epochs=2,
-                        okd_samples=2, probe_steps=2, codec_net_steps=1)
+                        okd_samples=2, probe_steps=2, codec_net_steps=1, batch=4)
     exps = sprint.experiments(cfg, work / "runs", 2)
+    for folder in ("mal/seed1/frozen", "pift/seed1/wavlm_random_softdtw", "codec/speech/seed1/P1_l1_mag"):
+        assert "--batch_size=4" in (work / "runs" / folder / "train_command.txt").read_text(), folder
     missing = [f"{e.key}/{r.name}" for e in exps for r in e.runs if not sprint.is_done(work / "runs", e, r)]
     assert not missing, missing
     assert {p.name for p in out.iterdir()} == {"sprint_state.tar.gz", "RESULTS_sprint.md", "sprint_log.txt",
@@ -243,6 +253,7 @@ def test_smoke_runs_every_arm_on_the_cpu_and_a_second_call_resumes(tmp_path, dev
     for section in ("mal_experiment", "pift_experiment", "codec_ladder", "okd_experiment"):
         assert f"<!-- {section}:start -->" in results
     assert "MAL frozen_fe" in results and "ssl_softdtw" in results and "codec_nopred" in results
+    assert "steps of batch 4" in results and "(batch 4, " in results
     assert "OKD (PESQ, CSIG) G1 (CSIG)" in results
     calls = json.loads((work / "calls.json").read_text())
     assert len(calls) == 1 and len(calls[0]["finished"]) == 14
