@@ -47,7 +47,8 @@ the codec ladder and OKD runs: scoring is most of a run's CPU time.
   cannot be carried to a later call: a call that resumes unfinished ladder runs trains it again, same
   seed and data, and compares the weights' digest with the earlier trainings': the log and the
   sprint's section say whether they are the same).
-- MetricGAN-OKD (okd_experiment.py): MetricGAN+ (PESQ) and OKD (PESQ, CSIG), 48 generator steps per
+- MetricGAN-OKD (okd_experiment.py): OKD (PESQ, CSIG) against MetricGAN+ trained on PESQ and MetricGAN+
+  trained on CSIG (each OKD generator beside a single-metric system of its own target), 48 generator steps per
   epoch; it starts when the other three have nothing left to start and their runs still going leave
   ``--okd-min-parallel`` of the ``--slots`` free, that many runs at once, with as many epochs as the rest
   of the call allows (at least ``--okd-min-epochs``; otherwise it waits for more room or the next
@@ -58,7 +59,8 @@ The data is what a call can carry beside the code: the 120 devset test pairs, 30
 prints what it took; about 49 MiB with the wheels, 14 MiB left for the state). The sprint's own section
 of RESULTS_sprint.md lists the calls, the data, the step times (measured or prior) and the runs done.
 With the prior step times (batch 32 assumed to cost 1.5 times a step of batch 8) the first call finishes
-about 60 of the 76 runs and a second call the rest, OKD included; the probes' measurements decide.
+62 of the 81 runs (MAL, fine-tuning and the codec ladder but a few runs) and about three more calls the
+rest, most of it OKD's 15 runs of at least 10 epochs; the probes' measurements decide.
 
 The one command on a lent device (``carry: [".sprint"]``, ``timeout_s`` 600; the files come back from
 ``$OUT``)::
@@ -107,14 +109,16 @@ MAL_ARMS = {"frozen": {"lambda_mal": 4.0, "taps": ALL_TAPS}, "frozen_fe": {"lamb
 PIFT_LOSSES = ("mse", "pad", "softdtw")
 CODEC_CAPACITIES = ("P5", "P4")  # the driver's order: the largest first
 CODEC_ARMS = {"l1_mag": "l1_mag", "codec_nopred": "codec_nopred_magnitude_m1"}
-OKD_SYSTEMS = {"okd_pesq_csig": 2, "metricgan_plus": 1}  # the driver's order (more generators first)
+#: OKD against MetricGAN+ like for like: each OKD generator beside a MetricGAN+ trained on its own target
+#: (PESQ, CSIG); the driver's order (more generators first).
+OKD_SYSTEMS = {"okd_pesq_csig": 2, "metricgan_plus": 1, "metricgan_plus_csig": 1}
 #: Seconds per optimiser step of batch 8 (OKD: per generator step, batch 1) with a dozen runs sharing one
 #: H100, used until a probe measures them: the GPU step costs of benchmarks/RESULTS.md (bench_mal_cost cuda,
 #: bench_loss_step cuda, okd_experiment cuda) plus the mixing on one core and the sharing, rounded up.
 PRIOR_STEP = {"mal_rec": 0.05, "mal_frozen": 0.07, "mal_frozen_fe": 0.065, "mal_dynamic": 0.075,
               "pift_rec": 0.05, "pift_mse": 0.08, "pift_pad": 0.085, "pift_softdtw": 0.2,
               "codec_P4": 0.04, "codec_P5": 0.05, "codec_term": 0.025, "codec_net": 0.1,
-              "okd_metricgan_plus": 0.35, "okd_okd_pesq_csig": 0.6}
+              "okd_metricgan_plus": 0.35, "okd_metricgan_plus_csig": 0.4, "okd_okd_pesq_csig": 0.6}
 #: CPU smoke run: the same families at a few seconds a step on 2 busy cores.
 SMOKE_STEP = {k: 2.0 for k in PRIOR_STEP}
 #: The enhancement runs' default batch on the GPU: these networks are small enough that a step of batch 8
@@ -417,9 +421,11 @@ def probe_commands(cfg: Config, families: list[str], work: Path, data: Path, run
                    f"--examples_per_epoch={cfg.batch * k}", f"--batch_size={cfg.batch}", f"--capacity={fam[6:]}",
                    "--loss=l1_mag"]
         elif fam.startswith("okd_"):
-            system = fam[4:]
-            cmd = [py, "recipes/metricgan_okd/train.py", f"hparams/folders/{system}.yaml", *base,
-                   f"--samples_per_epoch={k}", "--valid_every=2"]
+            from okd_experiment import SYSTEMS
+
+            _, _, yaml_name, system_overrides = SYSTEMS[fam[4:]]
+            cmd = [py, "recipes/metricgan_okd/train.py", f"hparams/folders/{yaml_name}.yaml", *base,
+                   f"--samples_per_epoch={k}", "--valid_every=2", *system_overrides]
             if cfg.smoke:
                 cmd += ["--training_pool=16", "--segment_seconds=1.0"]
         else:
@@ -1243,7 +1249,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="training runs at once in all, which OKD fills once the others have nothing left to "
                                "start (default 14, for 16 cores)")
     parallel.add_argument("--okd-min-parallel", type=int, default=5,
-                          help="OKD starts once this many of the --slots are free (default 5: its 10 runs in 2 waves)")
+                          help="OKD starts once this many of the --slots are free (default 5: its 15 runs in 3 waves)")
     parser.add_argument("--okd-min-epochs", type=int, default=10,
                         help="OKD starts in a call only if at least this many epochs fit (default 10: the 432 "
                              "generator steps of the earlier GPU run)")
@@ -1288,7 +1294,7 @@ def main() -> int:
     if args.preload_dir is None:
         args.preload_dir = "/dev/shm/sb_mal_sprint_data" if Path("/dev/shm").is_dir() and not args.smoke \
             else str(Path(args.work) / "data")
-    slots = {"mal": args.mal_parallel, "codec": args.codec_parallel, "pift": args.pift_parallel, "okd": 10,
+    slots = {"mal": args.mal_parallel, "codec": args.codec_parallel, "pift": args.pift_parallel, "okd": 15,
              "total": args.slots, "okd_least": args.okd_min_parallel}
     if args.smoke:
         slots = {"mal": 2, "codec": 2, "pift": 4, "okd": 2, "total": 8, "okd_least": 2}

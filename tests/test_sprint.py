@@ -25,7 +25,7 @@ import sprint_pack  # noqa: E402
 def full_config(**kw) -> sprint.Config:
     values = dict(smoke=False, seeds=sprint.SEEDS, scale=20, device="cuda:0", jobs=2, batch=sprint.GPU_BATCH,
                   test_pairs=60,
-                  slots={"mal": 6, "codec": 8, "pift": 5, "okd": 10, "total": 14, "okd_least": 5}, okd_min_epochs=10,
+                  slots={"mal": 6, "codec": 8, "pift": 5, "okd": 15, "total": 14, "okd_least": 5}, okd_min_epochs=10,
                   okd_max_epochs=400,
                   okd_samples=48, probe_steps=40, codec_net_steps=40)
     values.update(kw)
@@ -47,7 +47,7 @@ def test_budgets_are_twenty_times_the_cpu_ones_for_five_seeds(tmp_path, batch):
         assert exps[key].args[exps[key].args.index("--batch") + 1] == str(batch)
     assert "--test_limit=60" in exps["mal"].overrides and "--test_limit=60" in exps["pift"].overrides
     assert len(exps["mal"].runs) == 5 * 5 and len(exps["pift"].runs) == 5 * 4 and len(exps["codec"].runs) == 1 + 5 * 4
-    assert len(exps["okd"].runs) == 5 * 2
+    assert len(exps["okd"].runs) == 5 * 3  # OKD, MetricGAN+ on PESQ, MetricGAN+ on CSIG
     seeds = {r.name.split("/")[-2] for e in exps.values() for r in e.runs if "seed" in r.name}
     assert seeds == {f"seed{s}" for s in range(1, 6)}
     assert "--device=cuda:0" in exps["mal"].overrides and "--n_jobs=2" in exps["codec"].overrides
@@ -77,7 +77,7 @@ def test_plan_keeps_runs_that_cannot_finish_for_the_next_call(tmp_path):
     assert sprint.SAFETY * max(sprint.run_seconds(r, steps, cfg.jobs) for r in longer[3].runs) > 8 * 60.0
     sim = sprint.simulate(sprint.experiments(cfg, tmp_path, epochs), only_okd, steps, cfg.jobs, 0.0, 8 * 60.0,
                           okd_start=0.0)
-    assert all(v["this_call"] for v in sim.values()) and len(sim) == 10
+    assert all(v["this_call"] for v in sim.values()) and len(sim) == 15
 
 
 @pytest.mark.unit
@@ -256,7 +256,7 @@ def test_smoke_runs_every_arm_on_the_cpu_and_a_second_call_resumes(tmp_path, dev
     assert "steps of batch 4" in results and "(batch 4, " in results
     assert "OKD (PESQ, CSIG) G1 (CSIG)" in results
     calls = json.loads((work / "calls.json").read_text())
-    assert len(calls) == 1 and len(calls[0]["finished"]) == 14
+    assert len(calls) == 1 and len(calls[0]["finished"]) == 15
     again = subprocess.run([*cmd[:-4], "--work", str(tmp_path / "work2"), "--out", str(tmp_path / "out2"), "--state",
                             str(out / "sprint_state.tar.gz"), "--plan-only"], capture_output=True, text=True, cwd=REPO,
                            env=env, timeout=120)
