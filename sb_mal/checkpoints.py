@@ -114,6 +114,20 @@ class AtomicCheckpointer(Checkpointer):
         logger.log(verbosity, "Saved an %s checkpoint in %s", "end-of-epoch" if end_of_epoch else "intra-epoch", target)
         return type(saved)(target, saved.meta, {k: target / Path(v).name for k, v in saved.paramfiles.items()})
 
+    def update_meta(self, checkpoint, changes: dict, remove: tuple = ()):
+        """Complete the meta of a checkpoint already written (e.g. validation scores computed after it):
+        ``changes`` set, ``remove`` keys dropped, its time stamp kept; ``CKPT.yaml`` replaced atomically.
+        Returns the checkpoint with its new meta."""
+        from sb_mal.fileio import atomic_write_text
+
+        meta_file = Path(checkpoint.path) / "CKPT.yaml"
+        meta = yaml.safe_load(meta_file.read_text(encoding="utf-8"))
+        meta.update(changes)
+        for key in remove:
+            meta.pop(key, None)
+        atomic_write_text(meta_file, "# yamllint disable\n" + yaml.dump(meta))  # as SpeechBrain writes it
+        return self._checkpoint_type(checkpoint.path, meta, checkpoint.paramfiles)
+
     def list_checkpoints(self):
         """The checkpoints whose ``CKPT.yaml`` can be read (others are skipped with a warning)."""
         root = Path(self.checkpoints_dir)

@@ -98,7 +98,9 @@ def run_recipe(devset, out, *extra, yaml="okd_pesq_csig.yaml", env=None, launche
     cmd = [*(launcher or [sys.executable]), str(REPO / "recipes/metricgan_okd/train.py"), str(REPO / "hparams/folders" / yaml),
            f"--data_folder={devset}", f"--output_folder={out}", "--samples_per_epoch=4", "--valid_limit=2",
            "--test_limit=2", "--test_metrics=[pesq,stoi]", "--n_jobs=0", "--valid_every=1", "--segment_seconds=2.0",
-           *sizes, *extra]
+           *sizes]
+    given = {e.split("=", 1)[0] for e in extra}  # an override given here replaces the default above
+    cmd = [c for c in cmd if c.split("=", 1)[0] not in given] + list(extra)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=out.parent,
                           env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
 
@@ -440,3 +442,68 @@ def test_the_pipelined_discriminator_phase_equals_the_sequential_one(devset_test
     assert all(torch.equal(a, b) for a, b in zip(w0, w1))
     assert scored0 == scored1 == []
 
+
+
+def _valid_lines(out: Path) -> dict[int, str]:
+    """epoch -> the validation part of its train-log line (train stats hold wall times, which differ)."""
+    lines = {}
+    for line in (out / "train_log.txt").read_text().splitlines():
+        m = re.match(r"epoch: (\d+) - .* - (valid .*)$", line)
+        if m:
+            assert int(m[1]) not in lines, f"epoch {m[1]} logged twice"
+            lines[int(m[1])] = m[2]
+    return lines
+
+
+def _metas(out: Path) -> list[dict]:
+    import yaml
+
+    metas = [yaml.safe_load((c / "CKPT.yaml").read_text()) for c in sorted((out / "save").glob("CKPT+*"))]
+    return sorted(({k: v for k, v in m.items() if k != "unixtime"} for m in metas), key=lambda m: m["g0_pesq"])
+
+
+@pytest.mark.recipe
+def test_validation_scored_while_the_next_epoch_trains_equals_waiting_for_it(devset, tmp_path):
+    """``valid_overlap``: the recipe with one metric worker, validation every epoch. Scored while the next
+    epoch's generators train, the validation gives the same log lines, the same checkpoint meta (so the
+    same checkpoints kept and tested) and the same test scores as waiting for it; some utterances are in
+    before the scores are asked for. A run stopped while a checkpoint's scores were pending validates that
+    checkpoint again on resume: the same meta and one log line."""
+    runs = {}
+    for overlap in (False, True):
+        out = tmp_path / f"overlap_{overlap}"
+        proc = run_recipe(devset, out, "--number_of_epochs=3", "--n_jobs=1", "--valid_limit=3",
+                          f"--valid_overlap={overlap}", "--score_cache=off")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[overlap] = out
+    waited, overlapped = runs[False], runs[True]
+    assert sorted(_valid_lines(waited)) == [1, 2, 3]
+    assert _valid_lines(overlapped) == _valid_lines(waited)
+    assert _metas(overlapped) == _metas(waited) and not any("valid_pending" in m for m in _metas(overlapped))
+    for i in (0, 1):
+        assert (overlapped / f"test_scores_g{i}.csv").read_text() == (waited / f"test_scores_g{i}.csv").read_text()
+    log = (overlapped / "log.txt").read_text()
+    early = [int(n) for n in re.findall(r"epoch [12]'s validation: (\d+) of 6 utterances scored while", log)]
+    assert len(early) == 2 and sum(early) > 0, early  # epochs 1 and 2 overlapped (3 is the last: it waits)
+    assert "scored while the next epoch trained" not in (waited / "log.txt").read_text()
+
+    # a stop while epoch 3's scores were pending: its checkpoint as it was then, its line not yet written
+    import yaml
+
+    latest = max((overlapped / "save").glob("CKPT+*"), key=lambda c: yaml.safe_load((c / "CKPT.yaml").read_text())["unixtime"])
+    meta = yaml.safe_load((latest / "CKPT.yaml").read_text())
+    scored = {k: v for k, v in meta.items() if k.startswith("g")}
+    meta.update({k: float("-inf") for k in scored}, valid_pending=3)
+    (latest / "CKPT.yaml").write_text("# yamllint disable\n" + yaml.dump(meta))
+    entry = json.loads((latest / "epoch_log.ckpt").read_text())
+    assert entry["meta"] == {"epoch": 3}
+    del entry["stats"]["valid_stats"]
+    (latest / "epoch_log.ckpt").write_text(json.dumps({**entry, "pending": True}))
+    lines = (overlapped / "train_log.txt").read_text().splitlines()
+    (overlapped / "train_log.txt").write_text("\n".join(x for x in lines if not x.startswith("epoch: 3")) + "\n")
+    proc = run_recipe(devset, overlapped, "--number_of_epochs=3", "--n_jobs=1", "--valid_limit=3",
+                      "--valid_overlap=True", "--score_cache=off")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = yaml.safe_load((latest / "CKPT.yaml").read_text())
+    assert "valid_pending" not in again and {k: again[k] for k in scored} == scored
+    assert _valid_lines(overlapped) == _valid_lines(waited)

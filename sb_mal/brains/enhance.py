@@ -259,14 +259,16 @@ class EnhanceBrain(GlooFriendlyDDP, sb.Brain):
                 self.write_test_result(result)
             self.test_stats = stats
 
-    def end_epoch(self, epoch, meta: dict, *, max_keys=None, min_keys=None, num_to_keep: int = 1, **stats) -> None:
+    def end_epoch(self, epoch, meta: dict, *, max_keys=None, min_keys=None, num_to_keep: int = 1,
+                  log_pending: bool = False, **stats) -> None:
         """The end of an epoch: its log line staged, the checkpoint (kept by ``max_keys``/``min_keys``),
         the line committed, then the wall-clock budget checked.
 
         The line travels in the checkpoint and is written after it, so an epoch redone after a kill
         appears once in the log. ``stats`` are the logger's (``train_stats=``, ``valid_stats=``).
+        ``log_pending``: the line waits for stats still being computed (see :class:`EpochLog`).
         """
-        self.epoch_log.stage({"epoch": epoch}, **stats)
+        self.epoch_log.stage({"epoch": epoch}, pending=log_pending, **stats)
         self.checkpointer.save_and_keep_only(meta=meta, max_keys=list(max_keys or []), min_keys=list(min_keys or []),
                                              num_to_keep=num_to_keep)
         self.epoch_log.commit()

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 
@@ -69,6 +68,7 @@ from sb_mal.brains.enhance import ENHANCE_HPARAMS, EnhanceBrain
 from sb_mal.brains.hparams import REQUIRED, HParam, HParamsError
 from sb_mal.brains.metric_history import MetricHistory
 from sb_mal.brains.okd_discriminator import DiscriminatorPhase, PhaseSettings
+from sb_mal.brains.okd_validation import OverlappedValidation
 from sb_mal.brains.recoverables import RunningTotals, register
 from sb_mal.listening import INTELLIGIBILITY_TARGETS, equal_power, noise_at_snr, utterance_snr
 from sb_mal.metrics import evaluate as evaluate_metrics
@@ -80,7 +80,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["MetricGANOKDBrain"]
 
 
-class MetricGANOKDBrain(EnhanceBrain):
+class MetricGANOKDBrain(OverlappedValidation, EnhanceBrain):
     """MetricGAN+ / MetricGAN-OKD training (see the module docstring).
 
     Its hyperparameters are declared in ``MetricGANOKDBrain.HPARAMS`` (docs/hparams.md): EnhanceBrain's,
@@ -107,6 +107,9 @@ class MetricGANOKDBrain(EnhanceBrain):
                "process)", low=0),
         HParam("d_pipeline", "bool", True, "score the discriminator's targets while the generator enhances and the "
                "discriminator learns (same results as one after the other; off: one after the other)"),
+        HParam("valid_overlap", "bool", True, "score validation on the metric workers while the next epoch's "
+               "generators train (same checkpoints and log; the epoch's checkpoint gets its scores before the "
+               "discriminator phase of the next; off, or n_jobs 0: scoring waits)"),
         HParam("score_cache", "str", None, "SQLite file of the noisy inputs' scores, kept across runs (default: "
                "$SB_MAL_CACHE or ~/.cache/sb_mal/metric_scores.sqlite; `off`: none)"),
         HParam("task", "str", "enhancement", "enhancement (noisy -> clean) or listening (clean speech modified "
@@ -149,6 +152,8 @@ class MetricGANOKDBrain(EnhanceBrain):
         self.history = MetricHistory(h.history_folder or os.path.join(h.output_folder, "history"), self.rate)
         self.totals = RunningTotals(metric_seconds=0.0)
         self._discriminator_stepping = False
+        self._pending_valid = None  # (epoch, ValidationScores) scored while the next epoch trains
+        self._valid_source = None  # the fit's validation set, to redo a validation a kill left pending
         self.discriminator_phase = DiscriminatorPhase(self, PhaseSettings(
             targets=tuple(self.targets), rate=self.rate, pesq_mapping=self.pesq_mapping, seed=int(h.seed),
             history_portion=float(h.history_portion), n_jobs=int(h.n_jobs), metric_timeout=float(h.metric_timeout),
@@ -235,6 +240,7 @@ class MetricGANOKDBrain(EnhanceBrain):
         """Remember the batch for the discriminator phase; from epoch 2, SpeechBrain's ``fit_batch``
         updates every generator (mixed precision, gradient accumulation, non-finite checks, ``no_sync``
         and clipping all come from it). In epoch 1 only the discriminator learns, as in MetricGAN+."""
+        self.poll_validation()
         batch = self._listening_batch(batch.to(self.device), sb.Stage.TRAIN)
         noisy, lens = batch.noisy_sig
         clean, _ = batch.clean_sig
@@ -397,6 +403,7 @@ class MetricGANOKDBrain(EnhanceBrain):
         """D step after training; per-generator validation and checkpointing; test summaries."""
         if stage == sb.Stage.TRAIN:
             self.train_stats = self.stage_terms.means()
+            self.finish_validation()  # the workers are the discriminator phase's from here
             self.train_stats.update(self.discriminator_phase.run(epoch, self._current))
             started, metric_before = self._epoch_clock
             # wall time of the training stage (generator steps + metric targets + D step) and its metric share
@@ -409,13 +416,7 @@ class MetricGANOKDBrain(EnhanceBrain):
             # no validation this epoch: still a (recent) checkpoint, so a kill loses at most one epoch
             self.end_epoch(epoch, {"end_of_epoch": True}, max_keys=keys, train_stats=self.train_stats)
         elif stage == sb.Stage.VALID:
-            names = list(self.hparams.valid_metrics or dict.fromkeys([*self.targets, "stoi"]))
-            stats = {}
-            for i in range(self.n):
-                means = self._eval_metrics(i, names).means
-                stats.update({f"g{i}_{m}": v for m, v in means.items()})
-            meta = {k: (-math.inf if v is None or math.isnan(v) else v) for k, v in stats.items()}
-            self.end_epoch(epoch, meta, max_keys=keys, train_stats=self.train_stats, valid_stats=stats)
+            self.end_validation(epoch, keys)
         elif stage == sb.Stage.TEST:
             i = self._eval_generators[0]
             result = self._eval_metrics(i, list(self.hparams.test_metrics))
@@ -427,6 +428,7 @@ class MetricGANOKDBrain(EnhanceBrain):
 
     def evaluate(self, test_set, max_key=None, min_key=None, progressbar=None, test_loader_kwargs={}):
         """Test every generator from its own best checkpoint (by its target metric)."""
+        self.finish_validation()
         results = {}
         for i, metric in enumerate(self.targets):
             self._eval_generators = [i]

@@ -95,25 +95,37 @@ class EpochLog:
         self._loggers = loggers
         self.entry: dict | None = None
         self._recovered: dict | None = None
+        self.recovered_pending: dict | None = None
 
-    def stage(self, meta: dict, **stats) -> None:
-        """The line of the epoch about to be checkpointed (saved with it)."""
+    def stage(self, meta: dict, *, pending: bool = False, **stats) -> None:
+        """The line of the epoch about to be checkpointed (saved with it). A ``pending`` line waits
+        for stats still being computed: :meth:`commit` and :meth:`restore` leave it unwritten (after
+        recovery it is :attr:`recovered_pending`); :meth:`write_once` writes it when complete."""
         self.entry = {"meta": dict(meta), "stats": {k: dict(v) for k, v in stats.items() if v is not None}}
+        if pending:
+            self.entry["pending"] = True
 
     def commit(self) -> None:
-        """Write the staged line (call after the checkpoint is saved)."""
-        if self.entry is not None:
+        """Write the staged line (call after the checkpoint is saved); a pending line waits."""
+        if self.entry is not None and not self.entry.get("pending"):
             self._write(self.entry)
 
     def restore(self) -> None:
-        """After recovery: append the recovered checkpoint's line if the log lacks it."""
+        """After recovery: append the recovered checkpoint's line if the log lacks it; a pending line
+        is kept in :attr:`recovered_pending` for the Brain to complete."""
         entry, self._recovered = self._recovered, None
-        if entry is None:
+        self.recovered_pending = entry if entry is not None and entry.get("pending") else None
+        if entry is None or self.recovered_pending is not None:
             return
+        self.write_once(entry, "appending the log line of the recovered checkpoint (%s) that a kill left unwritten")
+
+    def write_once(self, entry: dict, note: str | None = None) -> None:
+        """Write ``entry`` (``{"meta", "stats"}``) unless the text log has its line already."""
+        entry = {k: v for k, v in entry.items() if k != "pending"}
         file_logger = next((lg for lg in self._live_loggers() if getattr(lg, "save_file", None)), None)
         if file_logger is None or not self._has_line(file_logger, entry["meta"]):
-            logger.info("appending the log line of the recovered checkpoint (%s) that a kill left unwritten",
-                        entry["meta"])
+            if note:
+                logger.info(note, entry["meta"])
             self._write(entry)
 
     def _live_loggers(self) -> list:

@@ -40,7 +40,7 @@ from sb_mal.metrics.stream import ScoreStream
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MetricPool", "MetricWorkerError", "evaluate", "get_pool"]
+__all__ = ["MetricPool", "MetricWorkerError", "PendingEvaluation", "evaluate", "get_pool"]
 
 
 class MetricWorkerError(RuntimeError):
@@ -237,48 +237,26 @@ class MetricPool:
         EvalResult
             Per-utterance rows, NaN-free means, counts and the failures.
         """
-        names = check_dependencies(metrics)
-        n = len(enhanced)
-        if clean is not None and len(clean) != n:
-            raise ValueError(f"got {n} enhanced but {len(clean)} clean utterances")
-        ids = [str(i) for i in (ids if ids is not None else range(n))]
-        if len(ids) != n:
-            raise ValueError(f"got {len(ids)} ids for {n} utterances")
-        results: list[dict | None] = [None] * n
-        problems: list[list[str]] = [[] for _ in range(n)]
         own_bar = None
         if progress and bar is None:
             from tqdm.auto import tqdm
 
-            bar = own_bar = tqdm(total=n, desc=desc, unit="utt")
-
-        def done(i: int, scores: dict, msgs: list) -> None:
-            results[i], problems[i] = scores, list(msgs)
-            if bar is not None:
-                bar.update(1)
-            if on_result is not None:
-                on_result(i, scores, problems[i])
-
+            bar = own_bar = tqdm(total=len(enhanced), desc=desc, unit="utt")
         try:
-            if self.n_jobs == 0:
-                for i in range(n):
-                    ref = clean[i] if clean is not None else None
-                    done(i, *score_utterance(enhanced[i], ref, sample_rate, names))
-            else:
-                self._run_parallel(enhanced, clean, sample_rate, names, done)
+            return self.submit(enhanced, clean, sample_rate, metrics, ids, bar=bar, on_result=on_result).result()
         finally:
             if own_bar is not None:
                 own_bar.close()
-        failures = []
-        for i, msgs in enumerate(problems):
-            for msg in msgs:
-                logger.warning("metrics: utterance %s: %s", ids[i], msg)
-                failures.append((ids[i], msg))
-        return EvalResult.from_rows(ids, results, names, failures)
 
-    def _run_parallel(self, enhanced, clean, rate, names, done):
-        feed = ((i, enhanced[i], clean[i] if clean is not None else None) for i in range(len(enhanced)))
-        ScoreStream(self, feed, rate, names, names=names).drain(done)
+    def submit(self, enhanced: Sequence, clean: Sequence | None, sample_rate: int = 16000,
+               metrics: str | Sequence[str] = "intrusive", ids: Sequence[str] | None = None, bar=None,
+               on_result: Callable[[int, dict, list], None] | None = None) -> PendingEvaluation:
+        """Start scoring (arguments as :meth:`evaluate`) and return at once: the workers score while
+        the caller works, :meth:`PendingEvaluation.poll` (cheap, never waits) hands them the next
+        utterances, :meth:`PendingEvaluation.result` waits for the rest. The result is the one
+        :meth:`evaluate` gives. Until it is taken the pool's workers belong to this evaluation: start
+        no other on the same pool in the meantime."""
+        return PendingEvaluation(self, enhanced, clean, sample_rate, metrics, ids, bar, on_result)
 
     def _replace(self, worker: _Worker) -> _Worker:
         """A started, ready worker in place of ``worker`` (MetricWorkerError if it cannot start)."""
@@ -287,6 +265,65 @@ class MetricPool:
         self._await_ready([fresh])
         self._workers.append(fresh)
         return fresh
+
+
+class PendingEvaluation:
+    """An evaluation started by :meth:`MetricPool.submit` (see there)."""
+
+    def __init__(self, pool: MetricPool, enhanced, clean, sample_rate, metrics, ids, bar, on_result):
+        self.names = check_dependencies(metrics)
+        n = len(enhanced)
+        if clean is not None and len(clean) != n:
+            raise ValueError(f"got {n} enhanced but {len(clean)} clean utterances")
+        self.ids = [str(i) for i in (ids if ids is not None else range(n))]
+        if len(self.ids) != n:
+            raise ValueError(f"got {len(self.ids)} ids for {n} utterances")
+        self._scores: list[dict | None] = [None] * n
+        self._problems: list[list[str]] = [[] for _ in range(n)]
+        self._bar, self._on_result = bar, on_result
+        self._inputs = (enhanced, clean, int(sample_rate))
+        self._result: EvalResult | None = None
+        self._stream = None
+        if pool.n_jobs > 0:
+            feed = ((i, enhanced[i], clean[i] if clean is not None else None) for i in range(n))
+            self._stream = ScoreStream(pool, feed, sample_rate, self.names, names=self.names)
+            self._stream.poll()  # the workers start at once
+
+    def _done(self, i: int, scores: dict, msgs: list) -> None:
+        self._scores[i], self._problems[i] = scores, list(msgs)
+        if self._bar is not None:
+            self._bar.update(1)
+        if self._on_result is not None:
+            self._on_result(i, scores, self._problems[i])
+
+    def poll(self) -> None:
+        """Hand idle workers their next utterances; never waits (nothing with ``n_jobs=0``)."""
+        if self._stream is not None and self._result is None:
+            self._stream.poll()
+
+    def scored(self) -> int:
+        """Utterances scored so far (without waiting)."""
+        self.poll()
+        return sum(s is not None for s in self._scores) + (self._stream.ready if self._stream is not None else 0)
+
+    def result(self) -> EvalResult:
+        """The scores, waiting for those still being computed (``n_jobs=0``: computed now)."""
+        if self._result is None:
+            enhanced, clean, rate = self._inputs
+            if self._stream is None:
+                for i in range(len(enhanced)):
+                    self._done(i, *score_utterance(enhanced[i], clean[i] if clean is not None else None, rate,
+                                                   self.names))
+            else:
+                self._stream.drain(self._done)
+            failures = []
+            for uid, msgs in zip(self.ids, self._problems):
+                for msg in msgs:
+                    logger.warning("metrics: utterance %s: %s", uid, msg)
+                    failures.append((uid, msg))
+            self._result = EvalResult.from_rows(self.ids, self._scores, self.names, failures)
+            self._inputs = None
+        return self._result
 
 
 _POOLS: dict[tuple[int, float], MetricPool] = {}

@@ -66,6 +66,18 @@ class ScoreStream:
                 raise KeyError(f"no item {key!r} in the feed")
         return self._ready.pop(key)
 
+    def poll(self) -> None:
+        """Without waiting: take the results that are in and give idle workers the next items (the
+        caller then goes back to its own work). Nothing happens with ``n_jobs=0``: the items are
+        scored in this process by :meth:`get` or :meth:`drain`."""
+        if self.pool.n_jobs > 0:
+            self._advance(block=False)
+
+    @property
+    def ready(self) -> int:
+        """Items scored and not yet handed out."""
+        return len(self._ready)
+
     def drain(self, done: Callable[[Hashable, dict, list], None]) -> None:
         """Score every remaining item, calling ``done(key, scores, problems)`` as each finishes."""
         while True:
