@@ -34,6 +34,10 @@ RECIPES = {
         "--valid_every=1", "--segment_seconds=1.0", "--hidden_size=16", "--lin_dim=16", "--num_layers=1",
         "--d_channels=[4,4,4,4]"]),
 }
+# with a metric worker: each validation is scored while the next epoch trains (valid_overlap), so kills also land
+# while a checkpoint's scores are pending
+RECIPES["metricgan_okd_overlap"] = (*RECIPES["metricgan_okd"][:2],
+                                    [a if a != "--n_jobs=0" else "--n_jobs=1" for a in RECIPES["metricgan_okd"][2]])
 
 
 def _command(name, devset, out):

@@ -447,7 +447,8 @@ def test_the_pipelined_discriminator_phase_equals_the_sequential_one(devset_test
 def _valid_lines(out: Path) -> dict[int, str]:
     """epoch -> the validation part of its train-log line (train stats hold wall times, which differ)."""
     lines = {}
-    for line in (out / "train_log.txt").read_text().splitlines():
+    log = out / "train_log.txt"
+    for line in (log.read_text() if log.exists() else "").splitlines():
         m = re.match(r"epoch: (\d+) - .* - (valid .*)$", line)
         if m:
             assert int(m[1]) not in lines, f"epoch {m[1]} logged twice"
@@ -455,11 +456,14 @@ def _valid_lines(out: Path) -> dict[int, str]:
     return lines
 
 
-def _metas(out: Path) -> list[dict]:
+def _metas_raw(out: Path) -> list[dict]:
     import yaml
 
-    metas = [yaml.safe_load((c / "CKPT.yaml").read_text()) for c in sorted((out / "save").glob("CKPT+*"))]
-    return sorted(({k: v for k, v in m.items() if k != "unixtime"} for m in metas), key=lambda m: m["g0_pesq"])
+    return [yaml.safe_load((c / "CKPT.yaml").read_text()) for c in sorted((out / "save").glob("CKPT+*"))]
+
+
+def _metas(out: Path) -> list[dict]:
+    return sorted(({k: v for k, v in m.items() if k != "unixtime"} for m in _metas_raw(out)), key=lambda m: m["g0_pesq"])
 
 
 @pytest.mark.recipe
@@ -486,6 +490,33 @@ def test_validation_scored_while_the_next_epoch_trains_equals_waiting_for_it(dev
     early = [int(n) for n in re.findall(r"epoch [12]'s validation: (\d+) of 6 utterances scored while", log)]
     assert len(early) == 2 and sum(early) > 0, early  # epochs 1 and 2 overlapped (3 is the last: it waits)
     assert "scored while the next epoch trained" not in (waited / "log.txt").read_text()
+
+    # killed in epoch 2 while epoch 1's scores were still coming: resumed, epoch 1's checkpoint is validated
+    # again and training goes on; the log, the meta and the test scores are those of the run that waited
+    wrapper = tmp_path / "killed_while_pending.py"
+    wrapper.write_text(
+        "import os, runpy, sys\n"
+        "from sb_mal.brains.okd_validation import OverlappedValidation\n"
+        "real = OverlappedValidation.finish_validation\n"
+        "def finish(self):\n"
+        "    if self._pending_valid is not None:\n"
+        "        os._exit(9)\n"
+        "    real(self)\n"
+        "OverlappedValidation.finish_validation = finish\n"
+        "sys.argv = sys.argv[1:]\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    killed = tmp_path / "killed"
+    args = ["--number_of_epochs=3", "--n_jobs=1", "--valid_limit=3", "--valid_overlap=True", "--score_cache=off"]
+    proc = run_recipe(devset, killed, *args, launcher=[sys.executable, str(wrapper)])
+    assert proc.returncode == 9, proc.stderr[-3000:]
+    assert _valid_lines(killed) == {} and [m.get("valid_pending") for m in _metas_raw(killed)] == [1]
+    proc = run_recipe(devset, killed, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "validating its checkpoint again" in (killed / "log.txt").read_text()
+    assert _valid_lines(killed) == _valid_lines(waited)
+    assert _metas(killed) == _metas(waited)
+    for i in (0, 1):
+        assert (killed / f"test_scores_g{i}.csv").read_text() == (waited / f"test_scores_g{i}.csv").read_text()
 
     # a stop while epoch 3's scores were pending: its checkpoint as it was then, its line not yet written
     import yaml

@@ -27,6 +27,7 @@ import math
 
 import speechbrain as sb
 import torch
+from speechbrain.utils.checkpoints import ckpt_recency
 from torch.utils.data import DataLoader
 
 from sb_mal.metrics.pool import MetricPool, get_pool
@@ -106,21 +107,39 @@ class OverlappedValidation:
         """SpeechBrain's fit; the validation set is kept (a validation a kill left pending is redone from
         it) and the last pending scores are taken before returning."""
         self._valid_source = (valid_set, dict(valid_loader_kwargs))
-        super().fit(epoch_counter, train_set, valid_set, progressbar, train_loader_kwargs, valid_loader_kwargs)
+        try:
+            super().fit(epoch_counter, train_set, valid_set, progressbar, train_loader_kwargs, valid_loader_kwargs)
+        except BaseException:
+            self.drop_validation()  # the checkpoint stays pending: a resumed run validates it again
+            raise
         self.finish_validation()
 
     def on_fit_start(self):
         """The usual start (recovery included); then, if the recovered checkpoint's validation was still
         being scored when the run stopped, that validation again (its weights are the ones loaded)."""
+        self.drop_validation()
         super().on_fit_start()
+        if not hasattr(self.checkpointer, "update_meta"):  # no AtomicCheckpointer: validation never overlaps
+            return
         recovered = getattr(self.checkpointer, "recovered", None)
+        for ckpt in self.checkpointer.list_checkpoints():
+            if PENDING in ckpt.meta and (recovered is None or ckpt.path != recovered.path):
+                logger.warning("checkpoint %s: its validation (epoch %s) was never scored and cannot be now (the "
+                               "weights loaded are another checkpoint's); it is never chosen as the best",
+                               ckpt.path, ckpt.meta[PENDING])
         if recovered is None or PENDING not in recovered.meta:
             return
         epoch = int(recovered.meta[PENDING])
         entry = self.epoch_log.recovered_pending or {"meta": {"epoch": epoch}, "stats": {}}
         logger.info("epoch %d's validation was being scored when the run stopped; validating its checkpoint again",
                     epoch)
-        self._complete(epoch, self._validate_again(epoch), entry)
+        keys = [f"g{i}_{m}" for i, m in enumerate(self.targets)]
+        rng = torch.get_rng_state()  # the validation again must not change the training that follows
+        try:
+            stats = self._validate_again(epoch)
+        finally:
+            torch.set_rng_state(rng)
+        self._complete(epoch, stats, entry, keys)
 
     def validation_scores(self) -> ValidationScores:
         """This validation's outputs, handed to the metric workers."""
@@ -134,7 +153,7 @@ class OverlappedValidation:
         h = self.hparams
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         return (bool(h.valid_overlap) and int(h.n_jobs) > 0 and world == 1 and epoch is not None
-                and epoch < h.epoch_counter.limit)
+                and epoch < h.epoch_counter.limit and hasattr(self.checkpointer, "update_meta"))
 
     def end_validation(self, epoch, keys: list[str]) -> None:
         """The end of a validating epoch: checkpoint and log line now (scores waited for) or pending."""
@@ -142,7 +161,7 @@ class OverlappedValidation:
         if self.overlaps(epoch):
             self.end_epoch(epoch, {**dict.fromkeys(keys, -math.inf), PENDING: epoch}, max_keys=keys, log_pending=True,
                            train_stats=self.train_stats)
-            self._pending_valid = (epoch, scores, dict(self.epoch_log.entry))
+            self._pending_valid = (epoch, scores, dict(self.epoch_log.entry), list(keys))
             scores.poll()
             return
         stats = scores.stats()
@@ -157,19 +176,38 @@ class OverlappedValidation:
         """Take the pending validation's scores (waiting for the rest): its log line, then its meta."""
         if self._pending_valid is None:
             return
-        epoch, scores, entry = self._pending_valid
+        epoch, scores, entry, keys = self._pending_valid
         self._pending_valid = None
         stats = scores.stats()
         logger.info("epoch %d's validation: %d of %d utterances scored while the next epoch trained", epoch,
                     scores.scored_before, scores.size)
-        self._complete(epoch, stats, entry)
+        self._complete(epoch, stats, entry, keys)
 
-    def _complete(self, epoch: int, stats: dict, entry: dict) -> None:
+    def drop_validation(self) -> None:
+        """Forget a pending validation without its scores (the metric workers on it are replaced)."""
+        if self._pending_valid is not None:
+            self._pending_valid[1].cancel()
+            self._pending_valid = None
+
+    def _save_intra_epoch_ckpt(self):
+        """An intra-epoch checkpoint (``ckpt_interval_*``) would be recovered before a pending one: the
+        pending scores are taken first."""
+        self.finish_validation()
+        super()._save_intra_epoch_ckpt()
+
+    def _complete(self, epoch: int, stats: dict, entry: dict, keys: list[str]) -> None:
+        """The log line, then the checkpoint's meta as waiting for the scores would have written it (keys
+        the validation did not score removed), then the pruning that the scores now allow."""
         stats_all = {**entry.get("stats", {}), "valid_stats": dict(stats)}
         self.epoch_log.write_once({"meta": entry.get("meta", {"epoch": epoch}), "stats": stats_all})
         ckpt = self.checkpointer.find_checkpoint(ckpt_predicate=lambda c: c.meta.get(PENDING) == epoch)
-        if ckpt is not None:
-            self.checkpointer.update_meta(ckpt, checkpoint_meta(stats), remove=(PENDING,))
+        if ckpt is None:
+            logger.warning("epoch %d's validation scores have no checkpoint to go to (it was removed); they are in "
+                           "the log only", epoch)
+            return
+        unscored = [k for k in keys if k not in stats]
+        self.checkpointer.update_meta(ckpt, checkpoint_meta(stats), remove=(PENDING, *unscored))
+        self.checkpointer.delete_checkpoints(num_to_keep=1, max_keys=keys, importance_keys=[ckpt_recency])
 
     def _validate_again(self, epoch: int) -> dict:
         valid_set, kwargs = self._valid_source or (None, {})

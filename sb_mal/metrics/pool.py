@@ -301,6 +301,13 @@ class PendingEvaluation:
         if self._stream is not None and self._result is None:
             self._stream.poll()
 
+    def cancel(self) -> None:
+        """Give the pool back without the scores (its workers still busy are replaced)."""
+        if self._stream is not None and self._result is None:
+            self._stream.abandon()
+        self._stream = None
+        self._inputs = None
+
     def scored(self) -> int:
         """Utterances scored so far (without waiting)."""
         self.poll()

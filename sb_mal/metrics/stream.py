@@ -73,6 +73,15 @@ class ScoreStream:
         if self.pool.n_jobs > 0:
             self._advance(block=False)
 
+    def abandon(self) -> None:
+        """Stop: the workers still scoring an item of this stream are replaced, so that no late answer
+        reaches a later stream on the same pool."""
+        for conn, worker in list(self._busy.items()):
+            self._busy.pop(conn)
+            worker.kill()
+            self.pool._replace(worker)
+        self._exhausted, self._resend = True, []
+
     @property
     def ready(self) -> int:
         """Items scored and not yet handed out."""
