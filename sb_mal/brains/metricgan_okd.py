@@ -411,7 +411,7 @@ class MetricGANOKDBrain(OverlappedValidation, EnhanceBrain):
             self.train_stats["metric_seconds"] = self.metric_seconds - metric_before
             self.train_stats["metric_seconds_total"] = self.metric_seconds
             return
-        keys = [f"g{i}_{m}" for i, m in enumerate(self.targets)]
+        keys = self.checkpoint_keys()
         if stage == sb.Stage.VALID and not self._validating:
             # no validation this epoch: still a (recent) checkpoint, so a kill loses at most one epoch
             self.end_epoch(epoch, {"end_of_epoch": True}, max_keys=keys, train_stats=self.train_stats)

@@ -134,13 +134,17 @@ class OverlappedValidation:
         entry = self.epoch_log.recovered_pending or {"meta": {"epoch": epoch}, "stats": {}}
         logger.info("epoch %d's validation was being scored when the run stopped; validating its checkpoint again",
                     epoch)
-        keys = [f"g{i}_{m}" for i, m in enumerate(self.targets)]
+        keys = self.checkpoint_keys()
         rng = torch.get_rng_state()  # the validation again must not change the training that follows
         try:
             stats = self._validate_again(epoch)
         finally:
             torch.set_rng_state(rng)
         self._complete(epoch, stats, entry, keys)
+
+    def checkpoint_keys(self) -> list[str]:
+        """The meta key each generator's best checkpoint is chosen by: ``g<i>_<its target metric>``."""
+        return [f"g{i}_{m}" for i, m in enumerate(self.targets)]
 
     def validation_scores(self) -> ValidationScores:
         """This validation's outputs, handed to the metric workers."""
