@@ -642,7 +642,9 @@ class Sprint:
         pack = Path(args.pack_dir).resolve()
         for note in sprint_pack.install_pack(pack, Path(args.site), self.env):
             self.log(note)
-        if cfg.device.startswith("cuda"):
+        if cfg.device.startswith("cuda") and args.plan_only:
+            self.log(f"plan only: {cfg.device} is not asked for; the plan is made for it")
+        elif cfg.device.startswith("cuda"):
             code = "import torch; assert torch.cuda.is_available(); print(torch.cuda.get_device_name(0), torch.__version__)"
             found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=self.env)
             if found.returncode != 0:

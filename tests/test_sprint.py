@@ -225,6 +225,29 @@ def test_subset_fits_its_budget_and_preloads_the_same_samples(tmp_path, devset):
     assert sprint_pack.preload(subset, data, jobs=2) == info  # done once
 
 
+@pytest.mark.integration
+def test_plan_only_plans_a_gpu_call_on_a_machine_without_one(tmp_path, devset):
+    """``--plan-only`` prints the plan of a device call (cuda:0, every arm, 5 seeds) where no GPU answers, so
+    the next person can see what a lent call will do before it is lent; nothing is trained or probed."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the planning on a machine without a GPU")
+    subset = tmp_path / "subset"
+    sprint_pack.make_subset(devset, subset, test_pairs=2, valid_pairs=2, heldout_per_voice=1, music_files=1,
+                            budget=0, speech_files=6, noise_seconds=20.0)
+    work = tmp_path / "work"
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "SB_MAL_BENCH_RESULTS")}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/sprint.py"), "--plan-only", "--data", str(subset),
+                           "--pack-dir", str(tmp_path / "no_pack"), "--work", str(work), "--out", str(tmp_path / "out"),
+                           "--preload-dir", str(tmp_path / "preloaded")], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "plan only: cuda:0" in proc.stdout and "plan (step times priors" in proc.stdout
+    assert "this call:" in proc.stdout and "of the 81 runs left" in proc.stdout
+    assert "probing" not in proc.stdout and not any(work.rglob("CKPT*.yaml"))
+
+
 @pytest.mark.recipe
 def test_smoke_runs_every_arm_on_the_cpu_and_a_second_call_resumes(tmp_path, devset):
     """``--smoke``: the four drivers, every arm a step or two, in one call of under 5 minutes on the CPU; a
