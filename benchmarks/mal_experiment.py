@@ -35,7 +35,8 @@ tuning grid affordable on 2 CPU cores; the sizes are in the table header. Every 
 (``--report-only`` writes the tables from the runs finished so far).
 
 Usage: python benchmarks/mal_experiment.py [--seeds 1 2 3] [--epochs1 8] [--epochs2 6] [--arms frozen]
-       [--skip-tuning --arm-config JSON] [--target-share 0.5] [--report-only] [--write-results]
+       [--skip-tuning --arm-config JSON] [--target-share 0.5] [--report-only] [--section NAME]
+       [--write-results]
 
 Runs go to ``--out`` (results/mal_experiment, ignored by git); the tables to
 ``results/benchmarks/RESULTS.md``, or to the committed ``benchmarks/RESULTS.md`` with ``--write-results``.
@@ -129,6 +130,9 @@ def build_parser():
                              "the decoder equals this at the start of phase 2 (measured at lambda 1 on the phase-1 "
                              "model); the taps come from --arm-config, tuning, or all four")
     parser.add_argument("--report-only", action="store_true", help="write the tables from the finished runs")
+    parser.add_argument("--section", default="mal_experiment",
+                        help="the results section the tables go to (default mal_experiment; another name keeps a "
+                             "rerun of some arms beside the main table)")
     return parser
 
 
@@ -316,7 +320,7 @@ def report(out: Path, args, tuned: dict, finished) -> None:
             + "Against the reconstruction-only continuation of the same model, at these sizes and budgets:\n"
             + "\n".join(verdicts) + "\n")
     print(body)
-    update_section("mal_experiment", body)
+    update_section(args.section, body)
 
 
 if __name__ == "__main__":

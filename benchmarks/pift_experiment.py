@@ -25,7 +25,8 @@ utterances): every loss for the enhanced signal delayed or zero-padded by 0-100 
 reference, relative to the loss of the noisy input.
 
 Usage: python benchmarks/pift_experiment.py [--seeds 1 2 3 4 5] [--encoders torchfcpe resemblyzer wavlm_random]
-       [--epochs 4] [--examples 64] [--report-only] [--write-results]
+       [--epochs 4] [--examples 64] [--losses mse pad softdtw] [--sdtw-gamma-relative 0.1]
+       [--section NAME] [--report-only] [--write-results]
 
 Runs go to ``--out`` (results/pift_experiment, ignored by git); the tables and the shift figures to
 ``results/benchmarks/``, or to the committed ``benchmarks/RESULTS.md`` and ``benchmarks/figures/`` with
@@ -35,6 +36,7 @@ Runs go to ``--out`` (results/pift_experiment, ignored by git); the tables and t
 from __future__ import annotations
 
 import json
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -102,6 +104,13 @@ def main():
     parser.add_argument("--valid-limit", type=int, default=20,
                         help="devset validation pairs of the checkpoint choice (default 20)")
     parser.add_argument("--shift-limit", type=int, default=20, help="test utterances of the shift study")
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES),
+                        help="the SSL arms per feature model (default: all three; rec always runs)")
+    parser.add_argument("--sdtw-gamma-relative", type=float, default=None,
+                        help="the ssl_softdtw arms' gamma as this factor of the median frame-pair cost of their first "
+                             "batch (the recipe's sdtw_gamma_relative; default: the recipe's absolute gamma 0.1)")
+    parser.add_argument("--section", default="pift_experiment",
+                        help="the results section the tables go to (default pift_experiment)")
     parser.add_argument("--report-only", action="store_true", help="write the tables from the finished runs")
     args, extra = parse_with_overrides(parser)
     out = (REPO / args.out).resolve()
@@ -125,12 +134,14 @@ def main():
             cmd += ["--lambda_ssl=0", "--lambda_rec=1", f"--ssl_source={sources[args.encoders[0]]}"]
         else:
             cmd.append(f"--ssl_source={sources[encoder]}")
+        if loss == "softdtw" and args.sdtw_gamma_relative is not None:
+            cmd.append(f"--sdtw_gamma_relative={args.sdtw_gamma_relative}")
         run_once(cmd, folder, out / "logs" / f"{folder.name}_{seed}.log", args.threads,
                  outputs=("test_scores.csv",))
 
     if not args.report_only:
         jobs = [(s, "-", "rec") for s in args.seeds]  # one encoder after the other: partial reports stay whole
-        jobs += [(s, e, loss) for e in args.encoders for s in args.seeds for loss in LOSSES]
+        jobs += [(s, e, loss) for e in args.encoders for s in args.seeds for loss in args.losses]
         PROGRESS.plan(len(jobs))
         with ThreadPoolExecutor(args.parallel) as pool:
             list(pool.map(run, jobs))
@@ -140,6 +151,31 @@ def main():
                 cache.write_text(json.dumps(shift_study(start / f"seed{args.seeds[0]}" / "baseline", sources[encoder],
                                                         args.shift_limit)))
     report(out, args)
+
+
+def softdtw_settings(out: Path, seeds, encoder: str) -> str:
+    """How the ssl_softdtw runs of ``encoder`` perturbed the input and set gamma, read from their saved
+    hyperparameters, with the gamma each measured (a relative gamma: ``sdtw_gamma`` in its train log)."""
+    modes, gammas, measured = set(), set(), []
+    for seed in seeds:
+        folder = out / f"seed{seed}" / f"{encoder}_softdtw"
+        saved = folder / "hyperparams.yaml"
+        if not saved.exists():
+            continue
+        values = dict(re.findall(r"^(speed_perturb_mode|sdtw_gamma|sdtw_gamma_relative):\s*([^\s#]+)",
+                                 saved.read_text(), re.M))
+        modes.add(values.get("speed_perturb_mode", "resample (before the option existed)"))
+        relative = values.get("sdtw_gamma_relative", "null")
+        gammas.add(f"gamma {values.get('sdtw_gamma', '?')} in cost units" if relative in ("null", "None")
+                   else f"gamma {relative} x the median frame-pair cost of the first batch")
+        log = folder / "train_log.txt"
+        found = re.findall(r"train sdtw_gamma: ([0-9.eE+-]+)", log.read_text()) if log.exists() else []
+        if found:
+            measured.append(f"seed {seed}: {float(found[-1]):.3g}")
+    if not modes:
+        return "no run yet"
+    return (f"speed perturbation by {', '.join(sorted(modes))}; {'; '.join(sorted(gammas))}"
+            + (f" (measured gamma {', '.join(measured)})" if measured else ""))
 
 
 def _scores(out: Path, seeds, name: str) -> dict[int, Path]:
@@ -163,12 +199,12 @@ def report(out: Path, args) -> None:
             rows.append(("reconstruction only (baseline)", compare(rec, rec, METRICS), budget("rec")))
         for loss, label in LOSSES.items():
             arm = _scores(out, args.seeds, f"{encoder}_{loss}")
-            if arm and set(arm) & set(rec):
+            if arm and set(arm) & set(rec) and loss in args.losses:
                 rows.append((label, compare(rec, arm, METRICS), budget(f"{encoder}_{loss}")))
         mse = _scores(out, args.seeds, f"{encoder}_mse")
         for loss in ("pad", "softdtw"):
             arm = _scores(out, args.seeds, f"{encoder}_{loss}")
-            if arm and set(arm) & set(mse):
+            if arm and set(arm) & set(mse) and loss in args.losses:
                 against_mse.append((f"{LOSSES[loss]} vs ssl_mse", compare(mse, arm, METRICS), budget(f"{encoder}_{loss}")))
         shift_file = out / f"shift_{encoder}.json"
         if len(rows) < 2:  # no fine-tuning arm finished yet: the shift study alone, if there is one
@@ -177,8 +213,10 @@ def report(out: Path, args) -> None:
                                 "not finished yet\n\n"
                                 + shift_table(json.loads(shift_file.read_text()), encoder, args.shift_limit) + "\n")
             continue
-        done = {loss: sorted(_scores(out, args.seeds, f"{encoder}_{loss}")) for loss in LOSSES}
-        text = (f"### Through {encoder}\n\n- feature model: {ENCODERS[encoder]}\n- finished seeds: "
+        done = {loss: sorted(_scores(out, args.seeds, f"{encoder}_{loss}")) for loss in args.losses}
+        text = (f"### Through {encoder}\n\n- feature model: {ENCODERS[encoder]}\n"
+                + (f"- ssl_softdtw as run: {softdtw_settings(out, args.seeds, encoder)}\n" if "softdtw" in args.losses
+                   else "") + "- finished seeds: "
                 + ", ".join(f"{LOSSES[k]} {v}" for k, v in done.items()) + f", reconstruction only {sorted(rec)}\n\n"
                 "Against the reconstruction-only fine-tuning of the same starting model (paired difference [95 % "
                 "interval]):\n\n" + evidence_table(rows, METRICS) + "\n")
@@ -200,12 +238,13 @@ def report(out: Path, args) -> None:
             "from "
             f"the seed's reconstruction-only model of mal_experiment.py (backbone at {' '.join(SMALL)})\n"
             "- losses at the paper's settings (lambda_ssl 1, lambda_rec 0; padding 2-5 % at the start; soft-DTW "
-            "gamma 0.1 with speed perturbation 0.8-1.2): nothing tuned; the validation split "
+            "with speed perturbation 0.8-1.2, its mode and gamma as run are under each feature model): nothing "
+            "tuned; the validation split "
             f"({args.valid_limit} devset valid pairs) only selects each run's checkpoint (lowest validation loss)\n"
             "- test: 120 devset test pairs; each cell: arm mean (paired difference [95 % bootstrap interval over "
             "seeds and utterances]) verdict\n\n" + "\n".join(sections))
     print(body)
-    update_section("pift_experiment", body)
+    update_section(args.section, body)
 
 
 def shift_table(rows: list[dict], encoder: str, limit: int) -> str:

@@ -41,6 +41,30 @@ def test_mal_experiment_grid_includes_lambda_0_and_arms_can_be_given():
     assert given.arms == ["frozen"] and given.arm_config["frozen"]["lambda_mal"] == 4 and given.target_share == 0.5
 
 
+def test_pift_experiment_reports_the_soft_dtw_settings_each_run_used(tmp_path):
+    """The section says how the ssl_softdtw runs perturbed the input and set gamma, read from the runs' saved
+    hyperparameters (an old run without the option: resampling) and their train logs (the measured gamma)."""
+    import pift_experiment
+
+    for seed, extra, log in ((1, "speed_perturb_mode: stretch  # pitch kept\nsdtw_gamma_relative: 0.1\n",
+                              "epoch: 1 - train loss: 1.0, train sdtw_gamma: 3.21e-02 - valid loss: 1.0\n"),
+                             (2, "speed_perturb_mode: stretch\nsdtw_gamma_relative: 0.1\n",
+                              "epoch: 1 - train loss: 1.0, train sdtw_gamma: 4.50e-02 - valid loss: 1.0\n")):
+        folder = tmp_path / f"seed{seed}" / "resemblyzer_softdtw"
+        folder.mkdir(parents=True)
+        (folder / "hyperparams.yaml").write_text(f"seed: {seed}\nsdtw_gamma: 0.1  # cost units\n{extra}")
+        (folder / "train_log.txt").write_text(log)
+    text = pift_experiment.softdtw_settings(tmp_path, [1, 2, 3], "resemblyzer")
+    assert text == ("speed perturbation by stretch; gamma 0.1 x the median frame-pair cost of the first batch "
+                    "(measured gamma seed 1: 0.0321, seed 2: 0.045)")
+    old = tmp_path / "seed1" / "torchfcpe_softdtw"
+    old.mkdir()
+    (old / "hyperparams.yaml").write_text("sdtw_gamma: 0.1\n")
+    assert pift_experiment.softdtw_settings(tmp_path, [1], "torchfcpe") == (
+        "speed perturbation by resample (before the option existed); gamma 0.1 in cost units")
+    assert pift_experiment.softdtw_settings(tmp_path, [1], "wavlm_random") == "no run yet"
+
+
 def test_okd_experiment_compares_like_for_like_with_three_seeds():
     import okd_experiment
 

@@ -188,6 +188,7 @@ def test_relative_gamma_is_measured_once_and_resumes_from_the_checkpoint(ext, ba
         brain.step = step
         brain.fit_batch(batch)
     assert loss.current_gamma == gamma and int(state.observed) == 1
+    assert brain.stage_terms.means()["sdtw_gamma"] == pytest.approx(gamma)  # in the train log, as used
     brain.checkpointer.save_checkpoint()
     resumed_loss = SSLSoftDTWLoss(ext, gamma_relative=0.1)
     resumed = make_brain(resumed_loss, Checkpointer(tmp_path / "save"), speed_factors=[1.0])

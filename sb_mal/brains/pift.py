@@ -254,6 +254,9 @@ class PositionInvariantBrain(EnhanceBrain):
         kwargs = {"target_length": lens} if self.takes_target_length else {}
         ssl, terms = loss_and_terms(self.ssl_loss, predictions, clean, lens, **kwargs)
         terms["ssl"] = ssl.detach()
+        gamma_state = getattr(self.ssl_loss, "gamma_state", None)
+        if stage == sb.Stage.TRAIN and gamma_state is not None and gamma_state.measured:
+            terms["sdtw_gamma"] = gamma_state.gamma  # a relative gamma, as measured: in the train log
         loss = self.lambda_ssl * ssl
         if self.lambda_rec > 0:
             rec_pred = predictions
