@@ -40,8 +40,12 @@ the codec ladder and OKD runs: scoring is most of a run's CPU time.
   FCPE encoder ships in a 40 MB wheel that does not fit the call beside the data.
 - Position-invariant fine-tuning (pift_experiment.py): from each seed's MAL baseline, 4 epochs of
   64 x scale mixtures (160 steps of batch 32 at scale 20) for reconstruction only, ssl_mse, ssl_mse_pad and
-  ssl_softdtw through the random WavLM (the FCPE and Resemblyzer wheels are too large to carry).
-- Codec ladder (codec_ladder.py): P4 and P5, l1_mag against codec_nopred (multiplier 1), 12 epochs of
+  ssl_softdtw (input time-stretched 0.8-1.2, pitch kept; gamma 0.1 x the median frame-pair cost of the first
+  batch) through Resemblyzer's speaker encoder (its LSTM weights are in the pack: 5.2 MiB; the FCPE wheel,
+  40 MB, is too large to carry). Resemblyzer passes the reachability check of the corrected design; the
+  random WavLM used before does not (its target is out of reach for any perturbation).
+- Codec ladder (codec_ladder.py): P1 to P5 (the paper's gains are at the smallest), l1_mag against
+  codec_nopred (multiplier 1), 12 epochs of
   160 x scale mixtures (1200 steps of batch 32 at scale 20), 60 test utterances with DNSMOS, as the CPU run; the
   codec net is trained on the GPU first, with PyTorch's deterministic algorithms (its 39 MB weights
   cannot be carried to a later call: a call that resumes unfinished ladder runs trains it again, same
@@ -107,7 +111,14 @@ ALL_TAPS = "[enc1,enc2,enc3,bottleneck]"
 MAL_ARMS = {"frozen": {"lambda_mal": 4.0, "taps": ALL_TAPS}, "frozen_fe": {"lambda_mal": 1.0, "taps": "[bottleneck]"},
             "dynamic": {"lambda_mal": 4.0, "taps": ALL_TAPS}}
 PIFT_LOSSES = ("mse", "pad", "softdtw")
-CODEC_CAPACITIES = ("P5", "P4")  # the driver's order: the largest first
+#: The fine-tuning runs' frozen feature model: Resemblyzer's speaker encoder, whose weights the pack carries. It
+#: passes the reachability check (a perfect enhancement of the time-stretched input scores below the noisy input;
+#: tests/test_pift_reachability.py), which a WavLM with random weights fails.
+PIFT_ENCODER = "resemblyzer"
+#: The soft-DTW gamma of those runs, relative to the median frame-pair cost of their first batch.
+PIFT_GAMMA_RELATIVE = 0.1
+#: The driver's order: the largest first. P1-P3, where the paper reports the largest gains, after P4/P5.
+CODEC_CAPACITIES = ("P5", "P4", "P3", "P2", "P1")
 CODEC_ARMS = {"l1_mag": "l1_mag", "codec_nopred": "codec_nopred_magnitude_m1"}
 #: OKD against MetricGAN+ like for like: each OKD generator beside a MetricGAN+ trained on its own target
 #: (PESQ, CSIG); the driver's order (more generators first).
@@ -117,7 +128,8 @@ OKD_SYSTEMS = {"okd_pesq_csig": 2, "metricgan_plus": 1, "metricgan_plus_csig": 1
 #: bench_loss_step cuda, okd_experiment cuda) plus the mixing on one core and the sharing, rounded up.
 PRIOR_STEP = {"mal_rec": 0.05, "mal_frozen": 0.07, "mal_frozen_fe": 0.065, "mal_dynamic": 0.075,
               "pift_rec": 0.05, "pift_mse": 0.08, "pift_pad": 0.085, "pift_softdtw": 0.2,
-              "codec_P4": 0.04, "codec_P5": 0.05, "codec_term": 0.025, "codec_net": 0.1,
+              "codec_P1": 0.035, "codec_P2": 0.035, "codec_P3": 0.035, "codec_P4": 0.04, "codec_P5": 0.05,
+              "codec_term": 0.025, "codec_net": 0.1,
               "okd_metricgan_plus": 0.35, "okd_metricgan_plus_csig": 0.4, "okd_okd_pesq_csig": 0.6}
 #: CPU smoke run: the same families at a few seconds a step on 2 busy cores.
 SMOKE_STEP = {k: 2.0 for k in PRIOR_STEP}
@@ -228,9 +240,9 @@ def experiments(cfg: Config, runs_dir: Path, okd_epochs: int | None) -> list[Exp
             mal.runs.append(Run(f"seed{seed}/{arm}", f"mal_{arm}", e2 * (mal_ex // b), 1, e2 * v1, test * TEST_S,
                                 "test_scores.csv"))
     pift = Experiment("pift", "pift_experiment.py", [
-        "--start", str(runs_dir / "mal"), "--seeds", *map(str, seeds), "--encoders", "wavlm_random", "--epochs",
+        "--start", str(runs_dir / "mal"), "--seeds", *map(str, seeds), "--encoders", PIFT_ENCODER, "--epochs",
         str(pift_ep), "--examples", str(pift_ex), "--batch", str(b), "--valid-limit", str(pift_valid),
-        "--shift-limit", str(shift)],
+        "--shift-limit", str(shift), "--sdtw-gamma-relative", str(PIFT_GAMMA_RELATIVE)],
         [*dev, *tiny], cfg.slots["pift"], label="position-invariant fine-tuning")
     v2 = pift_valid * VALID_S
     for seed in seeds:
@@ -238,7 +250,7 @@ def experiments(cfg: Config, runs_dir: Path, okd_epochs: int | None) -> list[Exp
                              "test_scores.csv"))
     for seed in seeds:
         for loss in PIFT_LOSSES:
-            pift.runs.append(Run(f"seed{seed}/wavlm_random_{loss}", f"pift_{loss}", pift_ep * (pift_ex // b), 0,
+            pift.runs.append(Run(f"seed{seed}/{PIFT_ENCODER}_{loss}", f"pift_{loss}", pift_ep * (pift_ex // b), 0,
                                  pift_ep * v2, test * TEST_S, "test_scores.csv"))
     codec = Experiment("codec", "codec_ladder.py", [
         "--codec-run", str(runs_dir / "codec" / "codec_net"), "--codec-epochs", str(codec_net_ep), "--capacities",
@@ -411,9 +423,10 @@ def probe_commands(cfg: Config, families: list[str], work: Path, data: Path, run
                    f"--lambda_mal={MAL_ARMS[arm]['lambda_mal']:g}", f"--mal_taps={MAL_ARMS[arm]['taps']}"]
         elif fam.startswith("pift_"):
             loss = fam[5:]
-            wavlm = runs_dir / "pift" / "wavlm_random_L4_H128"
             cmd = [py, "recipes/pift/train.py", f"hparams/folders/pift_{'mse' if loss == 'rec' else loss}.yaml", *enh,
-                   f"--init_from={runs_dir / 'mal' / 'seed1' / 'baseline'}", f"--ssl_source={wavlm}"]
+                   f"--init_from={runs_dir / 'mal' / 'seed1' / 'baseline'}", f"--ssl_source={PIFT_ENCODER}"]
+            if loss == "softdtw":
+                cmd.append(f"--sdtw_gamma_relative={PIFT_GAMMA_RELATIVE}")
             if loss == "rec":
                 cmd += ["--lambda_ssl=0", "--lambda_rec=1"]
         elif fam.startswith("codec_P"):
@@ -516,7 +529,7 @@ def state_keeper(work: Path, exps: list[Experiment], cfg: Config, done: dict):
     need_phase1 = {s for s in cfg.seeds if pending(mal, f"seed{s}/") and any(
         not done[("mal", f"seed{s}/{n}")] for n in ["baseline", *MAL_ARMS])}
     need_base = {s for s in cfg.seeds if pending(pift, f"seed{s}/")}
-    shift_pending = not (runs_dir / "pift" / "shift_wavlm_random.json").exists()
+    shift_pending = not (runs_dir / "pift" / f"shift_{PIFT_ENCODER}.json").exists()
     shift_limit = 1 if cfg.smoke else 20
     newest = {}
     best = {}
@@ -545,8 +558,6 @@ def state_keeper(work: Path, exps: list[Experiment], cfg: Config, done: dict):
             return False
         if parts[0] != "runs":
             return True
-        if "wavlm_random_L4_H128" in parts:  # rebuilt the same on the next call
-            return False
         root = run_root(rel)
         if root is None:
             return True
@@ -695,8 +706,6 @@ class Sprint:
         steps = prior_steps(cfg.batch, cfg.smoke)
         steps.update(measured)
         families = self._to_probe(exps, done, measured)
-        if any(f.startswith("pift_") for f in families):
-            self._wavlm()
         if families and not args.plan_only and not args.no_probe:
             self.log(f"probing {len(families)} kinds of run at once: {', '.join(sorted(families))}")
             measured.update(run_probes(cfg, sorted(families), self.work, data, self.runs, self.env,
@@ -726,11 +735,6 @@ class Sprint:
         if not (pending["mal"] or pending["codec"] or pending["pift"]):
             starting |= pending["okd"]
         return sorted(f for f in starting if f not in measured and f not in ("codec_net", "codec_term"))
-
-    def _wavlm(self) -> None:
-        import pift_experiment
-
-        pift_experiment.encoder_source("wavlm_random", self.runs / "pift", None)
 
     def plan(self, exps, done, steps, okd_epochs) -> dict:
         """Print and keep the plan: runs, steps, step times, minutes, this call's share, calls left."""
@@ -907,8 +911,6 @@ class Sprint:
             pift_waits = ("pift" not in procs and pending("pift") and (baselines or mal_alive)
                           and self._can_start(by["pift"], done, steps))
             if pift_waits and baselines:
-                if not (self.runs / "pift" / "wavlm_random_L4_H128" / "config.json").exists():
-                    self._wavlm()
                 procs["pift"] = self._start_driver(by["pift"], done, steps)
                 self.log(f"{by['pift'].label}: driver started (MAL's baselines are done)")
                 pift_waits = False

@@ -13,6 +13,11 @@ with ``carry: [".sprint"]``:
 ``site/speechmos/``
     the two DNSMOS ONNX models of the speechmos wheel that sb_mal.metrics.dnsmos reads (the wheel
     itself is 11 MB of other models).
+``site/resemblyzer/pretrained.pt``
+    the LSTM weights of Resemblyzer's speaker encoder, the feature model of the position-invariant
+    fine-tuning runs (5.2 MiB of the 16 MiB file, which also holds the optimiser's state), as plain
+    tensors; a folder without ``__init__.py``, where sb_mal.models.frame_features finds the weights and
+    an installed Resemblyzer package, if the image has one, still wins.
 ``devset/``
     a subset of the devset (FLAC, as it is): all or the first ``--test-pairs`` test pairs, the
     first ``--valid-pairs`` valid pairs, every ``k``-th training utterance of each voice, the first
@@ -224,6 +229,29 @@ def copy_dnsmos_models(site: Path) -> None:
         shutil.copy2(models / name, target / name)
 
 
+def copy_resemblyzer_weights(site: Path) -> None:
+    """The LSTM tensors of the installed Resemblyzer's ``pretrained.pt`` (what
+    :class:`sb_mal.models.frame_features.ResemblyzerFeatureExtractor` reads) in ``site/resemblyzer/``."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.find_spec("resemblyzer")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("resemblyzer is not installed here: pip install \"sb_mal[encoders]\" (its weights are packed)")
+    source = Path(next(iter(spec.submodule_search_locations))) / "pretrained.pt"
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    state = state.get("model_state", state)
+    lstm = {k: v.clone() for k, v in state.items() if k.startswith("lstm.")}
+    if not lstm:
+        raise SystemExit(f"{source}: no LSTM weights (lstm.*) in it")
+    target = site / "resemblyzer"
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = target / "pretrained.pt.tmp"
+    torch.save({"model_state": lstm}, tmp)
+    tmp.replace(target / "pretrained.pt")
+
+
 def missing_modules(modules: Iterable[str] = NEEDED_MODULES, env: dict | None = None) -> list[str]:
     """The modules of ``modules`` that this Python cannot import (each imported in a child, as the runs will:
     a package whose own dependency is missing counts as missing)."""
@@ -364,6 +392,7 @@ def build_pack(pack: Path, devset: Path, *, test_pairs: int | None, valid_pairs:
             shutil.rmtree(pack / "wheels")
         notes["wheels"] = download_wheels(pack / "wheels", python312)
     copy_dnsmos_models(pack / "site")
+    copy_resemblyzer_weights(pack / "site")
     state = folder_bytes(pack / "state") if (pack / "state").exists() else 0
     fixed = tree_bytes() + folder_bytes(pack / "wheels") + folder_bytes(pack / "site")
     budget = int(CARRY_LIMIT - fixed - state_reserve_mib * MIB - 0.5 * MIB)

@@ -7,8 +7,10 @@ input). Measured on devset validation pairs (gamma 0.1, issue 24's review, 6 pai
 
 - FCPE: pitch-preserving stretch 0.08-0.10, resampling (pitch x f) 0.41-0.78, noisy input 0.28;
 - Resemblyzer: stretch 0.006-0.012, noisy 0.026;
-- random WavLM: every perturbation ~0.33 against 0.22 for the noisy input, because its features are not
-  shift-invariant below one frame: the clean speech delayed by 40 samples (2.5 ms) already costs 0.33.
+- random WavLM: every perturbation 0.51-0.55 against 0.33 for the noisy input, because its features are not
+  shift-invariant below one frame: the clean speech delayed by 40 samples (2.5 ms) already costs 0.52.
+
+(Numbers: ``python benchmarks/diagnostics.py pift``, the diagnostic_pift section of benchmarks/RESULTS.md.)
   Through a random WavLM the soft-DTW target is out of reach whatever the perturbation; the test states it.
 """
 

@@ -41,12 +41,17 @@ def test_budgets_are_twenty_times_the_cpu_ones_for_five_seeds(tmp_path, batch):
     mixtures = {e: {r.name.split("/")[-1]: r.steps * batch for r in x.runs} for e, x in exps.items() if e != "okd"}
     assert mixtures["mal"]["phase1"] == 20 * 200 * 8
     assert mixtures["mal"]["baseline"] == mixtures["mal"]["frozen"] == 20 * 150 * 8
-    assert mixtures["pift"]["rec"] == mixtures["pift"]["wavlm_random_softdtw"] == 20 * 32 * 8
+    assert mixtures["pift"]["rec"] == mixtures["pift"]["resemblyzer_softdtw"] == 20 * 32 * 8
     assert mixtures["codec"]["P4_codec_nopred_magnitude_m1"] == mixtures["codec"]["P5_l1_mag"] == 20 * 240 * 8
+    assert mixtures["codec"]["P1_codec_nopred_magnitude_m1"] == mixtures["codec"]["P1_l1_mag"] == 20 * 240 * 8
+    # the corrected fine-tuning design: a feature model that passes the reachability check, relative gamma
+    args = exps["pift"].args
+    assert args[args.index("--encoders") + 1] == "resemblyzer"
+    assert args[args.index("--sdtw-gamma-relative") + 1] == "0.1"
     for key in ("mal", "pift", "codec"):
         assert exps[key].args[exps[key].args.index("--batch") + 1] == str(batch)
     assert "--test_limit=60" in exps["mal"].overrides and "--test_limit=60" in exps["pift"].overrides
-    assert len(exps["mal"].runs) == 5 * 5 and len(exps["pift"].runs) == 5 * 4 and len(exps["codec"].runs) == 1 + 5 * 4
+    assert len(exps["mal"].runs) == 5 * 5 and len(exps["pift"].runs) == 5 * 4 and len(exps["codec"].runs) == 1 + 5 * 5 * 2
     assert len(exps["okd"].runs) == 5 * 3  # OKD, MetricGAN+ on PESQ, MetricGAN+ on CSIG
     seeds = {r.name.split("/")[-2] for e in exps.values() for r in e.runs if "seed" in r.name}
     assert seeds == {f"seed{s}" for s in range(1, 6)}
@@ -160,13 +165,11 @@ def test_state_keeps_results_and_the_models_later_runs_start_from(tmp_path):
         if arm != "frozen":
             _run(runs / "mal" / "seed1" / arm, True, {"CKPT+z": 1.0})
         _run(runs / "mal" / "seed2" / arm, True, {"CKPT+z": 1.0})
-    for loss in ("rec", "wavlm_random_mse", "wavlm_random_pad", "wavlm_random_softdtw"):
+    for loss in ("rec", "resemblyzer_mse", "resemblyzer_pad", "resemblyzer_softdtw"):
         _run(runs / "pift" / "seed1" / loss, True, {"CKPT+p": 1.0})  # seed 1's fine-tuning done, seed 2's not
     _run(runs / "okd" / "seed1" / "metricgan_plus", True)
     (runs / "okd" / "seed1" / "metricgan_plus" / "history").mkdir()
     (runs / "okd" / "seed1" / "metricgan_plus" / "history" / "h.wav").write_bytes(b"RIFF")
-    (runs / "pift" / "wavlm_random_L4_H128").mkdir(parents=True)
-    (runs / "pift" / "wavlm_random_L4_H128" / "model.safetensors").write_bytes(b"0" * 1000)
     (runs / "mal" / "tuned.json").write_text("{}")
     (runs / "mal" / "logs").mkdir()
     (runs / "mal" / "logs" / "frozen_2.log").write_text("start\n" + "x" * 400_000 + "\nthe end\n")
@@ -184,7 +187,6 @@ def test_state_keeps_results_and_the_models_later_runs_start_from(tmp_path):
     assert "runs/mal/seed1/baseline/save/CKPT+y/model.ckpt" not in kept  # seed 1's fine-tuning is done
     assert not any("optimizer.ckpt" in k or k.endswith(".lock") or "/history/" in k for k in kept)
     assert not any(k.startswith("runs/mal/seed1/frozen/") for k in kept)  # unfinished: runs again
-    assert not any("wavlm_random_L4_H128" in k for k in kept)
     shift = sorted(k for k in kept if "enhanced_test" in k)  # the shift study has not run: its 20 files stay
     assert len(shift) == 20 and all(k.startswith("runs/mal/seed1/baseline/enhanced_test/") for k in shift)
     assert {"runs/mal/tuned.json", "calls.json", "runs/mal/seed2/frozen/test_scores.csv"} <= kept
@@ -226,6 +228,29 @@ def test_subset_fits_its_budget_and_preloads_the_same_samples(tmp_path, devset):
 
 
 @pytest.mark.integration
+def test_packed_resemblyzer_weights_give_the_installed_encoders_features(tmp_path):
+    """The pack carries only the LSTM tensors of Resemblyzer's pretrained.pt (a third of the file); the
+    extractor built from them computes the same features as from the installed package's file."""
+    import torch
+
+    import importlib.util
+
+    if importlib.util.find_spec("resemblyzer") is None:  # found, not imported: the package imports pkg_resources
+        pytest.skip("Resemblyzer is not installed")
+    from sb_mal.models.frame_features import ResemblyzerFeatureExtractor
+
+    sprint_pack.copy_resemblyzer_weights(tmp_path / "site")
+    packed = tmp_path / "site" / "resemblyzer" / "pretrained.pt"
+    assert not (tmp_path / "site" / "resemblyzer" / "__init__.py").exists()  # an installed package still wins
+    assert packed.stat().st_size < 6 * 2**20
+    wav = torch.randn(2, 16000) * 0.1
+    installed = ResemblyzerFeatureExtractor().eval()
+    carried = ResemblyzerFeatureExtractor(weights=packed).eval()
+    with torch.no_grad():
+        assert torch.equal(installed(wav)[0], carried(wav)[0])
+
+
+@pytest.mark.integration
 def test_plan_only_plans_a_gpu_call_on_a_machine_without_one(tmp_path, devset):
     """``--plan-only`` prints the plan of a device call (cuda:0, every arm, 5 seeds) where no GPU answers, so
     the next person can see what a lent call will do before it is lent; nothing is trained or probed."""
@@ -244,7 +269,7 @@ def test_plan_only_plans_a_gpu_call_on_a_machine_without_one(tmp_path, devset):
                           env=env, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "plan only: cuda:0" in proc.stdout and "plan (step times priors" in proc.stdout
-    assert "this call:" in proc.stdout and "of the 81 runs left" in proc.stdout
+    assert "this call:" in proc.stdout and "of the 111 runs left" in proc.stdout
     assert "probing" not in proc.stdout and not any(work.rglob("CKPT*.yaml"))
 
 
@@ -266,7 +291,7 @@ def test_smoke_runs_every_arm_on_the_cpu_and_a_second_call_resumes(tmp_path, dev
                         slots=dict.fromkeys(("mal", "codec", "pift", "okd"), 2), okd_min_epochs=2, okd_max_epochs=2,
                         okd_samples=2, probe_steps=2, codec_net_steps=1, batch=4)
     exps = sprint.experiments(cfg, work / "runs", 2)
-    for folder in ("mal/seed1/frozen", "pift/seed1/wavlm_random_softdtw", "codec/speech/seed1/P1_l1_mag"):
+    for folder in ("mal/seed1/frozen", "pift/seed1/resemblyzer_softdtw", "codec/speech/seed1/P1_l1_mag"):
         assert "--batch_size=4" in (work / "runs" / folder / "train_command.txt").read_text(), folder
     missing = [f"{e.key}/{r.name}" for e in exps for r in e.runs if not sprint.is_done(work / "runs", e, r)]
     assert not missing, missing
