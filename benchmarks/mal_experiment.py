@@ -51,7 +51,8 @@ from pathlib import Path
 
 import yaml
 from _results import DEVSET, add_batch_option, experiment_parser, header, parse_with_overrides, update_section
-from protocol import PROGRESS, compare, compare_without, evidence_table, merge_overrides, run_once, verdict_line
+from protocol import (PROGRESS, compare, compare_without, evidence_table, merge_overrides, per_seed_line, run_once,
+                      verdict_line)
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("frozen", "frozen_fe", "dynamic")
@@ -259,7 +260,7 @@ def read_share(folder: Path) -> float | None:
 
 def report(out: Path, args, tuned: dict, finished) -> None:
     base = {s: out / f"seed{s}" / "baseline" / "test_scores.csv" for s in args.seeds if finished(s, "baseline", True)}
-    rows = []
+    rows, seed_lines = [], []
     minutes = lambda name: [float((out / f"seed{s}" / name / "seconds").read_text()) / 60  # noqa: E731
                             for s in args.seeds if finished(s, name, True)]
     steps = args.epochs2 * (args.examples // args.batch)
@@ -279,6 +280,7 @@ def report(out: Path, args, tuned: dict, finished) -> None:
         share = f", gradient share {sum(shares) / len(shares):.3f}" if shares else ""
         rows.append((label, compare(base, arm, METRICS), f"{steps} steps, {sum(times) / len(times):.1f} min/run{share}",
                      compare_without(base, arm, METRICS, first)))
+        seed_lines.append(per_seed_line(label, base, arm))
     if not rows:
         print("no finished arm yet")
         return
@@ -318,7 +320,8 @@ def report(out: Path, args, tuned: dict, finished) -> None:
             "- test: 120 devset test pairs; each cell: arm mean (paired difference from the baseline [95 % "
             "bootstrap interval over seeds and utterances]) verdict\n\n" + table + "\n\n"
             + "Against the reconstruction-only continuation of the same model, at these sizes and budgets:\n"
-            + "\n".join(verdicts) + "\n")
+            + "\n".join(verdicts) + "\n\nWhether every seed agrees (mean paired difference per seed):\n"
+            + "\n".join(seed_lines) + "\n")
     print(body)
     update_section(args.section, body)
 

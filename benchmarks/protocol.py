@@ -235,6 +235,28 @@ def compare_without(baseline: dict[int, Path], arm: dict[int, Path], metrics: Se
     return compare(baseline, arm, metrics, exclude_seeds=[seed])
 
 
+def per_seed_differences(baseline: dict[int, Path], arm: dict[int, Path], metric: str = "pesq") -> dict[int, float]:
+    """``{seed: mean paired difference arm - baseline}`` of ``metric`` over the utterances both scored, per seed
+    with both arms: whether a pooled effect comes from every seed or from one."""
+    out = {}
+    for seed in sorted(set(baseline) & set(arm)):
+        base, other = read_scores(baseline[seed]), read_scores(arm[seed])
+        diffs = [other[u][metric] - base[u][metric] for u in sorted(set(base) & set(other))
+                 if metric in base[u] and metric in other[u] and not math.isnan(other[u][metric] - base[u][metric])]
+        if diffs:
+            out[seed] = sum(diffs) / len(diffs)
+    return out
+
+
+def per_seed_line(label: str, baseline: dict[int, Path], arm: dict[int, Path], metric: str = "pesq") -> str:
+    """``- label, per seed: PESQ +0.059 (seed 1), ...; k of n seeds above 0``."""
+    diffs = per_seed_differences(baseline, arm, metric)
+    above = sum(d > 0 for d in diffs.values())
+    return (f"- {label}, {metric.upper()} per seed: "
+            + ", ".join(f"{d:+.3f} (seed {s})" for s, d in diffs.items())
+            + f"; {above} of {len(diffs)} seeds above 0")
+
+
 def verdict_line(label: str, result: dict, metric: str = "pesq") -> str:
     """``- label: PESQ +d [lo, hi] (verdict); better on ...; worse on ...`` from a :func:`compare` result."""
     r = result[metric]

@@ -95,3 +95,50 @@ def test_a_driver_prints_its_overall_progress_as_runs_start_and_end(tmp_path, ca
     assert lines[1].startswith("[runs 1/3] finished") and "min to go" in lines[1]
     assert lines[2].startswith("[runs 2/3] already done")
     assert lines[3].startswith("[runs 2/3] started") and lines[4].startswith("[runs 2/3] failed")
+
+
+def test_per_seed_differences_show_whether_every_seed_agrees(tmp_path):
+    """The mean paired difference of each seed, over the utterances both arms scored (a NaN score is left out),
+    and the line that says how many seeds are above 0."""
+    import protocol
+
+    def scores(name: str, values: dict) -> Path:
+        path = tmp_path / f"{name}.csv"
+        path.write_text("id,pesq,stoi\n" + "".join(f"{u},{p},0.9\n" for u, p in values.items()))
+        return path
+
+    base = {1: scores("b1", {"a": 1.0, "b": 2.0, "c": 1.5}), 2: scores("b2", {"a": 1.0, "b": 2.0, "c": 1.0})}
+    arm = {1: scores("a1", {"a": 1.5, "b": 2.1, "c": "nan"}), 2: scores("a2", {"a": 0.9, "b": 1.9, "d": 3.0}),
+           3: scores("a3", {"a": 5.0})}
+    diffs = protocol.per_seed_differences(base, arm)
+    assert set(diffs) == {1, 2}  # seed 3 has no baseline
+    assert diffs[1] == pytest.approx(0.3) and diffs[2] == pytest.approx(-0.1)
+    line = protocol.per_seed_line("MAL frozen", base, arm)
+    assert line == "- MAL frozen, PESQ per seed: +0.300 (seed 1), -0.100 (seed 2); 1 of 2 seeds above 0"
+
+
+def test_mal_experiment_report_goes_to_its_section_with_the_seeds_one_by_one(tmp_path, monkeypatch):
+    """``--section`` keeps a rerun of some arms beside the main table; the report lists each seed's difference."""
+    import mal_experiment
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# results\n\n<!-- mal_experiment:start -->\nthe main table\n<!-- mal_experiment:end -->\n")
+    monkeypatch.setenv("SB_MAL_BENCH_RESULTS", str(results))
+    out = tmp_path / "runs"
+    for seed, gain in ((1, 0.2), (2, -0.1), (3, 0.1)):
+        for name, shift in (("baseline", 0.0), ("frozen_fe", gain)):
+            folder = out / f"seed{seed}" / name
+            folder.mkdir(parents=True)
+            rows = "".join(f"u{i},{1.5 + 0.1 * i + shift},0.9\n" for i in range(6))
+            (folder / "test_scores.csv").write_text("id," + ",".join(["pesq", "stoi"]) + "\n" + rows)
+            (folder / "seconds").write_text("60")
+    monkeypatch.setattr(mal_experiment, "METRICS", ["pesq", "stoi"])
+    args = mal_experiment.build_parser().parse_args(["--seeds", "1", "2", "3", "--arms", "frozen_fe", "--skip-tuning",
+                                                     "--section", "mal_experiment_variants", "--report-only"])
+    tuned = {"frozen_fe": {"lambda_mal": 1.0, "taps": "[bottleneck]", "given": True}}
+    mal_experiment.report(out, args, tuned, lambda s, name, test: (out / f"seed{s}" / name / "test_scores.csv").exists())
+    text = results.read_text()
+    assert "the main table" in text  # the main section is untouched
+    block = text.split("<!-- mal_experiment_variants:start -->")[1].split("<!-- mal_experiment_variants:end -->")[0]
+    assert "MAL frozen_fe (lambda 1, mean of taps [bottleneck])" in block
+    assert "+0.200 (seed 1), -0.100 (seed 2), +0.100 (seed 3); 2 of 3 seeds above 0" in block
