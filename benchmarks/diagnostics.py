@@ -32,7 +32,8 @@ Usage:
     python benchmarks/diagnostics.py pift [--pairs 6] [--encoders torchfcpe resemblyzer wavlm_random]
     python benchmarks/diagnostics.py mal [--runs results/mal_experiment] [--seeds 1 2 3]
     python benchmarks/diagnostics.py codec [--codec-run results/codec_ladder/codec_net] [--utterances 30]
-    python benchmarks/diagnostics.py okd [--out results/okd_diagnostic] [--epochs 2 5 10 20] [--system metricgan_plus]
+    python benchmarks/diagnostics.py okd [--out results/okd_diagnostic] [--epochs 2 5 10 20] [--systems metricgan_plus]
+        [--section diagnostic_okd]
 """
 
 from __future__ import annotations
@@ -374,7 +375,7 @@ def okd_main(args) -> None:
             "| system | target | epochs | generator steps | Spearman | mean D output | mean true (normalised) | "
             "utterances |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
     print(body)
-    update_section("diagnostic_okd", body)
+    update_section(args.section, body)
 
 
 def main():
@@ -411,6 +412,9 @@ def main():
     p.add_argument("--samples", type=int, default=48, help="utterances per epoch (generator steps) (default 48)")
     p.add_argument("--seed", type=int, default=1, help="seed of the runs (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each run (default 1)")
+    p.add_argument("--section", default="diagnostic_okd",
+                   help="the results section (default diagnostic_okd; another name keeps a second system's curve "
+                        "beside the first)")
     for p in sub.choices.values():
         add_results_option(p)
     args = parser.parse_args()
