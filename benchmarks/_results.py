@@ -16,6 +16,7 @@ import datetime as _dt
 import os
 import platform
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -100,7 +101,7 @@ def machine() -> str:
 def header(title: str, report_only: bool = False) -> str:
     """Section header lines: title, date, machine and the exact command (with ``report_only``, a
     line saying that the runs were made by the same command without ``--report-only``)."""
-    cmd = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    cmd = "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])  # quoted: it can be pasted
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     note = ("- the runs were made by the same command without --report-only (which only reads them)\n"
             if report_only else "")
