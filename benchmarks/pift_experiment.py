@@ -211,7 +211,7 @@ def report(out: Path, args) -> None:
             if shift_file.exists():
                 sections.append(f"### Through {encoder}\n\n- feature model: {ENCODERS[encoder]}\n- fine-tuning runs: "
                                 "not finished yet\n\n"
-                                + shift_table(json.loads(shift_file.read_text()), encoder, args.shift_limit) + "\n")
+                                + shift_table(json.loads(shift_file.read_text()), encoder, args.shift_limit, args.section) + "\n")
             continue
         done = {loss: sorted(_scores(out, args.seeds, f"{encoder}_{loss}")) for loss in args.losses}
         text = (f"### Through {encoder}\n\n- feature model: {ENCODERS[encoder]}\n"
@@ -227,7 +227,7 @@ def report(out: Path, args) -> None:
                  for label, result, _ in rows[1:] + against_mse]
         text += "\n" + "\n".join(lines) + "\n"
         if shift_file.exists():
-            text += "\n" + shift_table(json.loads(shift_file.read_text()), encoder, args.shift_limit) + "\n"
+            text += "\n" + shift_table(json.loads(shift_file.read_text()), encoder, args.shift_limit, args.section) + "\n"
         sections.append(text)
     if not sections:
         print("no finished arm yet")
@@ -247,11 +247,13 @@ def report(out: Path, args) -> None:
     update_section(args.section, body)
 
 
-def shift_table(rows: list[dict], encoder: str, limit: int) -> str:
+def shift_table(rows: list[dict], encoder: str, limit: int, section: str = "pift_experiment") -> str:
     from sb_mal.evaluation.shift import save_shift_plot
     from sb_mal.metrics import format_table
 
-    save_shift_plot(figures_dir() / f"pift_shift_{encoder}.png", rows,
+    # one figure per section: a second section (another run) keeps the first one's figure as it was
+    figure = f"pift_shift_{encoder}.png" if section == "pift_experiment" else f"{section}_shift_{encoder}.png"
+    save_shift_plot(figures_dir() / figure, rows,
                     title=f"Feature losses through {encoder} vs a time shift (relative to the noisy input's loss)")
     picks = (0, 20, 50, 100)
     table_rows = []
@@ -268,7 +270,7 @@ def shift_table(rows: list[dict], encoder: str, limit: int) -> str:
             "clean reference, divided by the same loss for the noisy input (below 1: the shifted enhanced signal "
             "still looks better than the noisy input):\n\n"
             + format_table(table_rows, ["mode", "loss", *(f"{p} ms" for p in picks)])
-            + f"\n\n![shift {encoder}](figures/pift_shift_{encoder}.png)")
+            + f"\n\n![shift {encoder}](figures/{figure})")
 
 
 if __name__ == "__main__":

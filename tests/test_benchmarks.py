@@ -142,3 +142,19 @@ def test_mal_experiment_report_goes_to_its_section_with_the_seeds_one_by_one(tmp
     block = text.split("<!-- mal_experiment_variants:start -->")[1].split("<!-- mal_experiment_variants:end -->")[0]
     assert "MAL frozen_fe (lambda 1, mean of taps [bottleneck])" in block
     assert "+0.200 (seed 1), -0.100 (seed 2), +0.100 (seed 3); 2 of 3 seeds above 0" in block
+
+
+def test_pift_shift_figure_of_a_second_section_leaves_the_first_sections_figure(tmp_path, monkeypatch):
+    """A rerun written to another --section draws its own shift figure; the main section's stays as it was."""
+    import pift_experiment
+
+    monkeypatch.setenv("SB_MAL_BENCH_RESULTS", str(tmp_path / "RESULTS.md"))
+    rows = [{"mode": m, "loss": loss, "shift_ms": ms, "relative": 1.0 + ms / 100, "n": 2}
+            for m in ("delay", "pad") for loss in ("ssl_mse", "ssl_mse_pad", "ssl_softdtw", "ssl_dtw")
+            for ms in (0, 20, 50, 100)]
+    main = pift_experiment.shift_table(rows, "resemblyzer", 2)
+    first = (tmp_path / "figures" / "pift_shift_resemblyzer.png").read_bytes()
+    other = pift_experiment.shift_table([{**r, "relative": 2.0} for r in rows], "resemblyzer", 2, "pift_rerun")
+    assert "figures/pift_shift_resemblyzer.png" in main and "figures/pift_rerun_shift_resemblyzer.png" in other
+    assert (tmp_path / "figures" / "pift_shift_resemblyzer.png").read_bytes() == first
+    assert (tmp_path / "figures" / "pift_rerun_shift_resemblyzer.png").exists()
