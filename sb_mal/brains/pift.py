@@ -191,7 +191,7 @@ class PositionInvariantBrain(EnhanceBrain):
         self.speed_perturb_mode = h.speed_perturb_mode
         self.speed_seed = h.seed if h.speed_seed is None else h.speed_seed
         self.dtw_metric = self._dtw_metric(h.dtw_gamma)
-        gamma_state = getattr(self.ssl_loss, "gamma_state", None)
+        gamma_state = self._gamma_state = getattr(self.ssl_loss, "gamma_state", None)
         if gamma_state is not None:  # a relative soft-DTW gamma: measured once, then saved with every checkpoint
             register(self.checkpointer, {"ssl_gamma": gamma_state}, "PositionInvariantBrain", optional=["ssl_gamma"])
         self.last_speed_factor = 1.0
@@ -254,9 +254,8 @@ class PositionInvariantBrain(EnhanceBrain):
         kwargs = {"target_length": lens} if self.takes_target_length else {}
         ssl, terms = loss_and_terms(self.ssl_loss, predictions, clean, lens, **kwargs)
         terms["ssl"] = ssl.detach()
-        gamma_state = getattr(self.ssl_loss, "gamma_state", None)
-        if stage == sb.Stage.TRAIN and gamma_state is not None and gamma_state.measured:
-            terms["sdtw_gamma"] = gamma_state.gamma  # a relative gamma, as measured: in the train log
+        if stage == sb.Stage.TRAIN and self._gamma_state is not None and self._gamma_state.measured:
+            terms["sdtw_gamma"] = self._gamma_state.gamma  # a relative gamma, as measured: in the train log
         loss = self.lambda_ssl * ssl
         if self.lambda_rec > 0:
             rec_pred = predictions
